@@ -1,0 +1,1 @@
+//! Wires device models to KVM: buses, ioeventfds, irqfds, kernel command line entries.

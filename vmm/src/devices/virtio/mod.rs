@@ -1,0 +1,8 @@
+//! virtio: the device trait, the interrupt trait, the virtio-mmio transport, and the devices.
+
+pub mod device;
+pub mod mmio;
+pub mod rng;
+pub mod vsock;
+
+pub use device::{ActivateError, Queue, VirtioDevice, VirtioInterrupt, VirtioInterruptType};

@@ -1,0 +1,1 @@
+//! virtio-rng: entropy from the host for the guest's /dev/hwrng.

@@ -1,0 +1,1 @@
+//! How the VMM process ends, and the exit status for each way.

@@ -1,0 +1,1 @@
+//! Loading the guest kernel (ELF vmlinux with PVH note, or bzImage) and initramfs.

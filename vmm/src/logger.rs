@@ -1,0 +1,1 @@
+//! Timestamped logging of set-up phases.

@@ -1,0 +1,2 @@
+//! bulkhead-vmm binary.
+fn main() {}

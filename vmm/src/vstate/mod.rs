@@ -1,0 +1,1 @@
+//! KVM state: guest memory, the VM, the vCPUs.
