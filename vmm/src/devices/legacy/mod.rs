@@ -1,1 +1,9 @@
-//! Legacy devices: 8250 serial console and the i8042 reset line.
+//! Legacy devices: the 8250 serial console and the i8042 controller's reset line.
+
+mod console_output;
+mod i8042;
+mod serial;
+
+pub use console_output::{ConsoleOutput, PanicWatch};
+pub use i8042::I8042;
+pub use serial::{EventFdTrigger, SerialConsole};
