@@ -1,1 +1,193 @@
-//! The boot recipe.
+//! The boot recipe: a straight list of steps, each logged with a timestamp and each returning
+//! a typed error. [`build_microvm`] ends with the vCPUs running; [`MicroVm::wait`] runs the
+//! event loop until the guest stops.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use linux_loader::cmdline::Cmdline;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::arch::x86_64 as arch;
+use crate::device_manager::{DeviceManagerError, LegacyDevices, MmioSlots};
+use crate::devices::legacy::{ConsoleOutput, SerialConsole};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
+use crate::event_loop::{run_until_exit, ExitMonitor, RunError};
+use crate::exit_status::GuestExit;
+use crate::kernel_loader::{self, LoadError};
+use crate::vmm_config::{ConfigError, SerialOutput, VmConfig, CMDLINE_MAX_LEN};
+use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::vcpu::{self, Buses, Vcpu, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+
+/// Errors building and starting a microVM, one variant per step.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    #[error("guest memory")]
+    Memory(#[from] MemoryError),
+    #[error("KVM")]
+    Vm(#[from] VmError),
+    #[error("kernel or initramfs")]
+    Load(#[from] LoadError),
+    #[error("cannot open the serial output {path}")]
+    SerialFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("devices")]
+    Devices(#[from] DeviceManagerError),
+    #[error("cannot create the {0} device")]
+    Device(&'static str, #[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("kernel command line")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    #[error("kernel command line is longer than {CMDLINE_MAX_LEN} bytes with the VMM's device entries")]
+    CmdlineTooLong,
+    #[error("cannot write the kernel command line into guest memory")]
+    CmdlineLoad(#[source] linux_loader::loader::Error),
+    #[error("cannot write the boot parameters")]
+    BootParams(#[source] arch::Error),
+    #[error("vCPU set-up")]
+    Vcpu(#[from] VcpuError),
+    #[error("cannot create the vCPU event channel")]
+    VcpuEvents(#[source] std::io::Error),
+}
+
+/// A booted microVM. Dropping it does not stop the vCPU threads: the VMM process ends after
+/// [`MicroVm::wait`] returns.
+pub struct MicroVm {
+    // Kept alive for as long as the vCPUs run: KVM maps this memory.
+    _mem: GuestMemoryMmap,
+    _vm: Vm,
+    _vcpu_threads: Vec<JoinHandle<()>>,
+    subscribers: Vec<crate::event_loop::Subscriber>,
+    monitor: Arc<Mutex<ExitMonitor>>,
+    serial: Arc<Mutex<SerialConsole>>,
+}
+
+impl MicroVm {
+    /// Run the event loop until the guest stops; returns how it stopped.
+    pub fn wait(self) -> Result<GuestExit, RunError> {
+        run_until_exit(self.subscribers, self.monitor, &self.serial)
+    }
+}
+
+fn console_output(serial: &SerialOutput) -> Result<ConsoleOutput, StartError> {
+    let out: Option<Box<dyn Write + Send>> = match serial {
+        SerialOutput::Stdout => Some(Box::new(std::io::stdout())),
+        SerialOutput::Off => None,
+        SerialOutput::File(path) => Some(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| StartError::SerialFile {
+                    path: path.clone(),
+                    source,
+                })?,
+        )),
+    };
+    Ok(ConsoleOutput::new(out))
+}
+
+/// Build the VM described by `config` and start its vCPUs.
+pub fn build_microvm(config: &VmConfig) -> Result<MicroVm, StartError> {
+    config.validate()?;
+
+    let mem = memory::create_guest_memory(config.memory_mib)?;
+    log::info!("memory: {} MiB guest RAM mapped", config.memory_mib);
+
+    let vm = Vm::new()?;
+    vm.register_memory(&mem)?;
+    vm.setup_irqchip()?;
+    log::info!("kvm: VM created, irqchip and PIT ready");
+
+    let kernel = kernel_loader::load_kernel(&mem, &config.kernel)?;
+    log::info!(
+        "kernel: {} loaded, entry {:#x} ({:?})",
+        config.kernel.display(),
+        kernel.entry.0,
+        kernel.protocol
+    );
+    let initrd = match &config.initrd {
+        Some(path) => {
+            let initrd = kernel_loader::load_initrd(&mem, path)?;
+            log::info!(
+                "initramfs: {} bytes at {:#x}",
+                initrd.size,
+                initrd.addr.0
+            );
+            Some(initrd)
+        }
+        None => None,
+    };
+
+    let mut buses = Buses::default();
+    let legacy = LegacyDevices::attach(&vm, &mut buses, console_output(&config.serial)?)?;
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_LEN).map_err(StartError::Cmdline)?;
+    cmdline
+        .insert_str(&config.cmdline)
+        .map_err(|_| StartError::CmdlineTooLong)?;
+    let mut slots = MmioSlots::new();
+    if config.rng {
+        let rng = Rng::new().map_err(|e| StartError::Device("virtio-rng", Box::new(e)))?;
+        slots.attach(&vm, &mem, &mut buses, &mut cmdline, "virtio-rng", Arc::new(Mutex::new(rng)))?;
+    }
+    if let Some(v) = &config.vsock {
+        let vsock = Vsock::new(v.guest_cid, v.uds_path.clone())
+            .map_err(|e| StartError::Device("virtio-vsock", Box::new(e)))?;
+        slots.attach(&vm, &mem, &mut buses, &mut cmdline, "virtio-vsock", Arc::new(Mutex::new(vsock)))?;
+    }
+    log::info!("devices: serial, i8042 and virtio-mmio devices attached");
+
+    let cmdline_str = cmdline.as_cstring().map_err(StartError::Cmdline)?;
+    let cmdline_addr = GuestAddress(arch::layout::CMDLINE_START);
+    linux_loader::loader::load_cmdline(&mem, cmdline_addr, &cmdline)
+        .map_err(StartError::CmdlineLoad)?;
+    arch::configure_system(
+        &mem,
+        &arch::BootConfig {
+            cmdline_addr,
+            cmdline_size: cmdline_str.as_bytes_with_nul().len(),
+            initrd: initrd.map(|i| (i.addr, i.size)),
+            num_vcpus: config.vcpus,
+            protocol: kernel.protocol,
+            setup_header: kernel.setup_header,
+        },
+    )
+    .map_err(StartError::BootParams)?;
+    log::info!("boot: command line {:?}", cmdline_str);
+
+    let buses = Arc::new(buses);
+    let (events, receiver) = vcpu::vcpu_events().map_err(StartError::VcpuEvents)?;
+    let mut vcpus = Vec::with_capacity(config.vcpus.into());
+    for index in 0..config.vcpus {
+        let vcpu = Vcpu::new(&vm, index)?;
+        let boot = (index == 0).then_some((kernel.entry, kernel.protocol));
+        vcpu.configure(&vm, &mem, boot, config.vcpus)?;
+        vcpus.push(vcpu);
+    }
+    let monitor = Arc::new(Mutex::new(ExitMonitor::new(
+        legacy.reset_evt,
+        receiver,
+        legacy.panic_watch,
+    )));
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        threads.push(vcpu.spawn(buses.clone(), events.clone())?);
+    }
+    log::info!("vcpus: {} started", config.vcpus);
+
+    Ok(MicroVm {
+        _mem: mem,
+        _vm: vm,
+        _vcpu_threads: threads,
+        subscribers: slots.take_subscribers(),
+        monitor,
+        serial: legacy.serial,
+    })
+}

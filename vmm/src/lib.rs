@@ -13,6 +13,7 @@ pub mod arch;
 pub mod builder;
 pub mod device_manager;
 pub mod devices;
+pub mod event_loop;
 pub mod exit_status;
 pub mod kernel_loader;
 pub mod logger;

@@ -1,2 +1,93 @@
-//! bulkhead-vmm binary.
-fn main() {}
+//! `bulkhead-vmm`: parse flags, set up logging, boot the microVM, exit with a status that says
+//! how it ended (see `exit_status`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bulkhead_vmm::builder::build_microvm;
+use bulkhead_vmm::exit_status::STATUS_VMM_ERROR;
+use bulkhead_vmm::vmm_config::{SerialOutput, VmConfig, VsockConfig, DEFAULT_CMDLINE};
+use clap::Parser;
+
+/// Boot a Linux guest in a KVM microVM.
+#[derive(Parser, Debug)]
+#[command(name = "bulkhead-vmm", version, about, long_about = None)]
+#[command(after_help = "Exit status: 0 guest rebooted or powered off, 1 VMM error, \
+3 guest kernel panic or crash.")]
+struct Args {
+    /// Guest kernel: ELF vmlinux (booted by PVH) or bzImage.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initramfs (newc cpio, optionally compressed as the kernel supports).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line; the VMM appends its virtio-mmio device entries.
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    memory: u32,
+    /// Serial console: stdout, off, or file:PATH.
+    #[arg(long, default_value = "stdout")]
+    serial: SerialOutput,
+    /// Leave out the virtio-rng device.
+    #[arg(long)]
+    no_rng: bool,
+    /// Hybrid vsock: host unix socket path; guest connections to host port P go to PATH_P.
+    #[arg(long, value_name = "UDS_PATH")]
+    vsock: Option<PathBuf>,
+    /// Guest CID for the vsock device.
+    #[arg(long, default_value_t = 3)]
+    vsock_cid: u64,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, default_value = "info", env = "BULKHEAD_VMM_LOG")]
+    log_level: log::LevelFilter,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    bulkhead_vmm::logger::init(args.log_level);
+    match run(args) {
+        Ok(status) => ExitCode::from(status as u8),
+        Err(e) => {
+            log::error!("{}", error_chain(&e));
+            ExitCode::from(STATUS_VMM_ERROR as u8)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<i32> {
+    let vsock_path = args.vsock.clone();
+    let config = VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        vcpus: args.vcpus,
+        memory_mib: args.memory,
+        serial: args.serial,
+        rng: !args.no_rng,
+        vsock: args.vsock.map(|uds_path| VsockConfig {
+            guest_cid: args.vsock_cid,
+            uds_path,
+        }),
+    };
+    let vm = build_microvm(&config).context("cannot start the microVM")?;
+    let result = vm.wait().context("the microVM failed");
+    if let Some(path) = vsock_path {
+        let _ = std::fs::remove_file(path);
+    }
+    let how = result?;
+    Ok(how.status())
+}
+
+/// "a: b: c" from an error and its sources, printed once at the edge.
+fn error_chain(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
