@@ -86,15 +86,24 @@ impl VirtioDevice for FakeDevice {
     }
 }
 
-struct Harness {
+struct Harness<D = FakeDevice> {
     t: MmioTransport,
-    dev: Arc<Mutex<FakeDevice>>,
+    dev: Arc<Mutex<D>>,
 }
 
-impl Harness {
+fn test_mem() -> GuestMemoryMmap {
+    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+}
+
+impl Harness<FakeDevice> {
     fn new() -> Self {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let dev = Arc::new(Mutex::new(FakeDevice::default()));
+        Self::with_device(test_mem(), FakeDevice::default())
+    }
+}
+
+impl<D: VirtioDevice + 'static> Harness<D> {
+    fn with_device(mem: GuestMemoryMmap, dev: D) -> Self {
+        let dev = Arc::new(Mutex::new(dev));
         let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
         let t = MmioTransport::new(mem, dev.clone(), irqfd).unwrap();
         Self { t, dev }
@@ -141,11 +150,16 @@ impl Harness {
     /// Set up queue `i` with its rings at `base` (desc), `base + 0x1000` (avail),
     /// `base + 0x2000` (used).
     fn setup_queue(&mut self, i: u32, size: u32, base: u64) {
+        self.setup_queue_at(i, size, [base, base + 0x1000, base + 0x2000]);
+    }
+
+    /// Set up queue `i` with its descriptor table, avail ring and used ring at `addrs`.
+    fn setup_queue_at(&mut self, i: u32, size: u32, addrs: [u64; 3]) {
         self.w(0x30, i);
         assert_eq!(self.r(0x44), 0, "queue must not be ready before set-up");
         assert!(self.r(0x34) >= size);
         self.w(0x38, size);
-        for (reg, addr) in [(0x80, base), (0x90, base + 0x1000), (0xa0, base + 0x2000)] {
+        for (reg, addr) in [0x80, 0x90, 0xa0].into_iter().zip(addrs) {
             self.w(reg, addr as u32);
             self.w(reg + 4, (addr >> 32) as u32);
         }
@@ -490,10 +504,64 @@ fn transport_rejects_devices_without_version_1() {
             false
         }
     }
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+    let mem = test_mem();
     let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
     assert!(matches!(
         MmioTransport::new(mem, Arc::new(Mutex::new(Legacy)), irqfd),
         Err(MmioError::NoVersion1(4))
     ));
+}
+
+/// The whole path with a real device: driver init through the bus, the rng device on a real
+/// event loop, a QueueNotify write reaching the transport, entropy in the used ring, the
+/// interrupt seen in InterruptStatus and on the irqfd, then reset.
+#[test]
+fn rng_device_behind_the_transport_on_a_real_event_loop() {
+    use crate::devices::virtio::rng::{Rng, RNG_QUEUE_SIZE};
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+
+    let mem = test_mem();
+    let mut h = Harness::with_device(mem.clone(), Rng::new().unwrap());
+    let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().unwrap();
+    manager.add_subscriber(h.dev.clone());
+
+    let vq = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), RNG_QUEUE_SIZE);
+    assert_eq!(h.negotiate(VERSION_1), 0xb);
+    h.setup_queue_at(
+        0,
+        u32::from(RNG_QUEUE_SIZE),
+        [vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0],
+    );
+    h.w(0x70, 0xf);
+    assert_eq!(h.status(), 0xf);
+    assert_eq!(
+        manager.run_with_timeout(100).unwrap(),
+        1,
+        "activation event"
+    );
+
+    let buf = RawDescriptor::from(Descriptor::new(0x8_0000, 64, VRING_DESC_F_WRITE as u16, 0));
+    vq.add_desc_chains(&[buf], 0).unwrap();
+    h.w(0x50, 0); // QueueNotify through the bus (no ioeventfd in this test)
+    assert_eq!(manager.run_with_timeout(100).unwrap(), 1, "queue event");
+    assert_eq!(vq.used().idx().load(), 1);
+    let elem = vq.used().ring().ref_at(0).unwrap().load();
+    assert_eq!((elem.id(), elem.len()), (0, 64));
+    assert_eq!(h.r(0x60), INT_VRING);
+    assert_eq!(h.t.interrupt().irqfd().read().unwrap(), 1);
+    h.w(0x64, INT_VRING);
+
+    h.w(0x70, 0);
+    assert!(!lock(&h.dev).is_activated());
+    assert_eq!(manager.run_with_timeout(100).unwrap(), 1, "reset event");
+    h.w(0x50, 0);
+    assert_eq!(
+        manager.run_with_timeout(50).unwrap(),
+        0,
+        "queue no longer watched"
+    );
 }

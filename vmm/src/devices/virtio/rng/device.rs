@@ -8,7 +8,7 @@ use std::sync::Arc;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap, Permissions};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -108,7 +108,20 @@ impl Rng {
             return;
         };
         let mut used_any = false;
-        while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+        loop {
+            // `iter()` rather than `pop_descriptor_chain()`: the latter logs a bad avail index
+            // at error level on every kick, which a guest could use to flood the log.
+            let chain = match active.queue.iter(&active.mem) {
+                Ok(mut avail) => avail.next(),
+                Err(e) => {
+                    RngMetrics::inc(&self.metrics.queue_errors);
+                    warn_limited!(self.log, "virtio-rng: cannot read the avail ring: {e}");
+                    None
+                }
+            };
+            let Some(chain) = chain else {
+                break;
+            };
             let head = chain.head_index();
             let len = match fill_chain(&active.mem, chain) {
                 Ok(len) => {
@@ -418,6 +431,20 @@ mod tests {
         assert_eq!(m(&metrics.malformed_chains), 6);
         assert_eq!(m(&metrics.requests), 1);
         assert_eq!(irq.queue_count(), 1, "one interrupt for the whole batch");
+    }
+
+    #[test]
+    fn corrupted_avail_index_is_counted_not_served() {
+        let mem = test_mem();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0), RNG_QUEUE_SIZE);
+        vq.add_desc_chains(&[desc(BUF, 16, WRITE, 0)], 0).unwrap();
+        // The driver claims more new entries than the queue holds.
+        vq.avail().idx().store(RNG_QUEUE_SIZE + 5);
+        let (mut rng, irq) = active_rng(&mem, &vq);
+        rng.process_queue();
+        assert!(used(&vq).is_empty());
+        assert_eq!(irq.queue_count(), 0);
+        assert_eq!(m(&rng.metrics().queue_errors), 1);
     }
 
     #[test]

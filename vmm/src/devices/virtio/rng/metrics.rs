@@ -14,6 +14,8 @@ pub struct RngMetrics {
     pub malformed_chains: AtomicU64,
     /// Chains answered with used length 0 because the host entropy source failed.
     pub host_rng_fails: AtomicU64,
+    /// Avail-ring reads that failed (e.g. the driver published an impossible index).
+    pub queue_errors: AtomicU64,
     /// Used-ring updates that failed (the queue is broken; processing stops).
     pub used_ring_fails: AtomicU64,
     /// Interrupts that could not be raised.
