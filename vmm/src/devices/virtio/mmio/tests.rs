@@ -358,6 +358,8 @@ fn reset_stops_device_and_allows_a_second_init() {
     for i in 0..2 {
         h.w(0x30, i);
         assert_eq!(h.r(0x44), 0, "queues are not ready after reset");
+        h.w(0x44, 0); // Linux del_vqs after reset: harmless
+        assert_eq!(h.r(0x44), 0);
     }
     {
         let dev = lock(&h.dev);

@@ -341,6 +341,11 @@ impl MmioTransport {
     }
 
     fn write_queue_ready(&mut self, value: u32) {
+        // Linux tears queues down (QueueReady = 0) after resetting the device; for a queue
+        // that is not ready that is a no-op in any state, not worth a warning.
+        if value == 0 && self.selected_queue().is_some_and(|q| !q.ready()) {
+            return;
+        }
         if !self.queue_config_writable("QueueReady", true) {
             return;
         }
