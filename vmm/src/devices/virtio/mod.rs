@@ -2,6 +2,7 @@
 
 pub mod device;
 pub mod mmio;
+pub mod rate_limited;
 pub mod rng;
 pub mod vsock;
 
