@@ -3,7 +3,9 @@
 //! host power-management details hidden. KVM's own signature leaves (0x4000_0000..) are
 //! passed through as KVM reports them.
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES,
+};
 use kvm_ioctls::{Cap, Kvm, VcpuFd};
 
 use super::error::{Error, Result};
@@ -92,8 +94,42 @@ fn amd_leaf_8000_001e(e: &mut kvm_cpuid_entry2, cpu_index: u8) {
     e.ecx = 0;
 }
 
-/// Adjusts KVM's supported CPUID for vCPU `cpu_index` of `num_cpus`.
-pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, num_cpus: u8) {
+/// Extended topology subleaves the guest must see: SMT level, core level, terminator.
+const TOPOLOGY_SUBLEAVES: u32 = 3;
+
+/// Adds the missing subleaves of the topology leaves (0xb, 0x1f) that KVM reports: recent
+/// kernels give only subleaf 0, which would make every vCPU its own package.
+fn add_topology_subleaves(cpuid: &mut CpuId) -> Result<()> {
+    for function in [0xb, 0x1f] {
+        let has = |cpuid: &CpuId, index| {
+            cpuid
+                .as_slice()
+                .iter()
+                .any(|e| e.function == function && e.index == index)
+        };
+        if !has(cpuid, 0) {
+            continue;
+        }
+        for index in 1..TOPOLOGY_SUBLEAVES {
+            if !has(cpuid, index) {
+                cpuid
+                    .push(kvm_cpuid_entry2 {
+                        function,
+                        index,
+                        flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                        ..Default::default()
+                    })
+                    .map_err(|e| Error::FamList("cpuid", e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adjusts KVM's supported CPUID for vCPU `cpu_index` of `num_cpus`. Fails only if the
+/// topology subleaves it adds do not fit in a `CpuId`.
+pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, num_cpus: u8) -> Result<()> {
+    add_topology_subleaves(cpuid)?;
     let amd = is_amd(cpuid.as_slice());
     for e in cpuid.as_mut_slice() {
         match e.function {
@@ -106,6 +142,7 @@ pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, num_cpus: u8) {
             _ => {}
         }
     }
+    Ok(())
 }
 
 /// Advertises (or hides) the LAPIC TSC-deadline timer in leaf 1. KVM emulates it with the
@@ -125,7 +162,7 @@ pub fn setup_cpuid(kvm: &Kvm, vcpu: &VcpuFd, cpu_index: u8, num_cpus: u8) -> Res
     let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
-    filter_cpuid(&mut cpuid, cpu_index, num_cpus);
+    filter_cpuid(&mut cpuid, cpu_index, num_cpus)?;
     set_tsc_deadline(&mut cpuid, kvm.check_extension(Cap::TscDeadlineTimer));
     vcpu.set_cpuid2(&cpuid)
         .map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))
@@ -135,7 +172,6 @@ pub fn setup_cpuid(kvm: &Kvm, vcpu: &VcpuFd, cpu_index: u8, num_cpus: u8) -> Res
 mod tests {
     use super::*;
     use crate::arch::x86_64::test_utils::kvm_vcpu;
-    use kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
 
     fn leaf(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
         kvm_cpuid_entry2 {
@@ -190,7 +226,7 @@ mod tests {
     #[test]
     fn leaf_1_identity_and_flags() {
         let mut cpuid = intel_cpuid();
-        filter_cpuid(&mut cpuid, 3, 4);
+        filter_cpuid(&mut cpuid, 3, 4).unwrap();
         let e = find(&cpuid, 1, 0);
         assert_eq!(e.ebx >> 24, 3, "initial apic id");
         assert_eq!((e.ebx >> 16) & 0xff, 4, "logical processors");
@@ -202,7 +238,7 @@ mod tests {
         assert_eq!(e.ecx & !LEAF1_ECX_HYPERVISOR, 0x7ffa_fbff);
 
         let mut one = intel_cpuid();
-        filter_cpuid(&mut one, 0, 1);
+        filter_cpuid(&mut one, 0, 1).unwrap();
         let e = find(&one, 1, 0);
         assert_eq!((e.ebx >> 24, (e.ebx >> 16) & 0xff), (0, 1));
         assert_eq!(e.edx & LEAF1_EDX_HTT, 0);
@@ -211,7 +247,7 @@ mod tests {
     #[test]
     fn leaf_4_cores_and_cache_sharing() {
         let mut cpuid = intel_cpuid();
-        filter_cpuid(&mut cpuid, 0, 4);
+        filter_cpuid(&mut cpuid, 0, 4).unwrap();
         for index in 0..4 {
             let e = find(&cpuid, 4, index);
             assert_eq!(e.eax >> 26, 3, "cores per package - 1 (subleaf {index})");
@@ -230,7 +266,7 @@ mod tests {
     #[test]
     fn extended_topology_matches_vcpu_count() {
         let mut cpuid = intel_cpuid();
-        filter_cpuid(&mut cpuid, 5, 6);
+        filter_cpuid(&mut cpuid, 5, 6).unwrap();
         let smt = find(&cpuid, 0xb, 0);
         assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 5));
         let core = find(&cpuid, 0xb, 1);
@@ -242,9 +278,33 @@ mod tests {
     }
 
     #[test]
+    fn missing_topology_subleaves_are_added() {
+        // What KVM reports on recent kernels: only subleaf 0, all zero.
+        let mut cpuid = CpuId::from_entries(&[
+            leaf(0, 0, [0x20, 0x756e_6547, 0x6c65_746e, 0x4965_6e69]),
+            leaf(0xb, 0, [0, 0, 0, 0]),
+            leaf(0x1f, 0, [0, 0, 0, 0]),
+        ])
+        .unwrap();
+        filter_cpuid(&mut cpuid, 1, 2).unwrap();
+        assert_eq!(cpuid.as_slice().len(), 7);
+        for function in [0xb, 0x1f] {
+            let core = find(&cpuid, function, 1);
+            assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (1, 2, 0x201, 1));
+            assert_eq!(core.flags, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+            let end = find(&cpuid, function, 2);
+            assert_eq!((end.ebx, end.ecx >> 8), (0, 0));
+        }
+        // A CPU without the topology leaves gets none.
+        let mut plain = CpuId::from_entries(&[leaf(1, 0, [0; 4])]).unwrap();
+        filter_cpuid(&mut plain, 0, 1).unwrap();
+        assert_eq!(plain.as_slice().len(), 1);
+    }
+
+    #[test]
     fn leaf_6_hides_epb_and_kvm_leaves_are_kept() {
         let mut cpuid = intel_cpuid();
-        filter_cpuid(&mut cpuid, 0, 2);
+        filter_cpuid(&mut cpuid, 0, 2).unwrap();
         let e = find(&cpuid, 6, 0);
         assert_eq!((e.eax, e.ecx), (0x4, 0x1));
         let kvm = find(&cpuid, 0x4000_0000, 0);
@@ -266,7 +326,7 @@ mod tests {
             leaf(0x8000_001e, 0, [0x10, 0x105, 0x300, 0]),
         ])
         .unwrap();
-        filter_cpuid(&mut cpuid, 2, 3);
+        filter_cpuid(&mut cpuid, 2, 3).unwrap();
         let e = find(&cpuid, 0x8000_0008, 0);
         assert_eq!(e.ecx, (2 << 12) | 2);
         let e = find(&cpuid, 0x8000_001e, 0);
@@ -298,6 +358,10 @@ mod tests {
         assert_eq!(e.ebx >> 24, 0);
         assert_eq!((e.ebx >> 16) & 0xff, 2);
         assert_ne!(e.ecx & LEAF1_ECX_HYPERVISOR, 0);
+        if cpuid.as_slice().iter().any(|e| e.function == 0xb) {
+            let core = find(&cpuid, 0xb, 1);
+            assert_eq!((core.ebx, core.ecx >> 8), (2, 2));
+        }
         assert!(cpuid.as_slice().iter().any(|e| e.function == 0x4000_0000));
     }
 }
