@@ -32,6 +32,10 @@ pub const KERNEL_LOADER_OTHER: u8 = 0xff;
 pub const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x100_0000;
 /// `hvm_start_info.magic`.
 pub const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
+/// `setup_header.xloadflags`: the kernel has the 64-bit entry point at load address + 0x200.
+pub const XLF_KERNEL_64: u16 = 1;
+/// Offset of the 64-bit entry point from the protected-mode kernel's load address.
+pub const KERNEL_64BIT_ENTRY_OFFSET: u64 = 0x200;
 /// Page size used to align the initrd.
 const PAGE_SIZE: u64 = 4096;
 
@@ -72,6 +76,12 @@ pub struct E820Entry {
     pub size: u64,
     /// [`E820_RAM`] or [`E820_RESERVED`].
     pub kind: u32,
+}
+
+/// Whether a `bzImage` with this setup header can be entered through the 64-bit entry point
+/// (boot protocol 2.12+ with `XLF_KERNEL_64`), as [`BootProtocol::LinuxBoot`] does.
+pub fn supports_64bit_entry(hdr: &setup_header) -> bool {
+    hdr.header == KERNEL_HDR_MAGIC && hdr.version >= 0x20c && hdr.xloadflags & XLF_KERNEL_64 != 0
 }
 
 /// End (exclusive) of the first memory region, which must start at 0 and reach past 1 MiB.
@@ -473,6 +483,26 @@ mod tests {
         configure_system(&mem, &cfg).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!((info.nr_modules, info.modlist_paddr), (0, 0));
+    }
+
+    #[test]
+    fn detects_the_64bit_entry() {
+        let hdr = setup_header {
+            header: KERNEL_HDR_MAGIC,
+            version: 0x20f,
+            xloadflags: 0x7f,
+            ..Default::default()
+        };
+        assert!(supports_64bit_entry(&hdr));
+        assert!(!supports_64bit_entry(&setup_header {
+            xloadflags: 0x7e,
+            ..hdr
+        }));
+        assert!(!supports_64bit_entry(&setup_header {
+            version: 0x20b,
+            ..hdr
+        }));
+        assert!(!supports_64bit_entry(&setup_header { header: 0, ..hdr }));
     }
 
     #[test]

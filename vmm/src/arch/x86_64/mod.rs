@@ -18,7 +18,10 @@ pub mod mptable;
 pub mod msr;
 pub mod regs;
 
-pub use boot::{configure_system, e820_map, initrd_load_addr, BootConfig, BootProtocol};
+pub use boot::{
+    configure_system, e820_map, initrd_load_addr, supports_64bit_entry, BootConfig, BootProtocol,
+    KERNEL_64BIT_ENTRY_OFFSET,
+};
 pub use cpuid::{filter_cpuid, setup_cpuid};
 pub use error::{Error, Result};
 pub use lapic::set_lint;
