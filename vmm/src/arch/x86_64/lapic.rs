@@ -17,13 +17,14 @@ pub const APIC_MODE_EXTINT: u32 = 0x7;
 /// Bits 8..=10 of an LVT register hold the delivery mode.
 const DELIVERY_MODE_MASK: u32 = 0x700;
 
-/// Reads the 32-bit register at `offset` of the LAPIC image.
+/// Reads the 32-bit register at `offset` of the LAPIC image (a register offset below 0x400;
+/// panics past the 1 KiB image).
 pub fn get_reg(state: &kvm_lapic_state, offset: usize) -> u32 {
     let b = &state.regs[offset..offset + 4];
     u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
 }
 
-/// Writes the 32-bit register at `offset` of the LAPIC image.
+/// Writes the 32-bit register at `offset` of the LAPIC image (panics past the 1 KiB image).
 pub fn set_reg(state: &mut kvm_lapic_state, offset: usize, value: u32) {
     for (dst, src) in state.regs[offset..offset + 4]
         .iter_mut()
