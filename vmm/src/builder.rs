@@ -13,7 +13,6 @@ use crate::arch::x86_64 as arch;
 use crate::device_manager::{DeviceManagerError, LegacyDevices, MmioSlots};
 use crate::devices::legacy::{ConsoleOutput, SerialConsole};
 use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::vsock::Vsock;
 use crate::event_loop::{run_until_exit, ExitMonitor, RunError};
 use crate::exit_status::GuestExit;
 use crate::kernel_loader::{self, LoadError};
@@ -42,10 +41,15 @@ pub enum StartError {
     #[error("devices")]
     Devices(#[from] DeviceManagerError),
     #[error("cannot create the {0} device")]
-    Device(&'static str, #[source] Box<dyn std::error::Error + Send + Sync>),
+    Device(
+        &'static str,
+        #[source] Box<dyn std::error::Error + Send + Sync>,
+    ),
     #[error("kernel command line")]
     Cmdline(#[source] linux_loader::cmdline::Error),
-    #[error("kernel command line is longer than {CMDLINE_MAX_LEN} bytes with the VMM's device entries")]
+    #[error(
+        "kernel command line is longer than {CMDLINE_MAX_LEN} bytes with the VMM's device entries"
+    )]
     CmdlineTooLong,
     #[error("cannot write the kernel command line into guest memory")]
     CmdlineLoad(#[source] linux_loader::loader::Error),
@@ -115,12 +119,8 @@ pub fn build_microvm(config: &VmConfig) -> Result<MicroVm, StartError> {
     );
     let initrd = match &config.initrd {
         Some(path) => {
-            let initrd = kernel_loader::load_initrd(&mem, path)?;
-            log::info!(
-                "initramfs: {} bytes at {:#x}",
-                initrd.size,
-                initrd.addr.0
-            );
+            let initrd = kernel_loader::load_initrd(&mem, path, kernel.end)?;
+            log::info!("initramfs: {} bytes at {:#x}", initrd.size, initrd.addr.0);
             Some(initrd)
         }
         None => None,
@@ -135,12 +135,14 @@ pub fn build_microvm(config: &VmConfig) -> Result<MicroVm, StartError> {
     let mut slots = MmioSlots::new();
     if config.rng {
         let rng = Rng::new().map_err(|e| StartError::Device("virtio-rng", Box::new(e)))?;
-        slots.attach(&vm, &mem, &mut buses, &mut cmdline, "virtio-rng", Arc::new(Mutex::new(rng)))?;
-    }
-    if let Some(v) = &config.vsock {
-        let vsock = Vsock::new(v.guest_cid, v.uds_path.clone())
-            .map_err(|e| StartError::Device("virtio-vsock", Box::new(e)))?;
-        slots.attach(&vm, &mem, &mut buses, &mut cmdline, "virtio-vsock", Arc::new(Mutex::new(vsock)))?;
+        slots.attach(
+            &vm,
+            &mem,
+            &mut buses,
+            &mut cmdline,
+            "virtio-rng",
+            Arc::new(Mutex::new(rng)),
+        )?;
     }
     log::info!("devices: serial, i8042 and virtio-mmio devices attached");
 
@@ -167,8 +169,7 @@ pub fn build_microvm(config: &VmConfig) -> Result<MicroVm, StartError> {
     let mut vcpus = Vec::with_capacity(config.vcpus.into());
     for index in 0..config.vcpus {
         let vcpu = Vcpu::new(&vm, index)?;
-        let boot = (index == 0).then_some((kernel.entry, kernel.protocol));
-        vcpu.configure(&vm, &mem, boot, config.vcpus)?;
+        vcpu.configure(&vm, &mem, kernel.entry, kernel.protocol, config.vcpus)?;
         vcpus.push(vcpu);
     }
     let monitor = Arc::new(Mutex::new(ExitMonitor::new(

@@ -13,8 +13,10 @@ use clap::Parser;
 /// Boot a Linux guest in a KVM microVM.
 #[derive(Parser, Debug)]
 #[command(name = "bulkhead-vmm", version, about, long_about = None)]
-#[command(after_help = "Exit status: 0 guest rebooted or powered off, 1 VMM error, \
-3 guest kernel panic or crash.")]
+#[command(
+    after_help = "Exit status: 0 guest rebooted or powered off, 1 VMM error, \
+3 guest kernel panic or crash."
+)]
 struct Args {
     /// Guest kernel: ELF vmlinux (booted by PVH) or bzImage.
     #[arg(long)]
@@ -44,7 +46,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     vsock_cid: u64,
     /// Log level: error, warn, info, debug, trace.
-    #[arg(long, default_value = "info", env = "BULKHEAD_VMM_LOG")]
+    #[arg(long, default_value = "info", env = "BULKHEAD_VMM_LOG", value_parser = parse_level)]
     log_level: log::LevelFilter,
 }
 
@@ -82,6 +84,11 @@ fn run(args: Args) -> anyhow::Result<i32> {
     }
     let how = result?;
     Ok(how.status())
+}
+
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not one of off, error, warn, info, debug, trace"))
 }
 
 /// "a: b: c" from an error and its sources, printed once at the edge.

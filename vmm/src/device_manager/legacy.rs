@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::DeviceManagerError;
-use crate::devices::legacy::{ConsoleOutput, I8042, PanicWatch, SerialConsole};
+use crate::devices::legacy::{ConsoleOutput, PanicWatch, SerialConsole, I8042};
 use crate::vstate::vcpu::Buses;
 use crate::vstate::vm::Vm;
 

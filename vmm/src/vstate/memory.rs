@@ -28,12 +28,12 @@ pub fn create_guest_memory(mib: u32) -> Result<GuestMemoryMmap, MemoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestMemory;
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
     #[test]
     fn maps_the_requested_size() {
         let mem = create_guest_memory(64).unwrap();
-        let total: u64 = mem.iter().map(|r| vm_memory::GuestMemoryRegion::len(r)).sum();
+        let total: u64 = mem.iter().map(|r| r.len()).sum();
         assert_eq!(total, 64 << 20);
     }
 }

@@ -112,10 +112,12 @@ mod tests {
         let sink = Sink::default();
         let mut out = ConsoleOutput::new(Some(Box::new(sink.clone())));
         let watch = out.panic_watch();
-        out.write_all(b"[    1.0] reboot: Restarting system\n").unwrap();
+        out.write_all(b"[    1.0] reboot: Restarting system\n")
+            .unwrap();
         assert!(!watch.panicked());
         out.write_all(b"[    2.0] Kernel pan").unwrap();
-        out.write_all(b"ic - not syncing: sysrq triggered crash").unwrap();
+        out.write_all(b"ic - not syncing: sysrq triggered crash")
+            .unwrap();
         assert!(!watch.panicked(), "only complete lines count");
         out.write_all(b"\n").unwrap();
         assert!(watch.panicked());
