@@ -38,6 +38,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot set up the console")]
+    Console(#[source] std::io::Error),
     #[error("devices")]
     Devices(#[from] DeviceManagerError),
     #[error("cannot create the {0} device")]
@@ -95,7 +97,7 @@ fn console_output(serial: &SerialOutput) -> Result<ConsoleOutput, StartError> {
                 })?,
         )),
     };
-    Ok(ConsoleOutput::new(out))
+    ConsoleOutput::new(out).map_err(StartError::Console)
 }
 
 /// Build the VM described by `config` and start its vCPUs.
@@ -175,7 +177,7 @@ pub fn build_microvm(config: &VmConfig) -> Result<MicroVm, StartError> {
     let monitor = Arc::new(Mutex::new(ExitMonitor::new(
         legacy.reset_evt,
         receiver,
-        legacy.panic_watch,
+        legacy.console_watch,
     )));
     let mut threads = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {

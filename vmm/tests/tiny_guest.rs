@@ -100,7 +100,7 @@ fn tiny_guest_drives_serial_virtio_mmio_and_reset() {
     let legacy = LegacyDevices::attach(
         &vm,
         &mut buses,
-        ConsoleOutput::new(Some(Box::new(sink.clone()))),
+        ConsoleOutput::new(Some(Box::new(sink.clone()))).unwrap(),
     )
     .unwrap();
     let mut cmdline = Cmdline::new(2048).unwrap();

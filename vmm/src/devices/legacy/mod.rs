@@ -4,6 +4,6 @@ mod console_output;
 mod i8042;
 mod serial;
 
-pub use console_output::{ConsoleOutput, PanicWatch};
+pub use console_output::{ConsoleOutput, ConsoleWatch};
 pub use i8042::I8042;
 pub use serial::{EventFdTrigger, SerialConsole};
