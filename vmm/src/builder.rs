@@ -11,7 +11,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64 as arch;
 use crate::device_manager::{DeviceManagerError, LegacyDevices, MmioSlots};
-use crate::devices::legacy::{ConsoleOutput, SerialConsole};
+use crate::devices::legacy::{ConsoleOutput, SerialConsole, SerialInput};
 use crate::devices::virtio::rng::Rng;
 use crate::event_loop::{run_until_exit, ExitMonitor, RunError};
 use crate::exit_status::GuestExit;
@@ -76,6 +76,15 @@ pub struct MicroVm {
 }
 
 impl MicroVm {
+    /// Feed `input` (normally stdin) to the guest's serial console.
+    pub fn attach_console_input<R>(&mut self, input: R)
+    where
+        R: std::io::Read + std::os::fd::AsRawFd + Send + 'static,
+    {
+        let forwarder = SerialInput::new(input, self.serial.clone());
+        self.subscribers.push(Arc::new(Mutex::new(forwarder)));
+    }
+
     /// Run the event loop until the guest stops; returns how it stopped.
     pub fn wait(self) -> Result<GuestExit, RunError> {
         run_until_exit(self.subscribers, self.monitor, &self.serial)

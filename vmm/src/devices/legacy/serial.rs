@@ -47,6 +47,11 @@ impl SerialConsole {
             .map_err(|e| io::Error::other(format!("serial input: {e:?}")))
     }
 
+    /// How many bytes the receive FIFO can take now.
+    pub fn input_room(&self) -> usize {
+        self.serial.fifo_capacity()
+    }
+
     /// Flush console output (at VMM exit).
     pub fn flush(&mut self) {
         let _ = io::Write::flush(self.serial.writer_mut());
