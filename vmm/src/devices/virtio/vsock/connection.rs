@@ -3,7 +3,7 @@
 //! muxer asks it what it wants to wait for ([`Connection::interest`]).
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 
@@ -13,6 +13,7 @@ use super::packet::{
     Header, TxPacket, HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE,
     OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
 };
+use super::unix::send_nosignal;
 
 /// Receive buffer we advertise to the guest: at most this many guest bytes are held for a host
 /// socket that does not keep up.
@@ -219,7 +220,13 @@ impl Connection {
             self.pending &= !P_RW;
             return Ok(None);
         }
-        match self.stream.read(&mut buf[..want]) {
+        let read = loop {
+            match self.stream.read(&mut buf[..want]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => break other,
+            }
+        };
+        match read {
             Ok(0) => {
                 self.pending &= !P_RW;
                 self.host_eof = true;
@@ -249,7 +256,6 @@ impl Connection {
                 self.pending &= !P_RW;
                 Ok(None)
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
             Err(_) => Err(Outcome::Reset),
         }
     }
@@ -281,7 +287,7 @@ impl Connection {
     /// Write what we hold for the host socket; then finish shutdowns that waited for it.
     pub fn flush(&mut self) -> Outcome {
         while !self.ok_line.is_empty() {
-            match self.stream.write(&self.ok_line) {
+            match send_nosignal(&self.stream, &self.ok_line) {
                 Ok(0) => return Outcome::Reset,
                 Ok(n) => {
                     self.ok_line.drain(..n);
@@ -293,7 +299,7 @@ impl Connection {
         }
         while !self.to_host.is_empty() {
             let (front, _) = self.to_host.as_slices();
-            match self.stream.write(front) {
+            match send_nosignal(&self.stream, front) {
                 Ok(0) => return Outcome::Reset,
                 Ok(n) => {
                     self.to_host.drain(..n);
@@ -380,10 +386,86 @@ impl Connection {
         self.to_host.extend(data);
         self.flush()
     }
+}
 
-    /// Guest bytes buffered for the host socket.
-    #[cfg(test)]
-    pub fn buffered_to_host(&self) -> usize {
-        self.to_host.len()
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn guest_hdr(op: u16, buf_alloc: u32, fwd_cnt: u32) -> Header {
+        Header {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port: 1024,
+            dst_port: 77,
+            len: 0,
+            type_: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc,
+            fwd_cnt,
+        }
+    }
+
+    fn pkt(op: u16, buf_alloc: u32, fwd_cnt: u32, data: &[u8]) -> TxPacket {
+        let mut hdr = guest_hdr(op, buf_alloc, fwd_cnt);
+        hdr.len = data.len() as u32;
+        TxPacket {
+            hdr,
+            data: data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn credit_accounting_survives_counter_wrap() {
+        let (ours, mut host) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut c = Connection::new_peer(ours, 3, &guest_hdr(OP_REQUEST, 1000, 0));
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(c.fill_rx(&mut buf).unwrap().unwrap().op, OP_RESPONSE);
+        // Pretend 2^32 - 100 bytes went to the guest already and it consumed them all.
+        c.tx_cnt = u32::MAX - 99;
+        c.peer_fwd_cnt = u32::MAX - 99;
+        assert_eq!(c.peer_credit(), 1000);
+        host.write_all(&[1u8; 600]).unwrap();
+        c.host_readable();
+        let h = c.fill_rx(&mut buf).unwrap().unwrap();
+        assert_eq!((h.op, h.len), (OP_RW, 600));
+        assert_eq!(c.peer_credit(), 400, "credit across the u32 wrap");
+        // A guest claiming to have consumed more than we sent gets no credit, not a huge one.
+        assert_eq!(
+            c.recv_guest(pkt(OP_CREDIT_UPDATE, 1000, c.tx_cnt.wrapping_add(5), &[])),
+            Outcome::Keep
+        );
+        assert_eq!(c.peer_credit(), 0);
+        assert!(!c.interest().contains(EventSet::IN));
+    }
+
+    #[test]
+    fn guest_data_beyond_buf_alloc_resets_and_request_on_live_stream_resets() {
+        let (ours, _host) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut c = Connection::new_peer(ours, 3, &guest_hdr(OP_REQUEST, 1000, 0));
+        // The host never reads: everything beyond the socket buffer is held, up to our limit.
+        let chunk = vec![0u8; 64 * 1024];
+        let mut outcome = Outcome::Keep;
+        for _ in 0..64 {
+            outcome = c.recv_guest(pkt(OP_RW, 1000, 0, &chunk));
+            if outcome != Outcome::Keep {
+                break;
+            }
+            assert!(c.to_host.len() <= CONN_BUF_ALLOC as usize);
+            assert_eq!(
+                c.interest().contains(EventSet::OUT),
+                !c.to_host.is_empty(),
+                "wait for writability exactly while holding data"
+            );
+        }
+        assert_eq!(outcome, Outcome::Reset);
+        let (ours, _host) = UnixStream::pair().unwrap();
+        let mut c = Connection::new_peer(ours, 3, &guest_hdr(OP_REQUEST, 1000, 0));
+        assert_eq!(c.recv_guest(pkt(OP_RESPONSE, 1000, 0, &[])), Outcome::Reset);
     }
 }

@@ -437,6 +437,9 @@ impl Muxer {
     /// Put the next packet for the guest into `buf`. Returns the used length, or None if
     /// nothing was waiting after all.
     pub fn fill_rx(&mut self, buf: &mut RxBuffer<'_>, poller: &mut dyn Poller) -> Option<u32> {
+        // Each queued stream gets one chance per call, so a stream that keeps claiming to have
+        // something but produces nothing cannot spin this loop.
+        let mut budget = self.rx_order.len();
         loop {
             if let Some(hdr) = self.control.pop_front() {
                 if hdr.op == OP_RST {
@@ -444,6 +447,10 @@ impl Muxer {
                 }
                 return self.write(buf, &hdr, 0);
             }
+            if budget == 0 {
+                return None;
+            }
+            budget -= 1;
             let key = self.rx_order.pop_front()?;
             let Some(conn) = self.conns.get_mut(&key) else {
                 continue;

@@ -199,32 +199,13 @@ impl Harness {
         let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
             EventManager::new().unwrap();
         em.add_subscriber(dev.clone());
-        let (rxq, rx) = GuestQueue::new(&mem, 0);
-        let (txq, tx) = GuestQueue::new(&mem, 0x1_0000);
-        let (_evq, ev) = GuestQueue::new(&mem, 0x2_0000);
+        let (rxq, _) = GuestQueue::new(&mem, 0);
+        let (txq, _) = GuestQueue::new(&mem, 0x1_0000);
         let notify = [
             Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
             Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
             Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
         ];
-        let irq = Arc::new(FakeInterrupt::default());
-        let queues = vec![
-            ActivatedQueue {
-                queue: rx,
-                notify: notify[0].clone(),
-            },
-            ActivatedQueue {
-                queue: tx,
-                notify: notify[1].clone(),
-            },
-            ActivatedQueue {
-                queue: ev,
-                notify: notify[2].clone(),
-            },
-        ];
-        lock(&dev)
-            .activate(mem.clone(), irq.clone(), queues)
-            .unwrap();
         let mut h = Harness {
             mem,
             dev,
@@ -232,13 +213,34 @@ impl Harness {
             rxq,
             txq,
             notify,
-            irq,
+            irq: Arc::new(FakeInterrupt::default()),
             uds,
             next_buf: BUF_START,
             dir,
         };
-        h.pump();
+        h.activate();
         h
+    }
+
+    /// Set up fresh rings (as a driver does after reset) and activate the device on them.
+    pub fn activate(&mut self) {
+        let (rxq, rx) = GuestQueue::new(&self.mem, 0);
+        let (txq, tx) = GuestQueue::new(&self.mem, 0x1_0000);
+        let (_evq, ev) = GuestQueue::new(&self.mem, 0x2_0000);
+        self.rxq = rxq;
+        self.txq = txq;
+        let queues = [rx, tx, ev]
+            .into_iter()
+            .zip(self.notify.iter())
+            .map(|(queue, notify)| ActivatedQueue {
+                queue,
+                notify: notify.clone(),
+            })
+            .collect();
+        lock(&self.dev)
+            .activate(self.mem.clone(), self.irq.clone(), queues)
+            .unwrap();
+        self.pump();
     }
 
     /// Run the event loop until it has been idle for a little while.

@@ -601,7 +601,7 @@ fn unusable_rx_buffers_are_returned_empty() {
 }
 
 #[test]
-fn reset_drops_connections_and_reactivation_works() {
+fn device_reset_drops_connections_and_reactivation_works() {
     let mut h = Harness::new();
     let (mut c, _hp) = establish_host(&mut h, 5000, 64 * 1024);
     assert!(lock(&h.dev).reset());
@@ -609,6 +609,87 @@ fn reset_drops_connections_and_reactivation_works() {
     expect_eof(&mut c);
     assert_eq!(lock(&h.dev).muxer.connection_count(), 0);
     assert!(!lock(&h.dev).is_activated());
+
+    // The driver sets the device up again; it works as before.
+    h.activate();
+    assert!(lock(&h.dev).is_activated());
+    let (mut c, hp) = establish_host(&mut h, 5000, 64 * 1024);
+    h.send(h.hdr(OP_RW, 5000, hp), b"again");
+    h.pump();
+    assert_eq!(read_n(&mut c, 5), b"again");
+
+    // Activation with the wrong number of queues is refused.
+    assert!(lock(&h.dev).reset());
+    h.pump();
+    let err = lock(&h.dev).activate(h.mem.clone(), h.irq.clone(), Vec::new());
+    assert!(err.is_err());
+}
+
+#[test]
+fn tx_pauses_while_replies_wait_for_rx_buffers() {
+    let mut h = Harness::new();
+    // 250 packets for unknown streams, no rx buffers: 250 resets wait.
+    for i in 0..250 {
+        h.send(h.hdr(OP_CREDIT_UPDATE, 10_000 + i, 9), &[]);
+    }
+    h.pump();
+    // 10 more: only 6 are taken before the device stops reading tx.
+    for i in 250..260 {
+        h.send(h.hdr(OP_CREDIT_UPDATE, 10_000 + i, 9), &[]);
+    }
+    h.pump();
+    assert_eq!(h.txq.outstanding(), 4, "tx paused at the reply backlog cap");
+    // Rx buffers drain the backlog and tx resumes.
+    h.post_rx(200, 128);
+    h.pump();
+    assert_eq!(h.txq.outstanding(), 0);
+    let mut rsts = h.recv();
+    h.post_rx(100, 128);
+    h.pump();
+    rsts.extend(h.recv());
+    assert_eq!(rsts.len(), 260);
+    assert!(rsts
+        .iter()
+        .all(|(hd, _)| hd.op == OP_RST && hd.src_port == 9));
+    assert_eq!(lock(&h.dev).metrics().rst_sent.get(), 260);
+}
+
+#[test]
+fn host_client_leaving_before_guest_answers_resets_the_request() {
+    let mut h = Harness::new();
+    let c = h.host_connect(1024);
+    h.post_rx(4, 4096);
+    h.pump();
+    let req = h.recv()[0].0;
+    assert_eq!(req.op, OP_REQUEST);
+    drop(c);
+    h.pump();
+    let pkts = h.recv();
+    assert_eq!(pkts.len(), 1);
+    assert_eq!((pkts[0].0.op, pkts[0].0.src_port), (OP_RST, req.src_port));
+    // The late answer is refused.
+    h.send(h.hdr(OP_RESPONSE, 1024, req.src_port), &[]);
+    h.pump();
+    assert_eq!(h.recv()[0].0.op, OP_RST);
+}
+
+#[test]
+fn guest_shutdown_rcv_stops_host_to_guest_data() {
+    let mut h = Harness::new();
+    let (mut c, hp) = establish_host(&mut h, 5000, 64 * 1024);
+    let mut sd = h.hdr(OP_SHUTDOWN, 5000, hp);
+    sd.flags = SHUTDOWN_RCV;
+    h.send(sd, &[]);
+    h.pump();
+    // The host's writes now fail, and nothing reaches the guest.
+    let r = c.write_all(b"unwanted");
+    assert_eq!(r.map_err(|e| e.kind()), Err(ErrorKind::BrokenPipe));
+    h.pump();
+    assert!(h.recv().is_empty());
+    // The other direction still works.
+    h.send(h.hdr(OP_RW, 5000, hp), b"fine");
+    h.pump();
+    assert_eq!(read_n(&mut c, 4), b"fine");
 }
 
 #[test]

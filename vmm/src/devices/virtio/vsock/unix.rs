@@ -137,6 +137,25 @@ pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     Ok(stream)
 }
 
+/// Write to a stream socket without raising SIGPIPE when the peer is gone (the error comes
+/// back as `BrokenPipe` either way; this keeps the VMM alive even if SIGPIPE is not ignored).
+pub fn send_nosignal(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes and the fd is owned by `stream`.
+    let n = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            buf.as_ptr() as *const libc::c_void,
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // n >= 0 and at most buf.len().
+    Ok(n as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
