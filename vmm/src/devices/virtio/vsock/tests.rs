@@ -703,3 +703,98 @@ fn drop_removes_socket_file() {
     assert!(dir.path().exists());
     assert!(!uds.exists());
 }
+
+/// A small deterministic generator for the randomized test.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+        from[(self.next() as usize) % from.len()]
+    }
+}
+
+#[test]
+fn random_guest_packets_never_break_the_device() {
+    let mut h = Harness::new();
+    let _listener = UnixListener::bind(port_path(&h.uds, 52)).unwrap();
+    let (c, hp) = establish_host(&mut h, 5000, 64 * 1024);
+    let mut rng = Lcg(0x5eed);
+    for round in 0..40 {
+        h.post_rx(8, rng.pick(&[16, 44, 60, 512, 4096]));
+        for _ in 0..12 {
+            let mut hd = h.hdr(
+                rng.pick(&[
+                    0,
+                    OP_REQUEST,
+                    OP_RESPONSE,
+                    OP_RST,
+                    OP_SHUTDOWN,
+                    OP_RW,
+                    6,
+                    7,
+                    8,
+                    0xffff,
+                ]),
+                rng.pick(&[5000, 5001, 6000, 0, u32::MAX]),
+                rng.pick(&[hp, 52, 53, 0, u32::MAX]),
+            );
+            hd.src_cid = rng.pick(&[GUEST_CID, GUEST_CID, GUEST_CID, 2, 0, u64::MAX]);
+            hd.type_ = rng.pick(&[TYPE_STREAM, TYPE_STREAM, 2]);
+            hd.flags = rng.next() as u32 & 7;
+            hd.buf_alloc = rng.pick(&[0, 1, 4096, u32::MAX]);
+            hd.fwd_cnt = rng.next() as u32;
+            let data_len = rng.pick(&[0usize, 1, 100, 5000]);
+            let data = vec![round as u8; data_len];
+            match rng.next() % 4 {
+                0 => {
+                    // Header claims a different length than the chain holds.
+                    let mut hd2 = hd;
+                    hd2.len = rng.pick(&[0, 1, 1 << 16, 1 << 17, u32::MAX]);
+                    let a = h.alloc(64 + data_len as u32);
+                    h.mem
+                        .write_slice(&hd2.to_bytes(), vm_memory::GuestAddress(a))
+                        .unwrap();
+                    let len = rng.pick(&[0, 10, 44, 44 + data_len as u32]);
+                    h.send_raw(&[Desc {
+                        addr: a,
+                        len,
+                        writable: false,
+                    }]);
+                }
+                1 => {
+                    // Addresses at or past the end of guest memory.
+                    let addr = rng.pick(&[(64 << 20) - 20, 64 << 20, u64::MAX - 10]);
+                    h.send_raw(&[Desc {
+                        addr,
+                        len: 44,
+                        writable: false,
+                    }]);
+                }
+                _ => h.send(hd, &data),
+            }
+        }
+        h.pump();
+        h.recv();
+    }
+    // Whatever happened to the first stream, a new one works.
+    drop(c);
+    h.pump();
+    h.recv();
+    let (mut c2, hp2) = establish_host_exact(&mut h, 5100, 64 * 1024);
+    h.post_rx(4, 4096);
+    h.send(h.hdr(OP_RW, 5100, hp2), b"alive");
+    h.pump();
+    assert_eq!(read_n(&mut c2, 5), b"alive");
+    c2.write_all(b"yes").unwrap();
+    h.pump();
+    assert_eq!(rw_bytes(&h.recv(), hp2), b"yes");
+    let m = lock(&h.dev).metrics().clone();
+    assert!(m.tx_malformed.get() > 0 && m.tx_dropped.get() > 0 && m.rx_malformed.get() > 0);
+}
