@@ -8,7 +8,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{error, warn};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::device::{Vsock, RXQ, TXQ};
+use super::device::{Vsock, TXQ};
 use super::muxer::Poller;
 
 /// Adapts the event manager's per-subscriber operations to what the muxer needs.
@@ -81,11 +81,9 @@ impl MutEventSubscriber for Vsock {
         } else if fd == self.muxer.listener_fd() {
             self.muxer.accept_clients(&mut poller);
         } else if let Some(q) = self.notify_queue(fd) {
-            match q {
-                TXQ => self.process_tx(&mut poller),
-                // New rx buffers: run_queues below fills them. The event queue is unused.
-                RXQ => {}
-                _ => {}
+            // New rx buffers are filled by run_queues below; the event queue is unused.
+            if q == TXQ {
+                self.process_tx(&mut poller);
             }
         } else if !self.muxer.handle_host_event(fd, ev, &mut poller) {
             // Not ours any more (e.g. a stale queue fd after reset): stop the noise.
