@@ -11,7 +11,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64 as arch;
 use crate::device_manager::{DeviceManagerError, LegacyDevices, MmioSlots};
-use crate::devices::legacy::{ConsoleOutput, SerialConsole};
+use crate::devices::legacy::{ConsoleOutput, SerialConsole, SerialInput};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::event_loop::{run_until_exit, ExitMonitor, RunError};
@@ -39,13 +39,20 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot set up the console")]
+    Console(#[source] std::io::Error),
     #[error("devices")]
     Devices(#[from] DeviceManagerError),
     #[error("cannot create the {0} device")]
-    Device(&'static str, #[source] Box<dyn std::error::Error + Send + Sync>),
+    Device(
+        &'static str,
+        #[source] Box<dyn std::error::Error + Send + Sync>,
+    ),
     #[error("kernel command line")]
     Cmdline(#[source] linux_loader::cmdline::Error),
-    #[error("kernel command line is longer than {CMDLINE_MAX_LEN} bytes with the VMM's device entries")]
+    #[error(
+        "kernel command line is longer than {CMDLINE_MAX_LEN} bytes with the VMM's device entries"
+    )]
     CmdlineTooLong,
     #[error("cannot write the kernel command line into guest memory")]
     CmdlineLoad(#[source] linux_loader::loader::Error),
@@ -70,6 +77,15 @@ pub struct MicroVm {
 }
 
 impl MicroVm {
+    /// Feed `input` (normally stdin) to the guest's serial console.
+    pub fn attach_console_input<R>(&mut self, input: R)
+    where
+        R: std::io::Read + std::os::fd::AsRawFd + Send + 'static,
+    {
+        let forwarder = SerialInput::new(input, self.serial.clone());
+        self.subscribers.push(Arc::new(Mutex::new(forwarder)));
+    }
+
     /// Run the event loop until the guest stops; returns how it stopped.
     pub fn wait(self) -> Result<GuestExit, RunError> {
         run_until_exit(self.subscribers, self.monitor, &self.serial)
@@ -91,7 +107,7 @@ fn console_output(serial: &SerialOutput) -> Result<ConsoleOutput, StartError> {
                 })?,
         )),
     };
-    Ok(ConsoleOutput::new(out))
+    ConsoleOutput::new(out).map_err(StartError::Console)
 }
 
 /// Build the VM described by `config` and start its vCPUs.
@@ -115,12 +131,8 @@ pub fn build_microvm(config: &VmConfig) -> Result<MicroVm, StartError> {
     );
     let initrd = match &config.initrd {
         Some(path) => {
-            let initrd = kernel_loader::load_initrd(&mem, path)?;
-            log::info!(
-                "initramfs: {} bytes at {:#x}",
-                initrd.size,
-                initrd.addr.0
-            );
+            let initrd = kernel_loader::load_initrd(&mem, path, kernel.end)?;
+            log::info!("initramfs: {} bytes at {:#x}", initrd.size, initrd.addr.0);
             Some(initrd)
         }
         None => None,
@@ -135,12 +147,26 @@ pub fn build_microvm(config: &VmConfig) -> Result<MicroVm, StartError> {
     let mut slots = MmioSlots::new();
     if config.rng {
         let rng = Rng::new().map_err(|e| StartError::Device("virtio-rng", Box::new(e)))?;
-        slots.attach(&vm, &mem, &mut buses, &mut cmdline, "virtio-rng", Arc::new(Mutex::new(rng)))?;
+        slots.attach(
+            &vm,
+            &mem,
+            &mut buses,
+            &mut cmdline,
+            "virtio-rng",
+            Arc::new(Mutex::new(rng)),
+        )?;
     }
     if let Some(v) = &config.vsock {
         let vsock = Vsock::new(v.guest_cid, v.uds_path.clone())
             .map_err(|e| StartError::Device("virtio-vsock", Box::new(e)))?;
-        slots.attach(&vm, &mem, &mut buses, &mut cmdline, "virtio-vsock", Arc::new(Mutex::new(vsock)))?;
+        slots.attach(
+            &vm,
+            &mem,
+            &mut buses,
+            &mut cmdline,
+            "virtio-vsock",
+            Arc::new(Mutex::new(vsock)),
+        )?;
     }
     log::info!("devices: serial, i8042 and virtio-mmio devices attached");
 
@@ -167,14 +193,13 @@ pub fn build_microvm(config: &VmConfig) -> Result<MicroVm, StartError> {
     let mut vcpus = Vec::with_capacity(config.vcpus.into());
     for index in 0..config.vcpus {
         let vcpu = Vcpu::new(&vm, index)?;
-        let boot = (index == 0).then_some((kernel.entry, kernel.protocol));
-        vcpu.configure(&vm, &mem, boot, config.vcpus)?;
+        vcpu.configure(&vm, &mem, kernel.entry, kernel.protocol, config.vcpus)?;
         vcpus.push(vcpu);
     }
     let monitor = Arc::new(Mutex::new(ExitMonitor::new(
         legacy.reset_evt,
         receiver,
-        legacy.panic_watch,
+        legacy.console_watch,
     )));
     let mut threads = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {

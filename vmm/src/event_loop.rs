@@ -10,7 +10,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::lock;
-use crate::devices::legacy::{PanicWatch, SerialConsole};
+use crate::devices::legacy::{ConsoleWatch, SerialConsole};
 use crate::exit_status::GuestExit;
 use crate::vstate::vcpu::{VcpuEvent, VcpuEventsReceiver};
 
@@ -28,27 +28,28 @@ pub enum RunError {
     Vcpu { index: u8, why: String },
 }
 
-/// Watches for the guest's end: a reset through the i8042, or a vCPU that stopped.
+/// Watches for the guest's end: a reset through the i8042, a power-off announced on the
+/// console, or a vCPU that stopped.
 pub struct ExitMonitor {
     reset_evt: EventFd,
     vcpus: VcpuEventsReceiver,
-    panic_watch: PanicWatch,
+    console: ConsoleWatch,
     outcome: Option<Result<GuestExit, RunError>>,
 }
 
 impl ExitMonitor {
     /// A monitor over the reset line, the vCPU reports and the console's panic watch.
-    pub fn new(reset_evt: EventFd, vcpus: VcpuEventsReceiver, panic_watch: PanicWatch) -> Self {
+    pub fn new(reset_evt: EventFd, vcpus: VcpuEventsReceiver, console: ConsoleWatch) -> Self {
         ExitMonitor {
             reset_evt,
             vcpus,
-            panic_watch,
+            console,
             outcome: None,
         }
     }
 
     fn guest_reset(&self) -> GuestExit {
-        if self.panic_watch.panicked() {
+        if self.console.panicked() {
             GuestExit::Panic
         } else {
             GuestExit::Shutdown
@@ -58,7 +59,12 @@ impl ExitMonitor {
 
 impl MutEventSubscriber for ExitMonitor {
     fn init(&mut self, ops: &mut EventOps) {
-        for fd in [self.reset_evt.as_raw_fd(), self.vcpus.evt.as_raw_fd()] {
+        let fds = [
+            self.reset_evt.as_raw_fd(),
+            self.vcpus.evt.as_raw_fd(),
+            self.console.halt_evt().as_raw_fd(),
+        ];
+        for fd in fds {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
                 self.outcome = Some(Err(RunError::Loop(e)));
             }
@@ -74,6 +80,10 @@ impl MutEventSubscriber for ExitMonitor {
             let how = self.guest_reset();
             log::info!("exit: {how} (reset through the i8042)");
             self.outcome = Some(Ok(how));
+        } else if events.fd() == self.console.halt_evt().as_raw_fd() {
+            let _ = self.console.halt_evt().read();
+            log::info!("exit: guest powered off or halted (announced on its console)");
+            self.outcome = Some(Ok(GuestExit::Shutdown));
         } else if events.fd() == self.vcpus.evt.as_raw_fd() {
             let _ = self.vcpus.evt.read();
             if let Ok((index, event)) = self.vcpus.rx.try_recv() {

@@ -14,9 +14,6 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::arch::x86_64 as arch;
 use crate::arch::x86_64::BootProtocol;
 
-/// Offset of the 64-bit entry point from the start of a bzImage's protected-mode kernel.
-const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
-
 /// Errors loading the kernel or initramfs.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -28,7 +25,9 @@ pub enum LoadError {
     },
     #[error("kernel {0} is neither an ELF vmlinux nor a bzImage")]
     UnknownFormat(PathBuf),
-    #[error("cannot load kernel {path} into guest memory (corrupt image or too little guest memory)")]
+    #[error(
+        "cannot load kernel {path} into guest memory (corrupt image or too little guest memory)"
+    )]
     Kernel {
         path: PathBuf,
         #[source]
@@ -36,6 +35,10 @@ pub enum LoadError {
     },
     #[error("bzImage {0} has no setup header")]
     NoSetupHeader(PathBuf),
+    #[error(
+        "bzImage {0} has no 64-bit entry point (boot protocol 2.12+ with XLF_KERNEL_64 needed)"
+    )]
+    No64BitEntry(PathBuf),
     #[error("cannot read initramfs {path}")]
     InitrdIo {
         path: PathBuf,
@@ -47,7 +50,7 @@ pub enum LoadError {
         path: PathBuf,
         size: u64,
         #[source]
-        source: arch::Error,
+        source: Option<arch::Error>,
     },
     #[error("cannot copy initramfs {path} into guest memory")]
     InitrdCopy {
@@ -141,8 +144,11 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
             let header = r
                 .setup_header
                 .ok_or_else(|| LoadError::NoSetupHeader(path.to_path_buf()))?;
+            if !arch::supports_64bit_entry(&header) {
+                return Err(LoadError::No64BitEntry(path.to_path_buf()));
+            }
             Ok(LoadedKernel {
-                entry: GuestAddress(r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET),
+                entry: GuestAddress(r.kernel_load.0 + arch::KERNEL_64BIT_ENTRY_OFFSET),
                 protocol: BootProtocol::LinuxBoot,
                 setup_header: Some(header),
                 end: GuestAddress(r.kernel_end),
@@ -153,7 +159,11 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
 }
 
 /// Copy the initramfs at `path` to the highest place in low memory it fits.
-pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedInitrd, LoadError> {
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel_end: GuestAddress,
+) -> Result<LoadedInitrd, LoadError> {
     let io_err = |source| LoadError::InitrdIo {
         path: path.to_path_buf(),
         source,
@@ -165,8 +175,12 @@ pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedInitrd, L
         size,
         source,
     };
-    let size_usize = usize::try_from(size).map_err(|_| too_big(arch::Error::InitrdTooBig))?;
-    let addr = arch::initrd_load_addr(mem, size_usize).map_err(too_big)?;
+    let size_usize = usize::try_from(size).map_err(|_| LoadError::InitrdTooBig {
+        path: path.to_path_buf(),
+        size,
+        source: None,
+    })?;
+    let addr = arch::initrd_load_addr(mem, size_usize, kernel_end).map_err(|e| too_big(Some(e)))?;
     mem.read_exact_volatile_from(addr, &mut file, size_usize)
         .map_err(|source| LoadError::InitrdCopy {
             path: path.to_path_buf(),

@@ -13,8 +13,10 @@ use clap::Parser;
 /// Boot a Linux guest in a KVM microVM.
 #[derive(Parser, Debug)]
 #[command(name = "bulkhead-vmm", version, about, long_about = None)]
-#[command(after_help = "Exit status: 0 guest rebooted or powered off, 1 VMM error, \
-3 guest kernel panic or crash.")]
+#[command(
+    after_help = "Exit status: 0 guest rebooted or powered off, 1 VMM error, \
+3 guest kernel panic or crash."
+)]
 struct Args {
     /// Guest kernel: ELF vmlinux (booted by PVH) or bzImage.
     #[arg(long)]
@@ -44,7 +46,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     vsock_cid: u64,
     /// Log level: error, warn, info, debug, trace.
-    #[arg(long, default_value = "info", env = "BULKHEAD_VMM_LOG")]
+    #[arg(long, default_value = "info", env = "BULKHEAD_VMM_LOG", value_parser = parse_level)]
     log_level: log::LevelFilter,
 }
 
@@ -75,13 +77,57 @@ fn run(args: Args) -> anyhow::Result<i32> {
             uds_path,
         }),
     };
-    let vm = build_microvm(&config).context("cannot start the microVM")?;
+    let mut vm = build_microvm(&config).context("cannot start the microVM")?;
+    // On a terminal, keys go to the guest unprocessed (Ctrl-C included), as on a serial line.
+    let _raw = (config.serial == SerialOutput::Stdout).then(|| {
+        vm.attach_console_input(std::io::stdin());
+        RawTerminal::enter()
+    });
     let result = vm.wait().context("the microVM failed");
     if let Some(path) = vsock_path {
         let _ = std::fs::remove_file(path);
     }
     let how = result?;
     Ok(how.status())
+}
+
+/// Puts a terminal stdin in raw mode and restores it when dropped.
+struct RawTerminal(Option<libc::termios>);
+
+impl RawTerminal {
+    fn enter() -> Self {
+        let fd = libc::STDIN_FILENO;
+        // SAFETY: isatty/tcgetattr/tcsetattr only read and write the termios struct we own.
+        unsafe {
+            if libc::isatty(fd) != 1 {
+                return RawTerminal(None);
+            }
+            let mut saved: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(fd, &mut saved) != 0 {
+                return RawTerminal(None);
+            }
+            let mut raw = saved;
+            libc::cfmakeraw(&mut raw);
+            if libc::tcsetattr(fd, libc::TCSANOW, &raw) != 0 {
+                return RawTerminal(None);
+            }
+            RawTerminal(Some(saved))
+        }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            // SAFETY: restores the settings read in `enter`.
+            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
+        }
+    }
+}
+
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not one of off, error, warn, info, debug, trace"))
 }
 
 /// "a: b: c" from an error and its sources, printed once at the edge.

@@ -81,12 +81,18 @@ pub enum ConfigError {
     #[error("--memory must be at least {MIN_MEMORY_MIB} MiB, got {0} MiB")]
     MemoryTooSmall(u64),
     #[error("--memory {asked} MiB is more than {limit} MiB ({why})")]
-    MemoryTooLarge { asked: u64, limit: u64, why: &'static str },
+    MemoryTooLarge {
+        asked: u64,
+        limit: u64,
+        why: &'static str,
+    },
     #[error("kernel {path}: {why}")]
     Kernel { path: PathBuf, why: String },
     #[error("initramfs {path}: {why}")]
     Initrd { path: PathBuf, why: String },
-    #[error("kernel command line is {len} bytes, the limit is {max} (including the VMM's own entries)")]
+    #[error(
+        "kernel command line is {len} bytes, the limit is {max} (including the VMM's own entries)"
+    )]
     CmdlineTooLong { len: usize, max: usize },
     #[error("kernel command line contains a NUL or newline")]
     CmdlineBadChar,
@@ -158,8 +164,12 @@ pub fn validate_memory(mib: u64, host_mib: Option<u64>) -> Result<(), ConfigErro
 
 fn host_memory_mib() -> Option<u64> {
     // SAFETY: sysconf has no memory-safety preconditions.
-    let (pages, page_size) =
-        unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     (pages > 0 && page_size > 0).then(|| (pages as u64 * page_size as u64) >> 20)
 }
 
@@ -171,7 +181,9 @@ fn check_readable_file(path: &Path) -> Result<(), String> {
     if meta.len() == 0 {
         return Err("file is empty".into());
     }
-    std::fs::File::open(path).map(|_| ()).map_err(|e| e.to_string())
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -214,7 +226,10 @@ mod tests {
         c.vcpus = MAX_VCPUS + 1;
         assert!(matches!(c.validate(), Err(ConfigError::VcpuCount(_))));
 
-        assert_eq!(validate_memory(8, None), Err(ConfigError::MemoryTooSmall(8)));
+        assert_eq!(
+            validate_memory(8, None),
+            Err(ConfigError::MemoryTooSmall(8))
+        );
         assert!(matches!(
             validate_memory(4096, Some(1024)),
             Err(ConfigError::MemoryTooLarge { limit: 1024, .. })
@@ -225,7 +240,11 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("/nonexistent/vmlinux"), "{err}");
         c.kernel = PathBuf::from("/");
-        assert!(c.validate().unwrap_err().to_string().contains("not a regular file"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not a regular file"));
     }
 
     #[test]
@@ -233,7 +252,10 @@ mod tests {
         let k = temp_kernel();
         let mut c = config(k.as_path());
         c.cmdline = "a".repeat(CMDLINE_MAX_LEN);
-        assert!(matches!(c.validate(), Err(ConfigError::CmdlineTooLong { .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::CmdlineTooLong { .. })
+        ));
         c.cmdline = "console=ttyS0\nroot=x".into();
         assert_eq!(c.validate(), Err(ConfigError::CmdlineBadChar));
     }

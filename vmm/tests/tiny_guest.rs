@@ -74,7 +74,7 @@ fn tiny_guest_drives_serial_virtio_mmio_and_reset() {
     if !kvm_available() {
         return;
     }
-    let mmio = layout::MMIO_DEVICES_START as u32;
+    let mmio = layout::VIRTIO_MMIO_BASE as u32;
     let mut code = vec![
         0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
         0xb0, b'O', 0xee, // mov al, 'O'; out dx, al
@@ -97,9 +97,12 @@ fn tiny_guest_drives_serial_virtio_mmio_and_reset() {
 
     let sink = Sink::default();
     let mut buses = Buses::default();
-    let legacy =
-        LegacyDevices::attach(&vm, &mut buses, ConsoleOutput::new(Some(Box::new(sink.clone()))))
-            .unwrap();
+    let legacy = LegacyDevices::attach(
+        &vm,
+        &mut buses,
+        ConsoleOutput::new(Some(Box::new(sink.clone()))).unwrap(),
+    )
+    .unwrap();
     let mut cmdline = Cmdline::new(2048).unwrap();
     let mut slots = MmioSlots::new();
     slots
@@ -129,10 +132,21 @@ fn tiny_guest_drives_serial_virtio_mmio_and_reset() {
     legacy.serial.lock().unwrap().flush();
     assert_eq!(&*sink.0.lock().unwrap(), b"OKv");
     let mut status = [0u8; 4];
-    assert!(buses.mmio.read(layout::MMIO_DEVICES_START + 0x70, &mut status));
-    assert_eq!(u32::from_le_bytes(status), 1, "the guest's status write reached the transport");
+    assert!(buses
+        .mmio
+        .read(layout::VIRTIO_MMIO_BASE + 0x70, &mut status));
+    assert_eq!(
+        u32::from_le_bytes(status),
+        1,
+        "the guest's status write reached the transport"
+    );
     assert!(
-        cmdline.as_cstring().unwrap().to_str().unwrap().contains("virtio_mmio.device=4K@0x"),
+        cmdline
+            .as_cstring()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("virtio_mmio.device=4K@0x"),
         "the device is announced on the command line"
     );
 }

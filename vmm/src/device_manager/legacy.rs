@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::DeviceManagerError;
-use crate::devices::legacy::{ConsoleOutput, I8042, PanicWatch, SerialConsole};
+use crate::devices::legacy::{ConsoleOutput, ConsoleWatch, SerialConsole, I8042};
 use crate::vstate::vcpu::Buses;
 use crate::vstate::vm::Vm;
 
@@ -21,8 +21,8 @@ pub struct LegacyDevices {
     pub serial: Arc<Mutex<SerialConsole>>,
     /// Signalled when the guest resets through the i8042.
     pub reset_evt: EventFd,
-    /// Whether the guest kernel printed a panic.
-    pub panic_watch: PanicWatch,
+    /// What the guest kernel printed about its end (panic, power-off).
+    pub console_watch: ConsoleWatch,
 }
 
 impl LegacyDevices {
@@ -43,7 +43,7 @@ impl LegacyDevices {
                 gsi: COM1_GSI,
                 source,
             })?;
-        let panic_watch = console.panic_watch();
+        let console_watch = console.watch();
         let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, console)));
         buses
             .io
@@ -65,7 +65,7 @@ impl LegacyDevices {
         Ok(LegacyDevices {
             serial,
             reset_evt,
-            panic_watch,
+            console_watch,
         })
     }
 }

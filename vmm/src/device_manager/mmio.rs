@@ -11,18 +11,15 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::DeviceManagerError;
 use crate::arch::x86_64::layout;
-use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
 use crate::devices::virtio::VirtioDevice;
 use crate::vstate::vcpu::Buses;
 use crate::vstate::vm::Vm;
 
-/// Offset of the QueueNotify register in the virtio-mmio window.
-const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
-
 /// Hands out virtio-mmio windows and interrupts in order.
 #[derive(Default)]
 pub struct MmioSlots {
-    used: u32,
+    used: usize,
     subscribers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
 }
 
@@ -46,12 +43,9 @@ impl MmioSlots {
     where
         D: VirtioDevice + MutEventSubscriber + Send + 'static,
     {
-        let slot = self.used;
-        let gsi = layout::MMIO_IRQ_FIRST + slot;
-        if gsi > layout::MMIO_IRQ_LAST {
-            return Err(DeviceManagerError::NoSlot(name.into()));
-        }
-        let base = layout::MMIO_DEVICES_START + u64::from(slot) * layout::MMIO_DEVICE_SIZE;
+        let (base, gsi) = layout::virtio_mmio_slot(self.used)
+            .ok_or_else(|| DeviceManagerError::NoSlot(name.into()))?;
+        let base = base.0;
 
         let irq = EventFd::new(libc::EFD_NONBLOCK)
             .map_err(|e| DeviceManagerError::EventFd("a virtio interrupt", e))?;
@@ -68,7 +62,7 @@ impl MmioSlots {
             vm.fd()
                 .register_ioevent(
                     evt.as_ref(),
-                    &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                    &IoEventAddress::Mmio(base + NOTIFY_OFFSET),
                     index as u32,
                 )
                 .map_err(|source| DeviceManagerError::Ioeventfd {
@@ -78,10 +72,10 @@ impl MmioSlots {
         }
         buses
             .mmio
-            .insert(Arc::new(Mutex::new(transport)), base, layout::MMIO_DEVICE_SIZE)
+            .insert(Arc::new(Mutex::new(transport)), base, MMIO_LEN)
             .map_err(|e| DeviceManagerError::Bus(name.into(), e))?;
         cmdline
-            .add_virtio_mmio_device(layout::MMIO_DEVICE_SIZE, GuestAddress(base), gsi, None)
+            .add_virtio_mmio_device(MMIO_LEN, GuestAddress(base), gsi, None)
             .map_err(|e| DeviceManagerError::Cmdline(name.into(), e))?;
         self.subscribers.push(device);
         self.used += 1;

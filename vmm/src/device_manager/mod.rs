@@ -33,5 +33,5 @@ pub enum DeviceManagerError {
     #[error("cannot add {0} to the kernel command line")]
     Cmdline(String, #[source] linux_loader::cmdline::Error),
     #[error("cannot set up the virtio-mmio transport for {0}")]
-    Transport(String, #[source] std::io::Error),
+    Transport(String, #[source] crate::devices::virtio::mmio::MmioError),
 }

@@ -52,7 +52,9 @@ impl Bus {
         if len == 0 {
             return Err(BusError::ZeroLength(base));
         }
-        let end = base.checked_add(len).ok_or(BusError::Overlap { base, len })?;
+        let end = base
+            .checked_add(len)
+            .ok_or(BusError::Overlap { base, len })?;
         if let Some((&prev_base, prev)) = self.entries.range(..end).next_back() {
             if prev_base + prev.len > base {
                 return Err(BusError::Overlap { base, len });
@@ -118,13 +120,19 @@ mod tests {
         bus.insert(dev.clone(), 0x100, 8).unwrap();
         assert_eq!(
             bus.insert(dev.clone(), 0x104, 8),
-            Err(BusError::Overlap { base: 0x104, len: 8 })
+            Err(BusError::Overlap {
+                base: 0x104,
+                len: 8
+            })
         );
         assert_eq!(
             bus.insert(dev.clone(), 0xf8, 9),
             Err(BusError::Overlap { base: 0xf8, len: 9 })
         );
-        assert_eq!(bus.insert(dev.clone(), 0x50, 0), Err(BusError::ZeroLength(0x50)));
+        assert_eq!(
+            bus.insert(dev.clone(), 0x50, 0),
+            Err(BusError::ZeroLength(0x50))
+        );
         bus.insert(dev, 0x108, 8).unwrap();
 
         let mut b = [0xffu8; 1];

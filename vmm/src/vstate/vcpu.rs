@@ -107,9 +107,9 @@ pub fn handle_exit(exit: VcpuExit<'_>, buses: &Buses) -> ExitAction {
         VcpuExit::FailEntry(reason, cpu) => ExitAction::Fail(format!(
             "KVM could not enter the guest (hardware entry failure reason {reason:#x} on cpu {cpu})"
         )),
-        VcpuExit::InternalError => {
-            ExitAction::Fail("KVM internal error (the host could not emulate an instruction)".into())
-        }
+        VcpuExit::InternalError => ExitAction::Fail(
+            "KVM internal error (the host could not emulate an instruction)".into(),
+        ),
         other => ExitAction::Fail(format!("unexpected KVM exit: {other:?}")),
     }
 }
@@ -186,27 +186,30 @@ impl Vcpu {
         &mut self.fd
     }
 
-    /// CPUID, MSRs and LAPIC for every vCPU; on the boot vCPU also the entry registers for
-    /// `boot` (entry point and protocol). Application processors wait for INIT/SIPI from the
-    /// boot vCPU, which the in-kernel LAPIC handles.
+    /// Boot state for this vCPU: CPUID, MSRs, registers at `entry` for `protocol`, FPU and
+    /// LAPIC. Every vCPU gets the same entry state; application processors are then held by
+    /// the in-kernel LAPIC until the boot vCPU sends them INIT/SIPI.
     pub fn configure(
         &self,
         vm: &Vm,
         mem: &GuestMemoryMmap,
-        boot: Option<(GuestAddress, arch::BootProtocol)>,
+        entry: GuestAddress,
+        protocol: arch::BootProtocol,
         num_vcpus: u8,
     ) -> Result<(), VcpuError> {
-        let index = self.index;
-        let wrap = |source| VcpuError::Configure { index, source };
-        arch::cpuid::setup_cpuid(vm.kvm(), &self.fd, index, num_vcpus).map_err(wrap)?;
-        arch::msr::setup_msrs(&self.fd).map_err(wrap)?;
-        if let Some((entry, protocol)) = boot {
-            arch::regs::setup_regs(&self.fd, entry, protocol).map_err(wrap)?;
-            arch::regs::setup_sregs(mem, &self.fd, protocol).map_err(wrap)?;
-            arch::regs::setup_fpu(&self.fd).map_err(wrap)?;
-        }
-        arch::lapic::set_lint(&self.fd).map_err(wrap)?;
-        Ok(())
+        arch::configure_vcpu(
+            vm.kvm(),
+            &self.fd,
+            mem,
+            self.index,
+            num_vcpus,
+            entry,
+            protocol,
+        )
+        .map_err(|source| VcpuError::Configure {
+            index: self.index,
+            source,
+        })
     }
 
     /// Run the guest on the calling thread until it stops; returns how.
@@ -260,16 +263,31 @@ mod tests {
     #[test]
     fn routes_io_and_mmio_and_answers_absent_devices_with_zero() {
         let mut buses = Buses::default();
-        buses.io.insert(Arc::new(Mutex::new(Reg(7))), 0x3f8, 8).unwrap();
-        buses.mmio.insert(Arc::new(Mutex::new(Reg(9))), 0xd000_0000, 0x1000).unwrap();
+        buses
+            .io
+            .insert(Arc::new(Mutex::new(Reg(7))), 0x3f8, 8)
+            .unwrap();
+        buses
+            .mmio
+            .insert(Arc::new(Mutex::new(Reg(9))), 0xd000_0000, 0x1000)
+            .unwrap();
 
         let mut data = [0xffu8];
-        assert_eq!(handle_exit(VcpuExit::IoIn(0x3f8, &mut data), &buses), ExitAction::Continue);
+        assert_eq!(
+            handle_exit(VcpuExit::IoIn(0x3f8, &mut data), &buses),
+            ExitAction::Continue
+        );
         assert_eq!(data[0], 7);
         let mut data = [0xffu8];
-        assert_eq!(handle_exit(VcpuExit::IoIn(0x70, &mut data), &buses), ExitAction::Continue);
+        assert_eq!(
+            handle_exit(VcpuExit::IoIn(0x70, &mut data), &buses),
+            ExitAction::Continue
+        );
         assert_eq!(data[0], 0, "an absent RTC reads as zero, not 0xff");
-        assert_eq!(handle_exit(VcpuExit::MmioWrite(0xd000_0010, &[5]), &buses), ExitAction::Continue);
+        assert_eq!(
+            handle_exit(VcpuExit::MmioWrite(0xd000_0010, &[5]), &buses),
+            ExitAction::Continue
+        );
         let mut data = [0u8];
         handle_exit(VcpuExit::MmioRead(0xd000_0000, &mut data), &buses);
         assert_eq!(data[0], 5);
@@ -278,7 +296,10 @@ mod tests {
     #[test]
     fn maps_stops_and_failures() {
         let buses = Buses::default();
-        assert_eq!(handle_exit(VcpuExit::Shutdown, &buses), ExitAction::Stop(GuestExit::Crash));
+        assert_eq!(
+            handle_exit(VcpuExit::Shutdown, &buses),
+            ExitAction::Stop(GuestExit::Crash)
+        );
         assert_eq!(
             handle_exit(VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, &[]), &buses),
             ExitAction::Stop(GuestExit::Shutdown)
@@ -287,7 +308,13 @@ mod tests {
             handle_exit(VcpuExit::SystemEvent(SYSTEM_EVENT_CRASH, &[]), &buses),
             ExitAction::Stop(GuestExit::Crash)
         );
-        assert!(matches!(handle_exit(VcpuExit::InternalError, &buses), ExitAction::Fail(_)));
-        assert!(matches!(handle_exit(VcpuExit::FailEntry(1, 0), &buses), ExitAction::Fail(_)));
+        assert!(matches!(
+            handle_exit(VcpuExit::InternalError, &buses),
+            ExitAction::Fail(_)
+        ));
+        assert!(matches!(
+            handle_exit(VcpuExit::FailEntry(1, 0), &buses),
+            ExitAction::Fail(_)
+        ));
     }
 }

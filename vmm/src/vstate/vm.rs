@@ -2,7 +2,7 @@
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::{GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// Where KVM puts the three-page TSS it needs on Intel hosts (just below 4 GiB, in the gap).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;

@@ -1,4 +1,4 @@
-//! Where the guest console's bytes go, and the watch for a kernel panic in them.
+//! Where the guest console's bytes go, and the watch for how the guest kernel ends.
 //!
 //! The guest kernel runs with `panic=1 reboot=k`: after a panic it resets through the i8042
 //! exactly as a `reboot -f` does. The only difference the VMM can see is the console: the
@@ -6,23 +6,46 @@
 //! that text so the VMM can end with the crash status instead of the clean one. A guest
 //! program can print the same text to fake a panic; that only changes the exit status of its
 //! own VM, so it grants nothing.
+//!
+//! Without ACPI, `poweroff -f` and `halt -f` do not reach the VMM at all: the kernel prints
+//! `reboot: Power down` (or `reboot: System halted`) and halts its CPUs, which the in-kernel
+//! irqchip keeps inside KVM. The watch turns those lines into a stop event, so a power-off
+//! ends the VMM like a reboot does instead of leaving it running forever.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use vmm_sys_util::eventfd::EventFd;
+
 const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
+const HALT_MARKERS: [&[u8]; 2] = [b"reboot: Power down", b"reboot: System halted"];
 /// Longest line kept for matching; longer lines are matched on their first part only.
 const MAX_LINE: usize = 512;
 
-/// Shared flag: has the guest kernel announced a panic?
-#[derive(Clone, Default, Debug)]
-pub struct PanicWatch(Arc<AtomicBool>);
+/// What the console told about the guest kernel's end: a panic flag and a halt event.
+#[derive(Clone, Debug)]
+pub struct ConsoleWatch {
+    panicked: Arc<AtomicBool>,
+    halt_evt: Arc<EventFd>,
+}
 
-impl PanicWatch {
+impl ConsoleWatch {
+    fn new() -> io::Result<Self> {
+        Ok(ConsoleWatch {
+            panicked: Arc::default(),
+            halt_evt: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
+        })
+    }
+
     /// Whether a panic line has been seen.
     pub fn panicked(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.panicked.load(Ordering::Acquire)
+    }
+
+    /// Signalled when the kernel announces it powered off or halted.
+    pub fn halt_evt(&self) -> &EventFd {
+        &self.halt_evt
     }
 }
 
@@ -30,21 +53,21 @@ impl PanicWatch {
 pub struct ConsoleOutput {
     out: Option<io::LineWriter<Box<dyn Write + Send>>>,
     line: Vec<u8>,
-    watch: PanicWatch,
+    watch: ConsoleWatch,
 }
 
 impl ConsoleOutput {
-    /// Output to `out`, or nowhere when `None` (the panic watch still works).
-    pub fn new(out: Option<Box<dyn Write + Send>>) -> Self {
-        ConsoleOutput {
+    /// Output to `out`, or nowhere when `None` (the watch still works).
+    pub fn new(out: Option<Box<dyn Write + Send>>) -> io::Result<Self> {
+        Ok(ConsoleOutput {
             out: out.map(io::LineWriter::new),
             line: Vec::with_capacity(MAX_LINE),
-            watch: PanicWatch::default(),
-        }
+            watch: ConsoleWatch::new()?,
+        })
     }
 
-    /// A handle on the panic flag.
-    pub fn panic_watch(&self) -> PanicWatch {
+    /// A handle on the panic flag and halt event.
+    pub fn watch(&self) -> ConsoleWatch {
         self.watch.clone()
     }
 
@@ -52,7 +75,10 @@ impl ConsoleOutput {
         for &b in buf {
             if b == b'\n' {
                 if contains(&self.line, PANIC_MARKER) {
-                    self.watch.0.store(true, Ordering::Release);
+                    self.watch.panicked.store(true, Ordering::Release);
+                } else if HALT_MARKERS.iter().any(|m| contains(&self.line, m)) {
+                    // Only the event loop reads this; a failed write means it is already set.
+                    let _ = self.watch.halt_evt.write(1);
                 }
                 self.line.clear();
             } else if self.line.len() < MAX_LINE {
@@ -110,22 +136,34 @@ mod tests {
     #[test]
     fn forwards_lines_and_spots_a_panic_split_across_writes() {
         let sink = Sink::default();
-        let mut out = ConsoleOutput::new(Some(Box::new(sink.clone())));
-        let watch = out.panic_watch();
-        out.write_all(b"[    1.0] reboot: Restarting system\n").unwrap();
+        let mut out = ConsoleOutput::new(Some(Box::new(sink.clone()))).unwrap();
+        let watch = out.watch();
+        out.write_all(b"[    1.0] reboot: Restarting system\n")
+            .unwrap();
         assert!(!watch.panicked());
         out.write_all(b"[    2.0] Kernel pan").unwrap();
-        out.write_all(b"ic - not syncing: sysrq triggered crash").unwrap();
+        out.write_all(b"ic - not syncing: sysrq triggered crash")
+            .unwrap();
         assert!(!watch.panicked(), "only complete lines count");
         out.write_all(b"\n").unwrap();
         assert!(watch.panicked());
         out.flush().unwrap();
         assert!(sink.0.lock().unwrap().ends_with(b"crash\n"));
+        assert!(watch.halt_evt().read().is_err(), "a panic is not a halt");
+    }
+
+    #[test]
+    fn power_down_line_signals_the_halt_event() {
+        let mut out = ConsoleOutput::new(None).unwrap();
+        let watch = out.watch();
+        out.write_all(b"[    3.1] reboot: Power down\n").unwrap();
+        assert_eq!(watch.halt_evt().read().unwrap(), 1);
+        assert!(!watch.panicked());
     }
 
     #[test]
     fn very_long_lines_do_not_grow_memory() {
-        let mut out = ConsoleOutput::new(None);
+        let mut out = ConsoleOutput::new(None).unwrap();
         out.write_all(&vec![b'x'; 100_000]).unwrap();
         assert!(out.line.len() <= MAX_LINE);
     }

@@ -3,7 +3,9 @@
 mod console_output;
 mod i8042;
 mod serial;
+mod stdin_input;
 
-pub use console_output::{ConsoleOutput, PanicWatch};
+pub use console_output::{ConsoleOutput, ConsoleWatch};
 pub use i8042::I8042;
 pub use serial::{EventFdTrigger, SerialConsole};
+pub use stdin_input::SerialInput;

@@ -47,6 +47,11 @@ impl SerialConsole {
             .map_err(|e| io::Error::other(format!("serial input: {e:?}")))
     }
 
+    /// How many bytes the receive FIFO can take now.
+    pub fn input_room(&self) -> usize {
+        self.serial.fifo_capacity()
+    }
+
     /// Flush console output (at VMM exit).
     pub fn flush(&mut self) {
         let _ = io::Write::flush(self.serial.writer_mut());
@@ -78,7 +83,7 @@ mod tests {
     fn transmit_register_writes_reach_the_console_and_raise_irq() {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let irq_probe = irq.try_clone().unwrap();
-        let mut uart = SerialConsole::new(irq, ConsoleOutput::new(None));
+        let mut uart = SerialConsole::new(irq, ConsoleOutput::new(None).unwrap());
         // Enable the THR-empty interrupt (IER bit 1), then write a byte.
         uart.write(1, &[0x02]);
         uart.write(0, b"A");
@@ -95,7 +100,7 @@ mod tests {
     #[test]
     fn input_is_readable_from_the_receive_register() {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut uart = SerialConsole::new(irq, ConsoleOutput::new(None));
+        let mut uart = SerialConsole::new(irq, ConsoleOutput::new(None).unwrap());
         uart.enqueue_input(b"z").unwrap();
         let mut lsr = [0u8];
         uart.read(5, &mut lsr);
