@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::config::{FsConfig, FsConfigError};
 use super::failure::DeviceFailure;
 use super::metrics::FsMetrics;
-use super::vhost_user::{VhostUserConn, VhostUserError};
+use super::vhost_user::{VhostUserConn, VhostUserError, REQUEST_TIMEOUT};
 use crate::devices::virtio::device::{
     ActivateError, ActivatedQueue, VirtioDevice, VirtioInterrupt,
 };
@@ -72,7 +72,8 @@ impl Fs {
             tag: config.tag.clone(),
             source,
         };
-        let conn = VhostUserConn::connect(&config.socket, config.num_queues()).map_err(backend)?;
+        let conn = VhostUserConn::connect(&config.socket, config.num_queues(), REQUEST_TIMEOUT)
+            .map_err(backend)?;
         let calls = (0..config.num_queues())
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<io::Result<Vec<_>>>()

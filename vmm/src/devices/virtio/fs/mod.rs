@@ -22,7 +22,8 @@
 //! # When virtiofsd dies
 //!
 //! The event loop watches the vhost-user socket for hang-up. When virtiofsd exits (or a
-//! request to it fails or times out, [`vhost_user::REQUEST_TIMEOUT`]), the device records
+//! request to it fails or times out, [`vhost_user::REQUEST_TIMEOUT`], enforced by a watchdog
+//! thread per device that shuts the socket down), the device records
 //! "virtiofsd for tag X exited ..." in its [`DeviceFailure`] and signals its eventfd; the VMM's
 //! exit monitor watches `Fs::failure().evt()` and stops the VM with that reason. We stop the
 //! VM rather than fail the guest's file operations: the guest's FUSE requests already in the
@@ -57,6 +58,7 @@ mod metrics;
 mod tests;
 pub mod vhost_user;
 pub mod virtiofsd;
+mod watchdog;
 
 pub use config::{
     FsConfig, FsConfigError, CONFIG_SPACE_LEN, DEFAULT_QUEUE_SIZE, DEFAULT_REQUEST_QUEUES, TAG_LEN,

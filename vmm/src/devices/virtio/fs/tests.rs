@@ -378,6 +378,37 @@ fn fuse_requests_go_through_the_rings_to_virtiofsd() {
 }
 
 #[test]
+fn reset_stops_the_rings_and_the_device_can_be_activated_again() {
+    let Some(vfsd) =
+        Virtiofsd::start("reset_stops_the_rings_and_the_device_can_be_activated_again")
+    else {
+        return;
+    };
+    let (fs, mut manager) = new_device(&vfsd, "rootfs");
+    let guest = Guest::new();
+    guest.activate(&fs).unwrap();
+    guest.send(0, FUSE_INIT, 1, 0, &fuse_init_in());
+    assert!(run_until(&mut manager, || guest.irq.count() >= 1));
+
+    assert!(lock(&fs).reset());
+    assert!(!lock(&fs).is_activated());
+
+    // A driver starting over: fresh rings, FUSE_INIT again, then a lookup.
+    let again = Guest::new();
+    again.activate(&fs).unwrap();
+    again.send(0, FUSE_INIT, 2, 0, &fuse_init_in());
+    assert!(run_until(&mut manager, || again.irq.count() >= 1));
+    let (header, _) = again.reply(0);
+    assert_eq!((header.unique, header.error), (2, 0));
+    again.send(1, FUSE_LOOKUP, 3, 1, b"hello.txt\0");
+    assert!(run_until(&mut manager, || again.irq.count() >= 2));
+    let (header, body) = again.reply(1);
+    assert_eq!((header.unique, header.error), (3, 0));
+    assert_eq!(u64_at(&body, 48), 1234);
+    assert!(!lock(&fs).failure().has_failed());
+}
+
+#[test]
 fn virtiofsd_dying_signals_failure_and_never_hangs() {
     let Some(mut vfsd) = Virtiofsd::start("virtiofsd_dying_signals_failure_and_never_hangs") else {
         return;

@@ -1,9 +1,9 @@
 //! The vhost-user frontend side of one virtio-fs device: connecting to virtiofsd, negotiating
 //! features, and handing it guest memory and the virtqueues (`vhost` crate's [`Frontend`]).
 //!
-//! Every request is a blocking round trip on the socket; the socket has send and receive
-//! timeouts ([`REQUEST_TIMEOUT`]) so a backend that stops answering cannot hang the thread
-//! that talks to it (the vCPU thread, during activation and reset).
+//! Every request is a blocking round trip on the socket. Each batch of requests runs under a
+//! [`Watchdog`] deadline ([`REQUEST_TIMEOUT`]) so a backend that stops answering cannot hang
+//! the thread that talks to it (the vCPU thread, during activation and reset).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -22,6 +22,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::watchdog::Watchdog;
 use crate::devices::virtio::device::ActivatedQueue;
 
 /// How long to keep trying to connect while the socket does not exist yet or refuses.
@@ -49,8 +50,8 @@ pub enum VhostUserError {
         #[source]
         source: vhost::Error,
     },
-    #[error("cannot set timeouts on the vhost-user socket")]
-    SocketTimeout(#[source] io::Error),
+    #[error("cannot start the vhost-user watchdog thread")]
+    Watchdog(#[source] io::Error),
     #[error("vhost-user request {request} failed")]
     Request {
         request: &'static str,
@@ -76,6 +77,7 @@ fn req<T>(request: &'static str, r: vhost::Result<T>) -> Result<T> {
 /// A negotiated connection to a vhost-user backend.
 pub(super) struct VhostUserConn {
     frontend: Frontend,
+    watchdog: Watchdog,
     /// Virtio features the backend offers.
     backend_features: u64,
     num_queues: usize,
@@ -83,13 +85,15 @@ pub(super) struct VhostUserConn {
 
 impl VhostUserConn {
     /// Connect to `socket` and negotiate: SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES,
-    /// and GET_QUEUE_NUM to check the backend serves `num_queues` queues.
-    pub(super) fn connect(socket: &Path, num_queues: usize) -> Result<Self> {
+    /// and GET_QUEUE_NUM to check the backend serves `num_queues` queues. Each later batch of
+    /// requests must be answered within `timeout`.
+    pub(super) fn connect(socket: &Path, num_queues: usize, timeout: Duration) -> Result<Self> {
         let frontend = connect_with_retry(socket, num_queues)?;
-        set_socket_timeouts(frontend.as_raw_fd(), REQUEST_TIMEOUT)
-            .map_err(VhostUserError::SocketTimeout)?;
+        let watchdog =
+            Watchdog::spawn(frontend.as_raw_fd(), timeout).map_err(VhostUserError::Watchdog)?;
         let mut conn = Self {
             frontend,
+            watchdog,
             backend_features: 0,
             num_queues,
         };
@@ -98,6 +102,7 @@ impl VhostUserConn {
     }
 
     fn negotiate(&mut self) -> Result<()> {
+        let _deadline = self.watchdog.guard("the feature negotiation");
         let fe = &mut self.frontend;
         req("SET_OWNER", fe.set_owner())?;
         self.backend_features = req("GET_FEATURES", fe.get_features())?;
@@ -150,6 +155,7 @@ impl VhostUserConn {
         queues: &[ActivatedQueue],
         calls: &[EventFd],
     ) -> Result<()> {
+        let _deadline = self.watchdog.guard("the device activation");
         let fe = &mut self.frontend;
         let features =
             (guest_features & GUEST_FEATURES) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
@@ -172,6 +178,7 @@ impl VhostUserConn {
     /// Stop the backend's work on the first `num_queues` queues: disable them, then
     /// GET_VRING_BASE, which tells the backend to stop processing the ring.
     pub(super) fn stop(&mut self, num_queues: usize) -> Result<()> {
+        let _deadline = self.watchdog.guard("the device reset");
         let fe = &mut self.frontend;
         for i in 0..num_queues {
             req("SET_VRING_ENABLE", fe.set_vring_enable(i, false))?;
@@ -214,29 +221,6 @@ fn connect_with_retry(socket: &Path, num_queues: usize) -> Result<Frontend> {
     }
 }
 
-fn set_socket_timeouts(fd: RawFd, timeout: Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
-    };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: `fd` is an open socket; `tv` is a valid timeval of the size we pass.
-        let ret = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// Every guest memory region with the fd and offset it is mapped from.
 fn memory_regions(mem: &GuestMemoryMmap) -> Result<Vec<VhostUserMemoryRegionInfo>> {
     mem.iter()
@@ -275,6 +259,31 @@ mod tests {
     use super::*;
     use crate::vstate::memory::create_shared_guest_memory;
     use virtio_queue::mock::MockSplitQueue;
+
+    #[test]
+    fn a_backend_that_never_answers_times_out() {
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/bulkhead-vu-").unwrap();
+        let path = dir.as_path().join("silent.sock");
+        // Connections are accepted (by the kernel's backlog) but never read or answered.
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let start = Instant::now();
+        let err = VhostUserConn::connect(&path, 2, Duration::from_millis(300))
+            .err()
+            .expect("a silent backend cannot be negotiated with");
+        let waited = start.elapsed();
+        assert!(
+            matches!(
+                err,
+                VhostUserError::Request {
+                    request: "GET_FEATURES",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+    }
 
     #[test]
     fn memory_table_needs_file_backed_memory() {
