@@ -34,7 +34,8 @@ fi
 
 mkdir -p "${CACHE}"
 echo "building virtiofsd ${VIRTIOFSD_VERSION} into ${ROOT} (about a minute)" >&2
-# Build in a temporary target dir so a failed build leaves no half-installed binary.
+# cargo builds in a temporary directory and copies the binary only on success, so a failed
+# build leaves nothing that the check above would take for an installed binary.
 cargo install --locked virtiofsd --version "${VIRTIOFSD_VERSION}" --root "${ROOT}" >&2
 
 "${BIN}" --version >&2
