@@ -7,10 +7,16 @@ Takes the VMM's flags. `--kernel DIR` names the fake "guest": a hybrid vsock
 real VMM does). The guest "powers off" (exit 0) when `DIR/poweroff` appears.
 `--cmdline` picks a failure instead: `panic` (console panic text, exit 3),
 `vmm-error` (log line on stderr, exit 1), `hang` (never listens on vsock).
+`agent=PATH` runs the real bulkhead-agent on the host as the guest's init: serving on
+`DIR/port_<port>.sock` in its own mount namespace with cgroup2 at /sys/fs/cgroup, logging
+to the console; the "guest" powers off (exit 0) when the agent exits.
 """
 
+import ctypes
 import os
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -92,12 +98,43 @@ def main():
 
     threading.Thread(target=accept, daemon=True).start()
     log("[    0.100000] fake guest up")
+    if mode.startswith("agent="):
+        sys.exit(run_agent(mode[len("agent="):], guest, console))
     poweroff = os.path.join(guest, "poweroff")
     while not os.path.exists(poweroff):
         time.sleep(0.02)
     log("[    1.000000] reboot: Power down")
     os.unlink(vsock)
     sys.exit(0)
+
+
+def run_agent(agent, guest, console):
+    setup = (
+        'if [ "$(stat -f -c %T /sys/fs/cgroup)" != cgroup2fs ]; then '
+        "mount --bind /sys/fs/cgroup/unified /sys/fs/cgroup || exit 1; fi; "
+        'exec "$@"'
+    )
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def die_with_parent():
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    cmd = [
+        "unshare", "--mount", "--propagation", "private", "sh", "-c", setup, "agent",
+        agent,
+        "--listen", "unix:" + os.path.join(guest, "port_1024.sock"),
+        "--stdio-listen", "unix:" + os.path.join(guest, "port_1025.sock"),
+        "--state-dir", os.path.join(guest, "state"),
+        "--log", "debug",
+    ]
+    child = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=console, stderr=console,
+        preexec_fn=die_with_parent,
+    )
+    child.wait()
+    console.write("[    9.000000] reboot: Power down (agent status %d)\r\n" % child.returncode)
+    console.flush()
+    return 0
 
 
 if __name__ == "__main__":
