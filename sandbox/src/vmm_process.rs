@@ -161,6 +161,23 @@ pub enum VmmError {
     },
 }
 
+/// Whether the VMM binary has the `--fs TAG=SOCKET` flag (virtio-fs), from its `--help`.
+/// `false` when the binary cannot be run.
+pub async fn vmm_supports_fs(binary: &Path) -> bool {
+    let run = Command::new(binary)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(std::time::Duration::from_secs(5), run).await {
+        Ok(Ok(out)) => String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .any(|w| w == "--fs" || w.starts_with("--fs=")),
+        _ => false,
+    }
+}
+
 /// A running (or ended, not yet dropped) VMM process.
 #[derive(Debug)]
 pub struct VmmProcess {
@@ -401,6 +418,20 @@ mod tests {
         let err = VmmProcess::spawn(&config(dir.path(), dir.path().join("absent"))).unwrap_err();
         assert!(matches!(err, VmmError::Spawn { .. }));
         assert!(err.to_string().contains("absent"));
+    }
+
+    #[tokio::test]
+    async fn detects_the_fs_flag_from_help() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = script(
+            dir.path(),
+            "echo '      --fs <TAG=SOCKET>  virtio-fs device'",
+        );
+        assert!(vmm_supports_fs(&with).await);
+        std::fs::remove_file(&with).unwrap();
+        let without = script(dir.path(), "echo '      --fsync-ish  --vsock <UDS_PATH>'");
+        assert!(!vmm_supports_fs(&without).await);
+        assert!(!vmm_supports_fs(&dir.path().join("absent")).await);
     }
 
     /// Whether `pid` exists; a child that was not reaped stays as a zombie, so `false`
