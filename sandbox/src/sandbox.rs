@@ -286,7 +286,7 @@ impl Sandbox {
         match request.await {
             Err(SandboxError::Transport { phase, source }) => {
                 // The connection usually drops a moment before the VMM is reaped.
-                let exit = tokio::time::timeout(Duration::from_millis(500), self.vmm.wait())
+                let exit = tokio::time::timeout(Duration::from_secs(2), self.vmm.wait())
                     .await
                     .ok();
                 match exit {

@@ -6,7 +6,7 @@ Takes the VMM's flags. `--kernel DIR` names the fake "guest": a hybrid vsock
 `DIR/port_<port>.sock` (closed without an answer when nothing listens there, as the
 real VMM does). The guest "powers off" (exit 0) when `DIR/poweroff` appears.
 `--cmdline` picks a failure instead: `panic` (console panic text, exit 3),
-`vmm-error` (log line on stderr, exit 1), `hang` (never listens on vsock).
+`vmm-error` (log line on stderr, exit 1).
 `agent=PATH` runs the real bulkhead-agent on the host as the guest's init: serving on
 `DIR/port_<port>.sock` in its own mount namespace with cgroup2 at /sys/fs/cgroup, logging
 to the console; the "guest" powers off (exit 0) when the agent exits.
@@ -49,9 +49,6 @@ def main():
     if mode == "vmm-error":
         print("[vmm] error: cannot open /dev/kvm: No such file or directory", file=sys.stderr)
         sys.exit(1)
-    if mode == "hang":
-        time.sleep(3600)
-        return
 
     vsock = opts["--vsock"][0]
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
