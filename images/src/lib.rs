@@ -5,12 +5,15 @@
 
 pub mod digest;
 pub mod error;
+pub mod import;
+pub mod process;
 pub mod pull;
 pub mod store;
 pub mod unpack;
 
 pub use digest::Digest;
 pub use error::{Error, Result};
+pub use process::{runtime_process, ProcessOverrides, UserDb};
 pub use pull::{pull, PullOptions};
 pub use store::{ImageRecord, LayerRecord, Store};
 pub use unpack::{apply_layer, ensure_layers, unpack_image, Limits, Mode};
