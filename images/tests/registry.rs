@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
 
-use bulkhead_images::pull::{PullOptions, Progress};
+use bulkhead_images::pull::{Progress, PullOptions};
 use bulkhead_images::{pull, unpack_image, Digest, Limits, Store};
 use common::{Compression::*, Registry};
 
@@ -21,7 +21,10 @@ fn plain() -> PullOptions {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// path -> "type mode uid:gid extra" for every entry under `root`.
@@ -44,9 +47,26 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
             } else {
                 String::new()
             };
-            let kind = if ft.is_dir() { "d" } else if ft.is_symlink() { "l" } else if ft.is_file() { "f" } else if ft.is_fifo() { "p" } else { "c" };
-            let mode = if ft.is_symlink() { 0 } else { m.mode() & 0o7777 };
-            out.insert(rel, format!("{kind} {mode:o} {}:{} {extra}", m.uid(), m.gid()));
+            let kind = if ft.is_dir() {
+                "d"
+            } else if ft.is_symlink() {
+                "l"
+            } else if ft.is_file() {
+                "f"
+            } else if ft.is_fifo() {
+                "p"
+            } else {
+                "c"
+            };
+            let mode = if ft.is_symlink() {
+                0
+            } else {
+                m.mode() & 0o7777
+            };
+            out.insert(
+                rel,
+                format!("{kind} {mode:o} {}:{} {extra}", m.uid(), m.gid()),
+            );
             if ft.is_dir() {
                 walk(root, &p, out);
             }
@@ -61,7 +81,11 @@ fn push_test_image(reg: &Registry, tmp: &Path, name: &str) -> std::path::PathBuf
     let l = common::test_layers();
     let desc = common::write_manifest(
         &layout,
-        &[(l[0].clone(), None), (l[1].clone(), Gzip), (l[2].clone(), Gzip)],
+        &[
+            (l[0].clone(), None),
+            (l[1].clone(), Gzip),
+            (l[2].clone(), Gzip),
+        ],
         "amd64",
     );
     common::write_index(&layout, vec![("v1", desc)]);
@@ -92,12 +116,24 @@ fn pull_store_unpack_and_match_umoci() {
     assert!(!out.join("etc/removed").exists());
     assert!(!out.join("opt/old").exists() && !out.join("opt/olddir").exists());
     assert_eq!(fs::read(out.join("opt/new")).unwrap(), b"new");
-    assert_eq!(fs::read_link(out.join("etc/sub")).unwrap(), Path::new("/opt"));
+    assert_eq!(
+        fs::read_link(out.join("etc/sub")).unwrap(),
+        Path::new("/opt")
+    );
     assert!(!out.join("etc/passwd-link").exists());
     let bb = fs::metadata(out.join("bin/busybox")).unwrap();
-    assert_eq!(bb.ino(), fs::metadata(out.join("bin/bb-hard")).unwrap().ino());
-    assert_eq!(fs::metadata(out.join("usr/bin/suid")).unwrap().mode() & 0o7777, 0o4755);
-    assert_eq!(fs::metadata(out.join("home/user/owned")).unwrap().uid(), if common::is_root() { 1000 } else { bb.uid() });
+    assert_eq!(
+        bb.ino(),
+        fs::metadata(out.join("bin/bb-hard")).unwrap().ino()
+    );
+    assert_eq!(
+        fs::metadata(out.join("usr/bin/suid")).unwrap().mode() & 0o7777,
+        0o4755
+    );
+    assert_eq!(
+        fs::metadata(out.join("home/user/owned")).unwrap().uid(),
+        if common::is_root() { 1000 } else { bb.uid() }
+    );
 
     // Same tree as umoci.
     if common::have("umoci") && common::is_root() {
@@ -108,16 +144,29 @@ fn pull_store_unpack_and_match_umoci() {
             .arg(&bundle)
             .output()
             .unwrap();
-        assert!(st.status.success(), "umoci: {}", String::from_utf8_lossy(&st.stderr));
+        assert!(
+            st.status.success(),
+            "umoci: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
         let ours = tree(&out);
         let theirs = tree(&bundle.join("rootfs"));
         let diff: Vec<_> = ours
             .iter()
             .filter(|(k, v)| theirs.get(*k) != Some(v))
             .map(|(k, v)| format!("{k}: ours {v:?} umoci {:?}", theirs.get(k)))
-            .chain(theirs.keys().filter(|k| !ours.contains_key(*k)).map(|k| format!("{k}: only in umoci")))
+            .chain(
+                theirs
+                    .keys()
+                    .filter(|k| !ours.contains_key(*k))
+                    .map(|k| format!("{k}: only in umoci")),
+            )
             .collect();
-        assert!(diff.is_empty(), "differences from umoci:\n{}", diff.join("\n"));
+        assert!(
+            diff.is_empty(),
+            "differences from umoci:\n{}",
+            diff.join("\n")
+        );
     } else {
         eprintln!("SKIPPED umoci comparison: umoci missing or not root");
     }
@@ -125,13 +174,25 @@ fn pull_store_unpack_and_match_umoci() {
     // Per-layer overlay dirs: whiteout devices and the opaque xattr.
     let lowers = store.rootfs_layers(&rec).unwrap();
     assert_eq!(lowers.len(), 3);
-    assert_eq!(lowers[2], store.layer_dir(&rec.layers[0].diff_id), "topmost first");
+    assert_eq!(
+        lowers[2],
+        store.layer_dir(&rec.layers[0].diff_id),
+        "topmost first"
+    );
     if common::is_root() {
         let wh = fs::symlink_metadata(lowers[1].join("etc/removed")).unwrap();
         assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
         let mut v = [0u8; 4];
-        let p = std::ffi::CString::new(lowers[1].join("opt").into_os_string().into_encoded_bytes()).unwrap();
-        let n = unsafe { libc::lgetxattr(p.as_ptr(), c"trusted.overlay.opaque".as_ptr(), v.as_mut_ptr().cast(), 4) };
+        let p = std::ffi::CString::new(lowers[1].join("opt").into_os_string().into_encoded_bytes())
+            .unwrap();
+        let n = unsafe {
+            libc::lgetxattr(
+                p.as_ptr(),
+                c"trusted.overlay.opaque".as_ptr(),
+                v.as_mut_ptr().cast(),
+                4,
+            )
+        };
         assert_eq!(&v[..n.max(0) as usize], b"y");
     }
 
@@ -145,13 +206,21 @@ fn pull_store_unpack_and_match_umoci() {
         }
     }
     let count = std::sync::Arc::new(Count(Default::default()));
-    let opts = PullOptions { progress: Some(count.clone()), ..plain() };
+    let opts = PullOptions {
+        progress: Some(count.clone()),
+        ..plain()
+    };
     rt().block_on(pull(&store, &reference, &opts)).unwrap();
     assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 0);
     store.remove_image(&reference).unwrap();
     let r = store.gc().unwrap();
     assert_eq!(r.layers_removed, 3);
-    assert_eq!(fs::read_dir(store.root().join("blobs/sha256")).unwrap().count(), 0);
+    assert_eq!(
+        fs::read_dir(store.root().join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -160,7 +229,10 @@ fn zstd_layers_and_index_resolve_to_amd64() {
     let reg = Registry::start("");
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("layout");
-    let amd = common::Layer::new().file("arch", 0o644, b"amd64").file("z/zstd-file", 0o600, &vec![1u8; 100_000]).tar();
+    let amd = common::Layer::new()
+        .file("arch", 0o644, b"amd64")
+        .file("z/zstd-file", 0o600, &vec![1u8; 100_000])
+        .tar();
     let arm = common::Layer::new().file("arch", 0o644, b"arm64").tar();
     let base = common::test_layers().remove(0);
     let d_amd = common::write_manifest(&layout, &[(base.clone(), Gzip), (amd, Zstd)], "amd64");
@@ -170,9 +242,14 @@ fn zstd_layers_and_index_resolve_to_amd64() {
     common::skopeo_push(&layout, "multi", &format!("{}/multi:1", reg.addr), true);
 
     let store = Store::open(tmp.path().join("store")).unwrap();
-    let rec = rt().block_on(pull(&store, &format!("{}/multi:1", reg.addr), &plain())).unwrap();
+    let rec = rt()
+        .block_on(pull(&store, &format!("{}/multi:1", reg.addr), &plain()))
+        .unwrap();
     assert!(rec.index_digest.is_some());
-    assert_eq!(rec.manifest_digest.to_string(), d_amd["digest"].as_str().unwrap());
+    assert_eq!(
+        rec.manifest_digest.to_string(),
+        d_amd["digest"].as_str().unwrap()
+    );
     assert!(rec.layers[1].media_type.ends_with("zstd"));
     let out = tmp.path().join("rootfs");
     unpack_image(&store, &rec, &out, &Limits::default()).unwrap();
@@ -183,7 +260,8 @@ fn zstd_layers_and_index_resolve_to_amd64() {
     let by_digest = format!("{}/multi@{}", reg.addr, rec.index_digest.as_ref().unwrap());
     let rec2 = rt().block_on(pull(&store, &by_digest, &plain())).unwrap();
     assert_eq!(rec2.manifest_digest, rec.manifest_digest);
-    let imported = bulkhead_images::import::oci_layout(&store, &layout, Some("local/multi:1")).unwrap();
+    let imported =
+        bulkhead_images::import::oci_layout(&store, &layout, Some("local/multi:1")).unwrap();
     assert_eq!(imported[0].manifest_digest, rec.manifest_digest);
     assert_eq!(store.list_images().unwrap().len(), 3);
 }
@@ -206,7 +284,9 @@ fn digest_mismatch_names_the_blob_and_stores_nothing() {
     data[last] ^= 0xff;
     fs::write(&p, &data).unwrap();
 
-    let err = rt().block_on(pull(&store, &reference, &plain())).unwrap_err();
+    let err = rt()
+        .block_on(pull(&store, &reference, &plain()))
+        .unwrap_err();
     let msg = format!("{err}");
     assert!(msg.contains(&victim.to_string()), "{msg}");
     assert!(!store.has_blob(victim));

@@ -114,7 +114,11 @@ pub fn skopeo_push(layout: &Path, tag: &str, dest: &str, all: bool) {
         .arg(format!("docker://{dest}"))
         .output()
         .expect("run skopeo");
-    assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -169,7 +173,13 @@ impl Layer {
     }
 
     pub fn file_owned(mut self, name: &str, mode: u32, uid: u64, data: &[u8]) -> Self {
-        let mut h = Self::hdr(tar::EntryType::Regular, name.as_bytes(), mode, uid, data.len() as u64);
+        let mut h = Self::hdr(
+            tar::EntryType::Regular,
+            name.as_bytes(),
+            mode,
+            uid,
+            data.len() as u64,
+        );
         h.set_cksum();
         self.b.append(&h, data).unwrap();
         self
@@ -235,7 +245,11 @@ fn media(c: Compression) -> &'static str {
 
 /// Writes an image manifest (and its blobs) into `layout`; returns the
 /// manifest descriptor JSON.
-pub fn write_manifest(layout: &Path, layers: &[(Vec<u8>, Compression)], arch: &str) -> serde_json::Value {
+pub fn write_manifest(
+    layout: &Path,
+    layers: &[(Vec<u8>, Compression)],
+    arch: &str,
+) -> serde_json::Value {
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     for (tar, c) in layers {
@@ -275,10 +289,15 @@ pub fn write_index(layout: &Path, entries: Vec<(&str, serde_json::Value)>) {
             d
         })
         .collect();
-    fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
     fs::write(
         layout.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": manifests})).unwrap(),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": manifests}))
+            .unwrap(),
     )
     .unwrap();
 }
@@ -325,7 +344,11 @@ pub fn test_layers() -> Vec<Vec<u8>> {
         .dir("opt/", 0o755)
         .file("opt/.wh..wh..opq", 0o644, b"")
         .file("opt/new", 0o644, b"new")
-        .file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n")
+        .file(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )
         .hardlink("etc/passwd-link", "etc/passwd")
         .symlink("etc/sub", "/opt")
         .tar();
