@@ -4,9 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use bulkhead_protocol::types::{
-    ContainerStats, CpuStats, IoDeviceStats, MemoryStats, PidsStats,
-};
+use bulkhead_protocol::types::{ContainerStats, CpuStats, IoDeviceStats, MemoryStats, PidsStats};
 
 /// Where cgroup2 is mounted in the guest (and in the host tests' mount
 /// namespace).
@@ -135,7 +133,12 @@ mod tests {
         assert_eq!(s.pids.limit, Some(100));
         assert_eq!(s.io.len(), 2);
         assert_eq!(
-            (s.io[0].major, s.io[0].minor, s.io[0].read_bytes, s.io[0].write_ios),
+            (
+                s.io[0].major,
+                s.io[0].minor,
+                s.io[0].read_bytes,
+                s.io[0].write_ios
+            ),
             (254, 0, 4096, 1)
         );
         assert_eq!(oom_kills(dir.path()), 1);

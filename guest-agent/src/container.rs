@@ -108,7 +108,8 @@ impl Runtime {
         rootfs: &Path,
         tty: bool,
     ) -> Result<(PathBuf, PathBuf), ContainerError> {
-        let mut spec: Spec = serde_json::from_slice(spec_json).map_err(ContainerError::InvalidSpec)?;
+        let mut spec: Spec =
+            serde_json::from_slice(spec_json).map_err(ContainerError::InvalidSpec)?;
         let rootfs = fs::canonicalize(rootfs).map_err(|source| ContainerError::Rootfs {
             path: rootfs.to_owned(),
             source,
@@ -124,7 +125,10 @@ impl Runtime {
         root.set_path(rootfs);
         root.set_readonly(readonly);
         spec.set_root(Some(root));
-        let process = spec.process_mut().as_mut().ok_or(ContainerError::NoProcess)?;
+        let process = spec
+            .process_mut()
+            .as_mut()
+            .ok_or(ContainerError::NoProcess)?;
         process.set_terminal(Some(tty));
         let mut linux = spec.linux().clone().unwrap_or_default();
         let cgroup_path = match linux.cgroups_path() {

@@ -143,7 +143,9 @@ mod tests {
             panic!("not a status");
         };
         assert_eq!(status.code(), Code::INVALID_ARGUMENT);
-        assert!(status.message().starts_with("cannot create container c1: invalid OCI runtime spec: EOF"));
+        assert!(status
+            .message()
+            .starts_with("cannot create container c1: invalid OCI runtime spec: EOF"));
         assert_eq!(
             AgentError::ContainerNotFound("x".into()).code(),
             Code::NOT_FOUND

@@ -51,11 +51,7 @@ impl AsyncRead for FdStream {
             let res = guard.try_io(|fd| {
                 // SAFETY: reads into a valid, initialized buffer of that length.
                 let n = unsafe {
-                    libc::read(
-                        fd.as_raw_fd(),
-                        unfilled.as_mut_ptr().cast(),
-                        unfilled.len(),
-                    )
+                    libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
                 };
                 if n < 0 {
                     Err(io::Error::last_os_error())

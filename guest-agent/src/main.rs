@@ -30,13 +30,11 @@ fn run(pid1: bool) -> Result<()> {
     let (opts, warnings) = if pid1 {
         // /proc is not mounted yet: mount first, log after.
         let mounted = init::setup_pid1();
-        let console: Box<dyn Write + Send> = match std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/console")
-        {
-            Ok(f) => Box::new(f),
-            Err(_) => Box::new(std::io::stderr()),
-        };
+        let console: Box<dyn Write + Send> =
+            match std::fs::OpenOptions::new().write(true).open("/dev/console") {
+                Ok(f) => Box::new(f),
+                Err(_) => Box::new(std::io::stderr()),
+            };
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         let (opts, warnings) = config::from_cmdline(&cmdline);
         Logger::new(console, opts.log_level).install();

@@ -92,7 +92,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Sandbox {
     pub fn new(opts: SandboxOptions) -> Result<Arc<Self>, AgentError> {
         let runtime = Runtime::new(&opts.state_dir).map_err(|e| {
-            AgentError::io(format!("cannot create state dir {}", opts.state_dir.display()), e)
+            AgentError::io(
+                format!("cannot create state dir {}", opts.state_dir.display()),
+                e,
+            )
         })?;
         let (oom_tx, oom_rx) = mpsc::channel(OOM_QUEUE);
         Ok(Arc::new(Sandbox {
@@ -198,7 +201,10 @@ impl Sandbox {
         };
 
         let guard = self.reaper.spawn_guard();
-        let created = match self.runtime.create(&id, &bundle, cgroup_path.clone(), setup) {
+        let created = match self
+            .runtime
+            .create(&id, &bundle, cgroup_path.clone(), setup)
+        {
             Ok(c) => c,
             Err(e) => {
                 drop(guard);
@@ -367,10 +373,12 @@ impl Sandbox {
             .resize(size)
             .map_err(|e| AgentError::io("cannot resize tty", e))?;
         if !has_tty {
-            return Err(AgentError::InvalidField(bulkhead_protocol::types::InvalidField {
-                field: "exec_id",
-                reason: "process has no tty".into(),
-            }));
+            return Err(AgentError::InvalidField(
+                bulkhead_protocol::types::InvalidField {
+                    field: "exec_id",
+                    reason: "process has no tty".into(),
+                },
+            ));
         }
         Ok(())
     }

@@ -61,7 +61,8 @@ impl fmt::Display for ListenAddr {
 fn bind_unix(path: &PathBuf) -> Result<UnixListener, AgentError> {
     // A socket file left by an earlier run would make bind fail.
     let _ = std::fs::remove_file(path);
-    UnixListener::bind(path).map_err(|e| AgentError::io(format!("cannot listen on {}", path.display()), e))
+    UnixListener::bind(path)
+        .map_err(|e| AgentError::io(format!("cannot listen on {}", path.display()), e))
 }
 
 fn bind_vsock(port: u32) -> Result<VsockListener, AgentError> {
@@ -188,4 +189,3 @@ async fn read_header<S: AsyncRead + Unpin>(conn: &mut S) -> std::io::Result<Opti
         }
     }
 }
-

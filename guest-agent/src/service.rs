@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use bulkhead_protocol::proto;
 use bulkhead_protocol::ttrpc_api;
 use bulkhead_protocol::types::{
-    validate_container_id, validate_signal, ContainerConfig, ExecConfig, ProcessRef,
-    SandboxConfig, WinSize,
+    validate_container_id, validate_signal, ContainerConfig, ExecConfig, ProcessRef, SandboxConfig,
+    WinSize,
 };
 use bulkhead_protocol::{check_protocol_version, PROTOCOL_VERSION};
 use log::{debug, warn};
@@ -32,9 +32,7 @@ impl AgentService {
     }
 
     /// The service table to register with a ttrpc server.
-    pub fn into_ttrpc(
-        self,
-    ) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
+    pub fn into_ttrpc(self) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
         ttrpc_api::create_agent(Arc::new(self))
     }
 }
@@ -66,8 +64,7 @@ impl ttrpc_api::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: proto::VersionRequest,
     ) -> ttrpc::Result<proto::VersionResponse> {
-        check_protocol_version(req.protocol_version)
-            .map_err(|e| fail("Version", e.into()))?;
+        check_protocol_version(req.protocol_version).map_err(|e| fail("Version", e.into()))?;
         let mut r = proto::VersionResponse::new();
         r.agent_version = AGENT_VERSION.to_owned();
         r.protocol_version = PROTOCOL_VERSION;
@@ -130,8 +127,7 @@ impl ttrpc_api::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: proto::RemoveContainerRequest,
     ) -> ttrpc::Result<proto::Empty> {
-        validate_container_id(&req.container_id)
-            .map_err(|e| fail("RemoveContainer", e.into()))?;
+        validate_container_id(&req.container_id).map_err(|e| fail("RemoveContainer", e.into()))?;
         self.sandbox
             .remove_container(&req.container_id)
             .await
@@ -159,8 +155,8 @@ impl ttrpc_api::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: proto::SignalProcessRequest,
     ) -> ttrpc::Result<proto::Empty> {
-        let p = process_ref(&req.container_id, &req.exec_id)
-            .map_err(|e| fail("SignalProcess", e))?;
+        let p =
+            process_ref(&req.container_id, &req.exec_id).map_err(|e| fail("SignalProcess", e))?;
         let sig = validate_signal(req.signal).map_err(|e| fail("SignalProcess", e.into()))?;
         self.sandbox
             .signal_process(&p, sig)
@@ -173,8 +169,7 @@ impl ttrpc_api::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: proto::WaitProcessRequest,
     ) -> ttrpc::Result<proto::WaitProcessResponse> {
-        let p = process_ref(&req.container_id, &req.exec_id)
-            .map_err(|e| fail("WaitProcess", e))?;
+        let p = process_ref(&req.container_id, &req.exec_id).map_err(|e| fail("WaitProcess", e))?;
         let exit = self
             .sandbox
             .wait_process(&p)
@@ -194,8 +189,8 @@ impl ttrpc_api::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: proto::TtyWinResizeRequest,
     ) -> ttrpc::Result<proto::Empty> {
-        let p = process_ref(&req.container_id, &req.exec_id)
-            .map_err(|e| fail("TtyWinResize", e))?;
+        let p =
+            process_ref(&req.container_id, &req.exec_id).map_err(|e| fail("TtyWinResize", e))?;
         let size = WinSize::try_from(&req).map_err(|e| fail("TtyWinResize", e.into()))?;
         self.sandbox
             .resize_tty(&p, size)
@@ -208,8 +203,7 @@ impl ttrpc_api::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: proto::CloseStdinRequest,
     ) -> ttrpc::Result<proto::Empty> {
-        let p = process_ref(&req.container_id, &req.exec_id)
-            .map_err(|e| fail("CloseStdin", e))?;
+        let p = process_ref(&req.container_id, &req.exec_id).map_err(|e| fail("CloseStdin", e))?;
         self.sandbox
             .close_stdin(&p)
             .map_err(|e| fail("CloseStdin", e))?;
@@ -221,8 +215,7 @@ impl ttrpc_api::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: proto::StatsContainerRequest,
     ) -> ttrpc::Result<proto::StatsContainerResponse> {
-        validate_container_id(&req.container_id)
-            .map_err(|e| fail("StatsContainer", e.into()))?;
+        validate_container_id(&req.container_id).map_err(|e| fail("StatsContainer", e.into()))?;
         let stats = self
             .sandbox
             .stats(&req.container_id)
