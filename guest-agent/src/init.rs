@@ -80,8 +80,58 @@ fn sys(what: String) -> impl FnOnce(nix::Error) -> AgentError {
     move |source| AgentError::Sys { what, source }
 }
 
-/// Mounts the kernel filesystems PID 1 needs and enables every available
-/// cgroup controller for child cgroups.
+/// Set in the environment of the re-executed agent after
+/// [`leave_initramfs`].
+pub const SWITCHED_ENV: &str = "BULKHEAD_SWITCHED_ROOT";
+
+/// Moves the agent off the initramfs onto a tmpfs root and re-executes it.
+///
+/// The initramfs is the kernel's `rootfs` mount, and pivot_root(2) refuses
+/// to move it (EINVAL): containers could not pivot_root from a mount
+/// namespace whose root is rootfs. Like `switch_root`, copy /init to a fresh
+/// tmpfs, delete it from the initramfs to free the memory, move the tmpfs
+/// onto / and chroot into it, then exec /init again with [`SWITCHED_ENV`]
+/// set. Returns only on failure.
+pub fn leave_initramfs() -> Result<std::convert::Infallible, AgentError> {
+    use std::ffi::CString;
+
+    const NEW_ROOT: &str = "/newroot";
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |e| AgentError::io(what, e)
+    };
+    fs::create_dir_all(NEW_ROOT).map_err(io("cannot create /newroot"))?;
+    mount(
+        Some("tmpfs"),
+        NEW_ROOT,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(sys("cannot mount tmpfs on /newroot".into()))?;
+    for d in ["dev", "proc", "sys", "run", "tmp", "etc", "root"] {
+        fs::create_dir_all(Path::new(NEW_ROOT).join(d)).map_err(io("cannot populate /newroot"))?;
+    }
+    fs::copy("/init", "/newroot/init").map_err(io("cannot copy /init"))?;
+    // Free the initramfs copy; the running image stays mapped.
+    let _ = fs::remove_file("/init");
+    nix::unistd::chdir(NEW_ROOT).map_err(sys("chdir /newroot".into()))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(sys("cannot move /newroot onto /".into()))?;
+    nix::unistd::chroot(".").map_err(sys("chroot".into()))?;
+    nix::unistd::chdir("/").map_err(sys("chdir /".into()))?;
+    std::env::set_var(SWITCHED_ENV, "1");
+    let init =
+        CString::new("/init").map_err(|e| AgentError::io("path", std::io::Error::other(e)))?;
+    let env: Vec<CString> = std::env::vars()
+        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+        .collect();
+    nix::unistd::execve(&init, std::slice::from_ref(&init), &env)
+        .map_err(sys("cannot exec /init".into()))
+}
+
+/// Mounts the kernel filesystems PID 1 needs. Then (once logging works)
+/// call [`enable_cgroup_controllers`].
 pub fn setup_pid1() -> Result<(), AgentError> {
     for m in MOUNTS {
         if let Err(e) = nix::unistd::mkdir(m.target, Mode::from_bits_truncate(0o755)) {
@@ -105,7 +155,6 @@ pub fn setup_pid1() -> Result<(), AgentError> {
         let _ = std::os::unix::fs::symlink(target, link);
     }
     let _ = fs::create_dir_all("/tmp");
-    enable_cgroup_controllers(Path::new("/sys/fs/cgroup"));
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! Otherwise (tests) it takes flags and mounts nothing.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{Context, Result};
 use bulkhead_agent::{config, init, logger::Logger};
@@ -15,7 +16,9 @@ fn main() {
         Ok(()) => 0,
         Err(e) => {
             error!("{e:#}");
-            eprintln!("bulkhead-agent: {e:#}");
+            if !pid1 {
+                eprintln!("bulkhead-agent: {e:#}");
+            }
             1
         }
     };
@@ -28,17 +31,33 @@ fn main() {
 
 fn run(pid1: bool) -> Result<()> {
     let (opts, warnings) = if pid1 {
+        // Containers need a root they can pivot_root away from: not rootfs.
+        let switch_error = if std::env::var_os(init::SWITCHED_ENV).is_none() {
+            init::leave_initramfs().err()
+        } else {
+            None
+        };
         // /proc is not mounted yet: mount first, log after.
         let mounted = init::setup_pid1();
-        let console: Box<dyn Write + Send> =
-            match std::fs::OpenOptions::new().write(true).open("/dev/console") {
-                Ok(f) => Box::new(f),
-                Err(_) => Box::new(std::io::stderr()),
-            };
+        let console: Box<dyn Write + Send> = match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open("/dev/console")
+        {
+            Ok(f) => Box::new(f),
+            Err(_) => Box::new(std::io::stderr()),
+        };
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         let (opts, warnings) = config::from_cmdline(&cmdline);
         Logger::new(console, opts.log_level).install();
         mounted.context("PID 1 set-up")?;
+        init::enable_cgroup_controllers(std::path::Path::new("/sys/fs/cgroup"));
+        if let Some(e) = switch_error {
+            warn!(
+                "staying on the initramfs, containers cannot pivot_root: {}",
+                e.chain()
+            );
+        }
         (opts, warnings)
     } else {
         let opts = config::from_args(std::env::args().skip(1)).map_err(anyhow::Error::msg)?;

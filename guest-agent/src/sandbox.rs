@@ -342,15 +342,15 @@ impl Sandbox {
         if proc_.exited() {
             return Err(exited());
         }
-        let sig = Signal::try_from(signal).map_err(|source| AgentError::Sys {
-            what: format!("signal {signal}"),
-            source,
-        })?;
-        match kill(proc_.pid, sig) {
-            Ok(()) => Ok(()),
-            Err(nix::errno::Errno::ESRCH) => Err(exited()),
-            Err(source) => Err(AgentError::Sys {
-                what: format!("cannot signal pid {}", proc_.pid),
+        // Raw kill(2): nix's Signal has no real-time signals (34..=64).
+        // SAFETY: kill takes plain integers.
+        if unsafe { libc::kill(proc_.pid.as_raw(), signal) } == 0 {
+            return Ok(());
+        }
+        match nix::errno::Errno::last() {
+            nix::errno::Errno::ESRCH => Err(exited()),
+            source => Err(AgentError::Sys {
+                what: format!("cannot send signal {signal} to pid {}", proc_.pid),
                 source,
             }),
         }

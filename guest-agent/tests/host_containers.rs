@@ -407,3 +407,52 @@ fn memory_limit_gives_an_oom_event() {
             .unwrap();
     });
 }
+
+#[test]
+fn create_and_destroy_sandbox_end_the_agent_run() {
+    let Some(env) = TestEnv::new() else { return };
+    env.rt.block_on(async {
+        let opts = env.options();
+        let run = tokio::spawn(async move { bulkhead_agent::run(&opts, false).await });
+        // Wait for the socket to appear.
+        let client = loop {
+            match ttrpc::r#async::Client::connect(&format!("unix://{}", env.api.display())).await {
+                Ok(c) => break bulkhead_protocol::ttrpc_api::AgentClient::new(c),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let mut sb = proto::CreateSandboxRequest::new();
+        sb.sandbox_id = "pod-1".into();
+        sb.hostname = "pod-host".into();
+        let mut dns = proto::Dns::new();
+        dns.servers = vec!["198.18.0.53".into()];
+        sb.dns = Some(dns).into();
+        client.create_sandbox(ctx(), &sb).await.unwrap();
+        let resolv =
+            std::fs::read_to_string(env.dir.path().join("state/sandbox/resolv.conf")).unwrap();
+        assert_eq!(resolv, "nameserver 198.18.0.53\n");
+
+        let id = unique_id("destroy");
+        client
+            .create_container(
+                ctx(),
+                &create_req(&id, &env.rootfs, &spec(&["sleep", "60"]), false, false),
+            )
+            .await
+            .unwrap();
+        client
+            .start_container(ctx(), &start_req(&id))
+            .await
+            .unwrap();
+        client
+            .destroy_sandbox(ctx(), &proto::DestroySandboxRequest::new())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("run() returns after DestroySandbox")
+            .unwrap()
+            .unwrap();
+        assert!(!env.dir.path().join("state/containers").join(&id).exists());
+    });
+}

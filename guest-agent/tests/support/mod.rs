@@ -210,8 +210,7 @@ impl TestEnv {
         })
         .unwrap();
         sandbox.spawn_oom_watcher();
-        let (tx, _rx) = tokio::sync::watch::channel(false);
-        std::mem::forget(_rx);
+        let (tx, _) = tokio::sync::watch::channel(false);
         let server = server::start(Arc::clone(&sandbox), &opts.api, &opts.stdio, tx)
             .await
             .unwrap();
