@@ -155,9 +155,8 @@ impl CpioBuilder {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
-            self.out.push(0);
-        }
+        let padded = self.out.len().next_multiple_of(4);
+        self.out.resize(padded, 0);
     }
 }
 

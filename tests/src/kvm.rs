@@ -24,11 +24,19 @@ pub fn require_linux_kvm(test: &str) -> bool {
     if linux_kvm_available() {
         return true;
     }
-    eprintln!(
-        "SKIP {test}: no KVM that boots Linux here (no vmx/svm in /proc/cpuinfo); \
-         run through tests/harness/run-in-kvm.sh"
+    skip(
+        test,
+        "no KVM that boots Linux here (no vmx/svm in /proc/cpuinfo); \
+         run through tests/harness/run-in-kvm.sh",
     );
     false
+}
+
+/// Prints `SKIP <test>: <reason>` straight to the process's stderr, so it
+/// shows even when the test harness captures output.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
 }
 
 #[cfg(test)]
