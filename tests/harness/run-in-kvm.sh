@@ -103,9 +103,17 @@ for d in "${extra[@]}"; do [ -n "$d" ] && add_rw "$d"; done
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 [ -d "$cargo_home" ] && rw_args+=("--overlay-rwdir=$cargo_home")
 
-status=0
+# virtme-ng's QEMU reopens /proc/self/fd/{1,2} (with O_TRUNC, several times):
+# on a regular file that truncates it and interleaves writers. Hand it pipes
+# (and /dev/null as stdin) so output arrives intact and in order.
+mkfifo "$stage/stderr"
+cat "$stage/stderr" >&2 &
+errcat=$!
+set +e
 "$vng" -r "$kernel" --disable-kvm --disable-microvm --force-9p \
     --memory "${BULKHEAD_HARNESS_MEMORY:-4G}" --cpus "${BULKHEAD_HARNESS_CPUS:-2}" \
     --qemu-opts="-cpu max" "${rw_args[@]}" --cwd "$cwd" \
-    --exec "bash $inner" || status=$?
+    --exec "bash $inner" </dev/null 2>"$stage/stderr" | cat
+status=${PIPESTATUS[0]}
+wait "$errcat"
 exit "$status"
