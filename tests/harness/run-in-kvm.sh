@@ -11,7 +11,8 @@
 # Either way CMD sees BULKHEAD_IN_HARNESS=1. Inside the level-1 VM the host's
 # root is visible read-only; the current directory, $CARGO_TARGET_DIR and the
 # directories listed in BULKHEAD_HARNESS_RWDIRS (colon separated) are mounted
-# read-write, $CARGO_HOME gets a throw-away writable overlay. Environment
+# read-write, $CARGO_HOME gets a throw-away writable overlay, the kernel cache
+# (${BULKHEAD_CACHE:-/var/cache/bulkhead}) is mounted read-only. Environment
 # passed through: PATH, HOME, TERM, USER, every BULKHEAD_*, RUST_*, RUSTUP_*,
 # CARGO_* variable, and the names listed in BULKHEAD_HARNESS_ENV (space
 # separated).
@@ -100,6 +101,9 @@ add_rw "$cwd"
 [ -n "${CARGO_TARGET_DIR:-}" ] && add_rw "$CARGO_TARGET_DIR"
 IFS=: read -r -a extra <<<"${BULKHEAD_HARNESS_RWDIRS:-}"
 for d in "${extra[@]}"; do [ -n "$d" ] && add_rw "$d"; done
+# virtme-ng puts a fresh tmpfs on /var/cache: bring the kernel cache back.
+cache="${BULKHEAD_CACHE:-/var/cache/bulkhead}"
+[ -d "$cache" ] && rw_args+=("--rodir=$(cd "$cache" && pwd -P)")
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 [ -d "$cargo_home" ] && rw_args+=("--overlay-rwdir=$cargo_home")
 

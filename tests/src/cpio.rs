@@ -130,7 +130,7 @@ impl CpioBuilder {
         let size =
             u32::try_from(data.len()).map_err(|_| CpioError::TooLarge(path.into(), data.len()))?;
         let ino = self.next_ino;
-        self.next_ino += 1;
+        self.next_ino = self.next_ino.wrapping_add(1);
         self.header(ino, mode, nlink, rdev, size, path);
         self.out.extend_from_slice(data);
         self.pad();

@@ -62,10 +62,17 @@ pub fn qemu_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
 }
 
+/// Appended to the command line for QEMU's microvm: it has no i8042, so
+/// `reboot=k` would spin in the kernel's keyboard-controller wait loop (for
+/// minutes under nested virtualisation); a triple fault ends QEMU at once
+/// with `-no-reboot`. A later `reboot=` overrides the earlier one.
+pub const QEMU_REBOOT_OVERRIDE: &str = "reboot=t";
+
 /// QEMU `-M microvm,rtc=on,acpi=off` with KVM, serial on stdout, no reboot
 /// (a guest reboot ends QEMU), optionally a virtio-rng device. `acpi=off`
 /// makes QEMU put its virtio-mmio devices on the command line, which is how
 /// our ACPI-less kernel finds them; `rtc=on` avoids a 4 s RTC probe stall.
+/// The command line gets [`QEMU_REBOOT_OVERRIDE`] appended.
 pub fn qemu_microvm_command(spec: &BootSpec, with_rng: bool) -> Command {
     let mut cmd = Command::new(qemu_binary());
     cmd.args([
@@ -87,7 +94,7 @@ pub fn qemu_microvm_command(spec: &BootSpec, with_rng: bool) -> Command {
         .arg("-initrd")
         .arg(&spec.initrd)
         .arg("-append")
-        .arg(&spec.cmdline);
+        .arg(format!("{} {QEMU_REBOOT_OVERRIDE}", spec.cmdline));
     cmd
 }
 
@@ -144,7 +151,7 @@ mod tests {
         assert!(a.contains("-m 256 -smp 1"), "{a}");
         assert!(a.contains("-device virtio-rng-device"), "{a}");
         assert!(a.ends_with(
-            "-append console=ttyS0 reboot=k panic=1 pci=off nomodule bulkhead.test=panic"
+            "-append console=ttyS0 reboot=k panic=1 pci=off nomodule bulkhead.test=panic reboot=t"
         ));
         let a = args(&qemu_microvm_command(&spec, false)).join(" ");
         assert!(!a.contains("virtio-rng"));
