@@ -16,6 +16,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::event_loop::{run_until_exit, ExitMonitor, RunError};
 use crate::exit_status::GuestExit;
 use crate::kernel_loader::{self, LoadError};
+use crate::seccomp::{self, Confinement, PrivilegeError, SeccompError, ThreadFilter};
 use crate::vmm_config::{ConfigError, SerialOutput, VmConfig, CMDLINE_MAX_LEN};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{self, Buses, Vcpu, VcpuError};
@@ -61,6 +62,17 @@ pub enum StartError {
     Vcpu(#[from] VcpuError),
     #[error("cannot create the vCPU event channel")]
     VcpuEvents(#[source] std::io::Error),
+    #[error("cannot drop privileges")]
+    Privileges(#[from] PrivilegeError),
+}
+
+/// Errors of a running microVM.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error("cannot confine the main thread")]
+    Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    Run(#[from] RunError),
 }
 
 /// A booted microVM. Dropping it does not stop the vCPU threads: the VMM process ends after
@@ -73,6 +85,8 @@ pub struct MicroVm {
     subscribers: Vec<crate::event_loop::Subscriber>,
     monitor: Arc<Mutex<ExitMonitor>>,
     serial: Arc<Mutex<SerialConsole>>,
+    // seccomp: applied by `wait` on the main thread before the event loop starts.
+    main_filter: ThreadFilter,
 }
 
 impl MicroVm {
@@ -85,9 +99,18 @@ impl MicroVm {
         self.subscribers.push(Arc::new(Mutex::new(forwarder)));
     }
 
-    /// Run the event loop until the guest stops; returns how it stopped.
-    pub fn wait(self) -> Result<GuestExit, RunError> {
-        run_until_exit(self.subscribers, self.monitor, &self.serial)
+    /// Confine the calling (main) thread with the main seccomp filter, then run the event loop
+    /// until the guest stops; returns how it stopped.
+    pub fn wait(self) -> Result<GuestExit, WaitError> {
+        self.main_filter.apply()?;
+        if self.main_filter.is_active() {
+            log::info!("seccomp: main thread confined");
+        }
+        Ok(run_until_exit(
+            self.subscribers,
+            self.monitor,
+            &self.serial,
+        )?)
     }
 }
 
@@ -109,8 +132,10 @@ fn console_output(serial: &SerialOutput) -> Result<ConsoleOutput, StartError> {
     ConsoleOutput::new(out).map_err(StartError::Console)
 }
 
-/// Build the VM described by `config` and start its vCPUs.
-pub fn build_microvm(config: &VmConfig) -> Result<MicroVm, StartError> {
+/// Build the VM described by `config` and start its vCPUs, confined as `confinement` says:
+/// privileges dropped before the vCPU threads start, each vCPU thread under the vCPU filter
+/// from its first `KVM_RUN`, the main thread under the main filter from [`MicroVm::wait`].
+pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<MicroVm, StartError> {
     config.validate()?;
 
     let mem = memory::create_guest_memory(config.memory_mib)?;
@@ -188,9 +213,16 @@ pub fn build_microvm(config: &VmConfig) -> Result<MicroVm, StartError> {
         receiver,
         legacy.console_watch,
     )));
+    // seccomp: everything is open; give up privileges before any thread runs guest code.
+    seccomp::privileges::drop_privileges(confinement.identity)?;
+    log::info!(
+        "confinement: capabilities dropped, no_new_privs set, seccomp {}",
+        confinement.mode
+    );
     let mut threads = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
-        threads.push(vcpu.spawn(buses.clone(), events.clone())?);
+        let filter = confinement.filters.vcpu.clone();
+        threads.push(vcpu.spawn(buses.clone(), events.clone(), filter)?);
     }
     log::info!("vcpus: {} started", config.vcpus);
 
@@ -201,5 +233,6 @@ pub fn build_microvm(config: &VmConfig) -> Result<MicroVm, StartError> {
         subscribers: slots.take_subscribers(),
         monitor,
         serial: legacy.serial,
+        main_filter: confinement.filters.main.clone(),
     })
 }
