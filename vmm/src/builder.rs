@@ -13,6 +13,7 @@ use crate::arch::x86_64 as arch;
 use crate::device_manager::{DeviceManagerError, LegacyDevices, MmioSlots};
 use crate::devices::legacy::{ConsoleOutput, SerialConsole, SerialInput};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
 use crate::event_loop::{run_until_exit, ExitMonitor, RunError};
 use crate::exit_status::GuestExit;
 use crate::kernel_loader::{self, LoadError};
@@ -178,6 +179,18 @@ pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<Mic
             &mut cmdline,
             "virtio-rng",
             Arc::new(Mutex::new(rng)),
+        )?;
+    }
+    if let Some(v) = &config.vsock {
+        let vsock = Vsock::new(v.guest_cid, v.uds_path.clone())
+            .map_err(|e| StartError::Device("virtio-vsock", Box::new(e)))?;
+        slots.attach(
+            &vm,
+            &mem,
+            &mut buses,
+            &mut cmdline,
+            "virtio-vsock",
+            Arc::new(Mutex::new(vsock)),
         )?;
     }
     log::info!("devices: serial, i8042 and virtio-mmio devices attached");
