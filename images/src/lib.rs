@@ -1,1 +1,19 @@
-//! Host-side OCI image handling. Filled in by the images issue.
+//! Host-side OCI images: pull from registries (or import from an OCI layout
+//! or `docker save` archive), keep blobs and unpacked layers in a
+//! content-addressed [`Store`], unpack layers safely, and turn an image
+//! config into an OCI runtime process.
+
+pub mod digest;
+pub mod error;
+pub mod import;
+pub mod process;
+pub mod pull;
+pub mod store;
+pub mod unpack;
+
+pub use digest::Digest;
+pub use error::{Error, Result};
+pub use process::{runtime_process, ProcessOverrides, UserDb};
+pub use pull::{pull, PullOptions};
+pub use store::{ImageRecord, LayerRecord, Store};
+pub use unpack::{apply_layer, ensure_layers, unpack_image, Limits, Mode};

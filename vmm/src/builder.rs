@@ -12,6 +12,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use crate::arch::x86_64 as arch;
 use crate::device_manager::{DeviceManagerError, LegacyDevices, MmioSlots};
 use crate::devices::legacy::{ConsoleOutput, SerialConsole, SerialInput};
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::event_loop::{run_until_exit, ExitMonitor, RunError};
@@ -139,8 +140,21 @@ fn console_output(serial: &SerialOutput) -> Result<ConsoleOutput, StartError> {
 pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<MicroVm, StartError> {
     config.validate()?;
 
-    let mem = memory::create_guest_memory(config.memory_mib)?;
-    log::info!("memory: {} MiB guest RAM mapped", config.memory_mib);
+    // A vhost-user backend maps guest memory itself, so it must be a shared memfd then.
+    let mem = if config.fs.is_empty() {
+        memory::create_guest_memory(config.memory_mib)?
+    } else {
+        memory::create_shared_guest_memory(config.memory_mib)?
+    };
+    log::info!(
+        "memory: {} MiB guest RAM mapped{}",
+        config.memory_mib,
+        if config.fs.is_empty() {
+            ""
+        } else {
+            " (shared memfd)"
+        }
+    );
 
     let vm = Vm::new()?;
     vm.register_memory(&mem)?;
@@ -193,6 +207,20 @@ pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<Mic
             Arc::new(Mutex::new(vsock)),
         )?;
     }
+    let mut device_failures = Vec::new();
+    for fs_config in &config.fs {
+        let fs =
+            Fs::new(fs_config.clone()).map_err(|e| StartError::Device("virtio-fs", Box::new(e)))?;
+        device_failures.push(fs.failure());
+        slots.attach(
+            &vm,
+            &mem,
+            &mut buses,
+            &mut cmdline,
+            "virtio-fs",
+            Arc::new(Mutex::new(fs)),
+        )?;
+    }
     log::info!("devices: serial, i8042 and virtio-mmio devices attached");
 
     let cmdline_str = cmdline.as_cstring().map_err(StartError::Cmdline)?;
@@ -225,6 +253,7 @@ pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<Mic
         legacy.reset_evt,
         receiver,
         legacy.console_watch,
+        device_failures,
     )));
     // seccomp: everything is open; give up privileges before any thread runs guest code.
     seccomp::privileges::drop_privileges(confinement.identity)?;

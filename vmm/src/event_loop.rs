@@ -11,6 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::lock;
 use crate::devices::legacy::{ConsoleWatch, SerialConsole};
+use crate::devices::virtio::fs::DeviceFailure;
 use crate::exit_status::GuestExit;
 use crate::vstate::vcpu::{VcpuEvent, VcpuEventsReceiver};
 
@@ -26,6 +27,8 @@ pub enum RunError {
     Loop(#[source] event_manager::Error),
     #[error("vCPU {index} stopped: {why}")]
     Vcpu { index: u8, why: String },
+    #[error("a device backend failed: {0}")]
+    Device(String),
 }
 
 /// Watches for the guest's end: a reset through the i8042, a power-off announced on the
@@ -34,16 +37,23 @@ pub struct ExitMonitor {
     reset_evt: EventFd,
     vcpus: VcpuEventsReceiver,
     console: ConsoleWatch,
+    device_failures: Vec<Arc<DeviceFailure>>,
     outcome: Option<Result<GuestExit, RunError>>,
 }
 
 impl ExitMonitor {
     /// A monitor over the reset line, the vCPU reports and the console's panic watch.
-    pub fn new(reset_evt: EventFd, vcpus: VcpuEventsReceiver, console: ConsoleWatch) -> Self {
+    pub fn new(
+        reset_evt: EventFd,
+        vcpus: VcpuEventsReceiver,
+        console: ConsoleWatch,
+        device_failures: Vec<Arc<DeviceFailure>>,
+    ) -> Self {
         ExitMonitor {
             reset_evt,
             vcpus,
             console,
+            device_failures,
             outcome: None,
         }
     }
@@ -59,11 +69,12 @@ impl ExitMonitor {
 
 impl MutEventSubscriber for ExitMonitor {
     fn init(&mut self, ops: &mut EventOps) {
-        let fds = [
+        let mut fds = vec![
             self.reset_evt.as_raw_fd(),
             self.vcpus.evt.as_raw_fd(),
             self.console.halt_evt().as_raw_fd(),
         ];
+        fds.extend(self.device_failures.iter().map(|f| f.evt().as_raw_fd()));
         for fd in fds {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
                 self.outcome = Some(Err(RunError::Loop(e)));
@@ -84,6 +95,16 @@ impl MutEventSubscriber for ExitMonitor {
             let _ = self.console.halt_evt().read();
             log::info!("exit: guest powered off or halted (announced on its console)");
             self.outcome = Some(Ok(GuestExit::Shutdown));
+        } else if let Some(failure) = self
+            .device_failures
+            .iter()
+            .find(|f| f.evt().as_raw_fd() == events.fd())
+        {
+            let _ = failure.evt().read();
+            let reason = failure
+                .reason()
+                .unwrap_or_else(|| "a device backend failed".into());
+            self.outcome = Some(Err(RunError::Device(reason)));
         } else if events.fd() == self.vcpus.evt.as_raw_fd() {
             let _ = self.vcpus.evt.read();
             if let Ok((index, event)) = self.vcpus.rx.try_recv() {

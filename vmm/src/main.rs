@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use bulkhead_vmm::builder::build_microvm;
+use bulkhead_vmm::devices::virtio::fs::FsConfig;
 use bulkhead_vmm::exit_status::STATUS_VMM_ERROR;
 use bulkhead_vmm::seccomp::{privileges, Confinement, Identity, SeccompMode};
 use bulkhead_vmm::vmm_config::{SerialOutput, VmConfig, VsockConfig, DEFAULT_CMDLINE};
@@ -43,6 +44,9 @@ struct Args {
     /// Hybrid vsock: host unix socket path; guest connections to host port P go to PATH_P.
     #[arg(long, value_name = "UDS_PATH")]
     vsock: Option<PathBuf>,
+    /// virtio-fs device: mount tag and the vhost-user socket of its virtiofsd (repeatable).
+    #[arg(long, value_name = "TAG=SOCKET")]
+    fs: Vec<FsConfig>,
     /// Guest CID for the vsock device.
     #[arg(long, default_value_t = 3)]
     vsock_cid: u64,
@@ -93,6 +97,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
             guest_cid: args.vsock_cid,
             uds_path,
         }),
+        fs: args.fs,
     };
     let identity = Identity {
         uid: args.uid,

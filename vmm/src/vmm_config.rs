@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::devices::virtio::fs::FsConfig;
+
 /// Fewest vCPUs a VM can have.
 pub const MIN_VCPUS: u8 = 1;
 /// Most vCPUs a VM can have (the MP table and the LAPIC ID space are sized for this).
@@ -71,6 +73,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// Optional virtio-vsock device.
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs devices, each a tag served by a vhost-user backend (virtiofsd).
+    pub fs: Vec<FsConfig>,
 }
 
 /// A configuration the VMM refuses, with the reason.
@@ -202,6 +206,7 @@ mod tests {
             serial: SerialOutput::Stdout,
             rng: true,
             vsock: None,
+            fs: Vec::new(),
         }
     }
 

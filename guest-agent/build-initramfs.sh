@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Builds bulkhead-agent as a fully static binary and packs it as /init in a
+# reproducible newc initramfs (sorted entries, mtime 0, owner root), cached
+# by content hash under ${BULKHEAD_CACHE:-/var/cache/bulkhead}/initramfs/.
+# Prints the path of the .cpio on stdout; everything else goes to stderr.
+#
+# Needs: cargo, libseccomp-dev (static libseccomp.a), cpio, file; root for
+# the device nodes (/dev/console, /dev/null).
+set -euo pipefail
+umask 022
+
+here=$(cd "$(dirname "$0")" && pwd)
+workspace=$(dirname "$here")
+target=x86_64-unknown-linux-gnu
+cache_dir=${BULKHEAD_CACHE:-/var/cache/bulkhead}/initramfs
+
+log() { echo "build-initramfs: $*" >&2; }
+
+log "building static bulkhead-agent"
+(
+    cd "$workspace"
+    # Without the two LIBSECCOMP variables the binary silently links
+    # libseccomp.so and glibc dynamically.
+    LIBSECCOMP_LINK_TYPE=static \
+    LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
+    RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build -p bulkhead-agent --release --target "$target" >&2
+)
+agent=${CARGO_TARGET_DIR:-$workspace/target}/$target/release/bulkhead-agent
+
+desc=$(file -L "$agent")
+case "$desc" in
+    *"statically linked"* | *"static-pie linked"*) ;;
+    *) log "agent is not static: $desc"; exit 1 ;;
+esac
+
+stage=$(mktemp -d)
+out=$(mktemp)
+trap 'rm -rf "$stage" "$out"' EXIT
+
+mkdir -p "$stage"/{dev,proc,sys,run,tmp,etc,root}
+chmod 1777 "$stage/tmp"
+chmod 0700 "$stage/root"
+install -m 0755 "$agent" "$stage/init"
+# The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
+mknod -m 0600 "$stage/dev/console" c 5 1
+mknod -m 0666 "$stage/dev/null" c 1 3
+
+find "$stage" -exec touch -h -d @0 {} +
+(
+    cd "$stage"
+    find . -mindepth 1 -print0 | LC_ALL=C sort -z |
+        cpio --null --create --format=newc --reproducible --owner=0:0 --quiet
+) >"$out"
+
+hash=$(sha256sum "$out" | cut -d' ' -f1)
+mkdir -p "$cache_dir"
+dest=$cache_dir/$hash.cpio
+if [ ! -e "$dest" ]; then
+    install -m 0644 "$out" "$dest.tmp.$$"
+    mv -f "$dest.tmp.$$" "$dest"
+fi
+log "initramfs: $(stat -c %s "$dest") bytes"
+echo "$dest"

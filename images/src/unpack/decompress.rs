@@ -1,0 +1,169 @@
+//! Layer decompression: gzip, zstd or plain tar, detected by magic bytes,
+//! run on its own thread so that decompression and file writing overlap.
+//! The thread also hashes the uncompressed stream (the layer's diff_id).
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::thread::JoinHandle;
+
+use crate::digest::{Digest, Hasher};
+
+const CHUNK: usize = 1 << 20;
+
+/// Wraps `r` in the decompressor its first bytes call for.
+pub fn decompressor<'a, R: Read + Send + 'a>(r: R) -> io::Result<Box<dyn Read + Send + 'a>> {
+    let mut br = BufReader::with_capacity(256 * 1024, r);
+    let head = br.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(br)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(br)?))
+    } else {
+        Ok(Box::new(br))
+    }
+}
+
+enum Msg {
+    Data(Vec<u8>),
+    Done(Digest),
+    Err(io::Error),
+}
+
+/// Reader side of a decompression thread.
+pub struct Decompressed {
+    rx: Receiver<Msg>,
+    cur: Vec<u8>,
+    pos: usize,
+    digest: Option<Digest>,
+    _thread: Option<JoinHandle<()>>,
+}
+
+impl Decompressed {
+    /// Starts decompressing the blob file at `path` on a new thread.
+    pub fn spawn(path: &Path) -> io::Result<Decompressed> {
+        let file = File::open(path)?;
+        let (tx, rx) = sync_channel::<Msg>(4);
+        let thread = std::thread::Builder::new()
+            .name("decompress".into())
+            .spawn(move || {
+                let mut r = match decompressor(file) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Msg::Err(e));
+                        return;
+                    }
+                };
+                let mut h = Hasher::new();
+                loop {
+                    let mut buf = vec![0u8; CHUNK];
+                    let mut filled = 0;
+                    while filled < CHUNK {
+                        match r.read(&mut buf[filled..]) {
+                            Ok(0) => break,
+                            Ok(n) => filled += n,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                let _ = tx.send(Msg::Err(e));
+                                return;
+                            }
+                        }
+                    }
+                    if filled == 0 {
+                        let _ = tx.send(Msg::Done(h.finish()));
+                        return;
+                    }
+                    buf.truncate(filled);
+                    h.update(&buf);
+                    if tx.send(Msg::Data(buf)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Decompressed {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+            digest: None,
+            _thread: Some(thread),
+        })
+    }
+
+    /// Drains the stream and returns the digest of the whole uncompressed
+    /// content.
+    pub fn finish(mut self) -> io::Result<Digest> {
+        io::copy(&mut self, &mut io::sink())?;
+        self.digest
+            .take()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "decompressor stopped"))
+    }
+}
+
+impl Read for Decompressed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.cur.len() {
+            if self.digest.is_some() {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Msg::Data(d)) => {
+                    self.cur = d;
+                    self.pos = 0;
+                }
+                Ok(Msg::Done(d)) => {
+                    self.digest = Some(d);
+                    return Ok(0);
+                }
+                Ok(Msg::Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "decompressor thread ended",
+                    ))
+                }
+            }
+        }
+        let avail = &self.cur[self.pos..];
+        let n = avail.len().min(buf.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn roundtrip(compressed: Vec<u8>, plain: &[u8]) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b");
+        std::fs::write(&p, compressed).unwrap();
+        let mut d = Decompressed::spawn(&p).unwrap();
+        let mut out = Vec::new();
+        d.read_to_end(&mut out).unwrap();
+        assert_eq!(out, plain);
+        assert_eq!(d.finish().unwrap(), Digest::of(plain));
+    }
+
+    #[test]
+    fn gzip_zstd_and_plain_are_detected() {
+        let plain: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        roundtrip(gz.finish().unwrap(), &plain);
+        roundtrip(zstd::encode_all(&plain[..], 3).unwrap(), &plain);
+        roundtrip(plain.clone(), &plain);
+    }
+
+    #[test]
+    fn corrupt_gzip_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b");
+        std::fs::write(&p, [0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
+        let mut d = Decompressed::spawn(&p).unwrap();
+        assert!(d.read_to_end(&mut Vec::new()).is_err());
+    }
+}

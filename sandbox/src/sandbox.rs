@@ -1,0 +1,461 @@
+//! One pod's microVM from start to destroy: run directory, virtiofsd, the VMM, the agent
+//! connection; container operations that turn a lost connection into "the VM is gone" with
+//! the guest console; and a teardown that leaves no process, socket, mount or directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bulkhead_protocol::stdio::StreamKind;
+use bulkhead_protocol::types::{
+    ContainerConfig, ContainerStats, DnsConfig, ExecConfig, ProcessRef,
+    SandboxConfig as AgentSandboxConfig, WinSize,
+};
+use bulkhead_protocol::SHARED_FS_MOUNT_POINT;
+use tokio::net::UnixStream;
+use tokio::time::Instant;
+
+use crate::agent::{AgentConn, AgentEndpoint, ExitInfo, DEFAULT_RPC_TIMEOUT};
+use crate::error::{Phase, SandboxError};
+use crate::run_dir::RunDir;
+use crate::sizing::VmSize;
+use crate::virtiofsd_process::{VirtiofsdOptions, VirtiofsdProcess};
+use crate::vmm_process::{FsDevice, VmExit, VmmConfig, VmmProcess};
+
+/// Default root of the run directories.
+pub const DEFAULT_RUN_ROOT: &str = "/run/bulkhead";
+/// virtio-fs tag of the shared directory (the agent mounts it at
+/// [`SHARED_FS_MOUNT_POINT`]).
+pub const SHARED_FS_TAG: &str = "bulkhead";
+/// Console lines quoted in error messages.
+pub const CONSOLE_TAIL_LINES: usize = 20;
+/// How long a VM may take from launch to a version-checked agent (generous: under software
+/// emulation a boot takes seconds).
+pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the VM may take to power off after DestroySandbox before it is killed.
+pub const DEFAULT_DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything needed to start a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// Sandbox (pod) id; container-id rules apply (it names the run directory).
+    pub id: String,
+    /// Root of the run directories (default [`DEFAULT_RUN_ROOT`]).
+    pub run_root: PathBuf,
+    pub vmm_binary: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; `None` keeps the VMM's default.
+    pub cmdline: Option<String>,
+    pub size: VmSize,
+    pub vsock_cid: u32,
+    /// virtiofsd for the shared directory; `None` boots without a shared filesystem.
+    pub virtiofsd: Option<VirtiofsdOptions>,
+    /// Launch to version-checked agent.
+    pub agent_timeout: Duration,
+    /// Time limit of one ordinary request.
+    pub rpc_timeout: Duration,
+    /// DestroySandbox to VMM exit, before SIGKILL.
+    pub destroy_timeout: Duration,
+    pub hostname: Option<String>,
+    pub dns: DnsConfig,
+    /// `--log-level` for the VMM.
+    pub vmm_log_level: Option<String>,
+}
+
+impl SandboxConfig {
+    /// A configuration with the defaults: run root `/run/bulkhead`, the VMM's default
+    /// command line, the size of a pod without limits, no shared filesystem.
+    pub fn new(id: &str, vmm_binary: &Path, kernel: &Path) -> Self {
+        SandboxConfig {
+            id: id.to_owned(),
+            run_root: PathBuf::from(DEFAULT_RUN_ROOT),
+            vmm_binary: vmm_binary.to_path_buf(),
+            kernel: kernel.to_path_buf(),
+            initrd: None,
+            cmdline: None,
+            size: VmSize::for_pod_on_this_host(&Default::default()),
+            vsock_cid: 3,
+            virtiofsd: None,
+            agent_timeout: DEFAULT_AGENT_TIMEOUT,
+            rpc_timeout: DEFAULT_RPC_TIMEOUT,
+            destroy_timeout: DEFAULT_DESTROY_TIMEOUT,
+            hostname: None,
+            dns: DnsConfig::default(),
+            vmm_log_level: None,
+        }
+    }
+}
+
+/// A running sandbox. Dropping it kills the VMM and virtiofsd and removes the run
+/// directory; [`Sandbox::destroy`] does the same in order and reports errors.
+#[derive(Debug)]
+pub struct Sandbox {
+    id: String,
+    // Drop order matters: processes first, then the directory they used.
+    vmm: VmmProcess,
+    virtiofsd: tokio::sync::Mutex<Option<VirtiofsdProcess>>,
+    agent: AgentConn,
+    destroy_timeout: Duration,
+    destroyed: tokio::sync::Mutex<Option<VmExit>>,
+    shared_dir: PathBuf,
+    run_path: PathBuf,
+    run_dir: Mutex<Option<RunDir>>,
+}
+
+/// What `start` has built so far, torn down in order when a later step fails.
+struct Partial {
+    run_dir: RunDir,
+    virtiofsd: Option<VirtiofsdProcess>,
+    vmm: Option<VmmProcess>,
+}
+
+impl Partial {
+    async fn teardown(mut self) {
+        if let Some(vmm) = self.vmm.take() {
+            vmm.kill_and_wait().await;
+        }
+        if let Some(mut fsd) = self.virtiofsd.take() {
+            fsd.stop().await;
+        }
+        if let Err(e) = self.run_dir.remove() {
+            log::warn!("after a failed start: {e}");
+        }
+    }
+}
+
+impl Sandbox {
+    /// Creates the run directory, starts virtiofsd (when configured) and the VMM, connects
+    /// to the agent, checks its version and sends CreateSandbox. On failure everything
+    /// started so far is stopped and removed again.
+    pub async fn start(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        if config.kernel.as_os_str().is_empty() || config.vmm_binary.as_os_str().is_empty() {
+            return Err(SandboxError::Config(
+                "the kernel and the VMM binary must be set".into(),
+            ));
+        }
+        let run_dir = RunDir::create(&config.run_root, &config.id).map_err(SandboxError::RunDir)?;
+        let mut partial = Partial {
+            run_dir,
+            virtiofsd: None,
+            vmm: None,
+        };
+        match Self::boot(&config, &mut partial).await {
+            Ok(agent) => {
+                let Partial {
+                    run_dir,
+                    virtiofsd,
+                    vmm: Some(vmm),
+                } = partial
+                else {
+                    unreachable!("boot returns Ok only with a running VMM");
+                };
+                Ok(Sandbox {
+                    id: config.id,
+                    vmm,
+                    virtiofsd: tokio::sync::Mutex::new(virtiofsd),
+                    agent,
+                    destroy_timeout: config.destroy_timeout,
+                    destroyed: tokio::sync::Mutex::new(None),
+                    shared_dir: run_dir.shared_dir(),
+                    run_path: run_dir.path().to_path_buf(),
+                    run_dir: Mutex::new(Some(run_dir)),
+                })
+            }
+            Err(e) => {
+                partial.teardown().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn boot(
+        config: &SandboxConfig,
+        partial: &mut Partial,
+    ) -> Result<AgentConn, SandboxError> {
+        let dir = &partial.run_dir;
+        let mut fs = Vec::new();
+        if let Some(options) = &config.virtiofsd {
+            let fsd = VirtiofsdProcess::start(
+                options,
+                &dir.fs_socket(),
+                &dir.shared_dir(),
+                &dir.virtiofsd_log(),
+            )
+            .await
+            .map_err(SandboxError::Virtiofsd)?;
+            fs.push(FsDevice {
+                tag: SHARED_FS_TAG.to_owned(),
+                socket: fsd.socket().to_path_buf(),
+            });
+            partial.virtiofsd = Some(fsd);
+        }
+        let vmm_config = VmmConfig {
+            binary: config.vmm_binary.clone(),
+            kernel: config.kernel.clone(),
+            initrd: config.initrd.clone(),
+            cmdline: config.cmdline.clone(),
+            vcpus: config.size.vcpus,
+            memory_mib: config.size.memory_mib,
+            vsock_uds: dir.vsock_socket(),
+            vsock_cid: config.vsock_cid,
+            console_log: dir.console_log(),
+            vmm_log: dir.vmm_log(),
+            fs,
+            log_level: config.vmm_log_level.clone(),
+        };
+        let vmm = VmmProcess::spawn(&vmm_config).map_err(SandboxError::VmmStart)?;
+        let endpoint = AgentEndpoint::HybridVsock(dir.vsock_socket());
+        let deadline = Instant::now() + config.agent_timeout;
+        let vmm = partial.vmm.insert(vmm);
+        let agent = tokio::select! {
+            conn = AgentConn::connect(endpoint, deadline, config.rpc_timeout) => match conn {
+                Ok(conn) => conn,
+                Err(SandboxError::AgentConnect { source, .. }) => {
+                    // The VMM may have died just now: prefer that explanation.
+                    if let Some(exit) = vmm.try_wait() {
+                        return Err(exit_error(vmm, exit));
+                    }
+                    return Err(SandboxError::AgentConnect {
+                        source,
+                        console_tail: vmm.console_tail(CONSOLE_TAIL_LINES),
+                    });
+                }
+                Err(e) => return Err(e),
+            },
+            exit = vmm.wait() => return Err(exit_error(vmm, exit)),
+        };
+        let agent_config = AgentSandboxConfig {
+            sandbox_id: config.id.clone(),
+            hostname: config.hostname.clone(),
+            dns: config.dns.clone(),
+            shared_fs_tag: config.virtiofsd.as_ref().map(|_| SHARED_FS_TAG.to_owned()),
+        };
+        let created = agent.create_sandbox(&agent_config).await;
+        created.map_err(|e| explain(vmm, e))?;
+        Ok(agent)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The sandbox's run directory on the host.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_path
+    }
+
+    /// The host directory exported to the guest: put container root filesystems here.
+    pub fn shared_dir(&self) -> &Path {
+        &self.shared_dir
+    }
+
+    /// The guest path of a host path inside [`Sandbox::shared_dir`] (`None` outside it).
+    pub fn guest_path(&self, host_path: &Path) -> Option<PathBuf> {
+        guest_path(&self.shared_dir, host_path)
+    }
+
+    pub fn vmm_pid(&self) -> u32 {
+        self.vmm.pid()
+    }
+
+    pub fn agent(&self) -> &AgentConn {
+        &self.agent
+    }
+
+    /// The last lines of the guest console.
+    pub fn console_tail(&self, lines: usize) -> String {
+        self.vmm.console_tail(lines)
+    }
+
+    /// How the VM ended, if it has.
+    pub fn vm_exit(&self) -> Option<VmExit> {
+        self.vmm.try_wait()
+    }
+
+    /// Waits until the VM ends (a guest crash, or after `destroy`).
+    pub async fn wait_vm(&self) -> VmExit {
+        self.vmm.wait().await
+    }
+
+    /// Turns a failed request into "the VM is gone" when it is.
+    async fn check<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, SandboxError>>,
+    ) -> Result<T, SandboxError> {
+        match request.await {
+            Err(SandboxError::Transport { phase, source }) => {
+                // The connection usually drops a moment before the VMM is reaped.
+                let exit = tokio::time::timeout(Duration::from_secs(2), self.vmm.wait())
+                    .await
+                    .ok();
+                match exit {
+                    Some(exit) => Err(SandboxError::VmGone {
+                        phase,
+                        exit,
+                        console_tail: self.vmm.console_tail(CONSOLE_TAIL_LINES),
+                    }),
+                    None => Err(SandboxError::Transport { phase, source }),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Creates a container; `config.rootfs` is the guest path (see [`Sandbox::guest_path`]).
+    /// Returns the guest pid of its init process.
+    pub async fn create_container(&self, config: &ContainerConfig) -> Result<u32, SandboxError> {
+        self.check(self.agent.create_container(config)).await
+    }
+
+    pub async fn start_container(&self, container_id: &str) -> Result<(), SandboxError> {
+        self.check(self.agent.start_container(container_id)).await
+    }
+
+    pub async fn exec(&self, config: &ExecConfig) -> Result<u32, SandboxError> {
+        self.check(self.agent.exec(config)).await
+    }
+
+    pub async fn signal(&self, process: &ProcessRef, signal: u32) -> Result<(), SandboxError> {
+        self.check(self.agent.signal(process, signal)).await
+    }
+
+    pub async fn wait(&self, process: &ProcessRef) -> Result<ExitInfo, SandboxError> {
+        self.check(self.agent.wait(process)).await
+    }
+
+    pub async fn resize(&self, process: &ProcessRef, size: WinSize) -> Result<(), SandboxError> {
+        self.check(self.agent.resize(process, size)).await
+    }
+
+    pub async fn close_stdin(&self, process: &ProcessRef) -> Result<(), SandboxError> {
+        self.check(self.agent.close_stdin(process)).await
+    }
+
+    pub async fn stats(&self, container_id: &str) -> Result<ContainerStats, SandboxError> {
+        self.check(self.agent.stats(container_id)).await
+    }
+
+    pub async fn next_oom_event(&self) -> Result<String, SandboxError> {
+        self.check(self.agent.next_oom_event()).await
+    }
+
+    pub async fn remove_container(&self, container_id: &str) -> Result<(), SandboxError> {
+        self.check(self.agent.remove_container(container_id)).await
+    }
+
+    /// Opens one stdio stream of a process (see [`AgentConn::open_stdio`]).
+    pub async fn open_stdio(
+        &self,
+        process: &ProcessRef,
+        stream: StreamKind,
+    ) -> Result<UnixStream, SandboxError> {
+        if let Some(exit) = self.vmm.try_wait() {
+            return Err(SandboxError::VmGone {
+                phase: Phase::Stdio,
+                exit,
+                console_tail: self.vmm.console_tail(CONSOLE_TAIL_LINES),
+            });
+        }
+        self.agent.open_stdio(process, stream).await
+    }
+
+    /// Stops the sandbox: DestroySandbox, waits for the VM to power off (killing it after
+    /// the destroy timeout), stops virtiofsd, unmounts and removes the run directory.
+    /// Returns how the VM ended. A second call returns the same exit.
+    pub async fn destroy(&self) -> Result<VmExit, SandboxError> {
+        let mut destroyed = self.destroyed.lock().await;
+        if let Some(exit) = *destroyed {
+            return Ok(exit);
+        }
+        if self.vmm.try_wait().is_none() {
+            // The reply is often lost when the guest powers off first; the VMM exit is
+            // the acknowledgement.
+            let asked = self.agent.destroy_sandbox(self.destroy_timeout).await;
+            if let Err(e @ SandboxError::Agent { .. }) = &asked {
+                log::warn!("sandbox {}: {e}", self.id);
+            }
+        }
+        let exit = match tokio::time::timeout(self.destroy_timeout, self.vmm.wait()).await {
+            Ok(exit) => exit,
+            Err(_) => {
+                log::warn!(
+                    "sandbox {}: the VM did not power off within {:?}; killing it",
+                    self.id,
+                    self.destroy_timeout
+                );
+                self.vmm.kill_and_wait().await
+            }
+        };
+        if let Some(mut fsd) = self.virtiofsd.lock().await.take() {
+            fsd.stop().await;
+        }
+        *destroyed = Some(exit);
+        let run_dir = self.run_dir.lock().ok().and_then(|mut d| d.take());
+        if let Some(mut run_dir) = run_dir {
+            run_dir.remove().map_err(SandboxError::Cleanup)?;
+        }
+        Ok(exit)
+    }
+}
+
+/// The error for a VM that ended before its agent answered.
+fn exit_error(vmm: &VmmProcess, exit: VmExit) -> SandboxError {
+    match exit {
+        VmExit::VmmError | VmExit::BadFlags | VmExit::Other(_) => SandboxError::VmmFailed {
+            exit,
+            vmm_log_tail: vmm.log_tail(5),
+        },
+        _ => SandboxError::KernelBoot {
+            exit,
+            console_tail: vmm.console_tail(CONSOLE_TAIL_LINES),
+        },
+    }
+}
+
+/// During start: a lost connection with a dead VMM is explained by the VMM's exit.
+fn explain(vmm: &VmmProcess, e: SandboxError) -> SandboxError {
+    match (&e, vmm.try_wait()) {
+        (SandboxError::Transport { phase, .. }, Some(exit)) => SandboxError::VmGone {
+            phase: *phase,
+            exit,
+            console_tail: vmm.console_tail(CONSOLE_TAIL_LINES),
+        },
+        _ => e,
+    }
+}
+
+/// Maps `host_path` below `shared_dir` to the same path below the guest's mount point.
+pub fn guest_path(shared_dir: &Path, host_path: &Path) -> Option<PathBuf> {
+    let rel = host_path.strip_prefix(shared_dir).ok()?;
+    if rel
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return None;
+    }
+    Some(Path::new(SHARED_FS_MOUNT_POINT).join(rel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_paths_of_shared_files() {
+        let shared = Path::new("/run/bulkhead/pod/shared");
+        assert_eq!(
+            guest_path(shared, Path::new("/run/bulkhead/pod/shared/c1/rootfs")),
+            Some(PathBuf::from("/run/bulkhead/shared/c1/rootfs"))
+        );
+        assert_eq!(
+            guest_path(shared, shared),
+            Some(PathBuf::from(SHARED_FS_MOUNT_POINT))
+        );
+        assert_eq!(guest_path(shared, Path::new("/etc/passwd")), None);
+        assert_eq!(
+            guest_path(shared, Path::new("/run/bulkhead/pod/shared/../../x")),
+            None
+        );
+    }
+}

@@ -1,0 +1,306 @@
+//! The virtiofsd child process that exports a sandbox's `shared/` directory to the VMM over
+//! vhost-user: its command line, waiting until its socket exists, SIGKILL + reap on stop or
+//! drop.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::console;
+
+/// How virtiofsd confines itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsSandbox {
+    /// Mount, pid and network namespaces with the shared dir as its root (needs root).
+    #[default]
+    Namespace,
+    /// No confinement: only for hosts where namespaces are unavailable.
+    None,
+}
+
+/// virtiofsd's `--cache` policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsCache {
+    Never,
+    /// Metadata and data cached until the host changes them (close-to-open).
+    #[default]
+    Auto,
+    Always,
+}
+
+/// Options for virtiofsd; the paths come from the sandbox's run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtiofsdOptions {
+    /// The virtiofsd binary.
+    pub binary: PathBuf,
+    pub sandbox: FsSandbox,
+    pub cache: FsCache,
+    /// Worker threads; 0 lets the vring thread serve requests itself.
+    pub thread_pool_size: u32,
+    /// How long to wait for its socket.
+    pub ready_timeout: Duration,
+}
+
+impl Default for VirtiofsdOptions {
+    fn default() -> Self {
+        VirtiofsdOptions {
+            binary: PathBuf::from("virtiofsd"),
+            sandbox: FsSandbox::default(),
+            cache: FsCache::default(),
+            thread_pool_size: 1,
+            ready_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl VirtiofsdOptions {
+    /// virtiofsd's arguments (without the binary).
+    pub fn args(&self, socket: &Path, shared_dir: &Path) -> Vec<OsString> {
+        let mut socket_arg = OsString::from("--socket-path=");
+        socket_arg.push(socket);
+        let mut dir_arg = OsString::from("--shared-dir=");
+        dir_arg.push(shared_dir);
+        let sandbox = match self.sandbox {
+            FsSandbox::Namespace => "namespace",
+            FsSandbox::None => "none",
+        };
+        let cache = match self.cache {
+            FsCache::Never => "never",
+            FsCache::Auto => "auto",
+            FsCache::Always => "always",
+        };
+        vec![
+            socket_arg,
+            dir_arg,
+            format!("--sandbox={sandbox}").into(),
+            format!("--cache={cache}").into(),
+            format!("--thread-pool-size={}", self.thread_pool_size).into(),
+        ]
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum VirtiofsdError {
+    #[error("cannot create the virtiofsd log file {path}")]
+    LogFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot run virtiofsd {binary}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "virtiofsd exited before creating its socket ({status}); its log ends with:\n{log_tail}"
+    )]
+    Exited {
+        status: std::process::ExitStatus,
+        log_tail: String,
+    },
+    #[error(
+        "virtiofsd did not create {socket} within {timeout:?}; its log ends with:\n{log_tail}"
+    )]
+    NotReady {
+        socket: PathBuf,
+        timeout: Duration,
+        log_tail: String,
+    },
+}
+
+/// A running virtiofsd, killed and reaped on [`VirtiofsdProcess::stop`] or drop.
+#[derive(Debug)]
+pub struct VirtiofsdProcess {
+    child: Option<Child>,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl VirtiofsdProcess {
+    /// Starts virtiofsd on `shared_dir` and waits until `socket` exists. Its stderr goes to
+    /// `log`.
+    pub async fn start(
+        options: &VirtiofsdOptions,
+        socket: &Path,
+        shared_dir: &Path,
+        log: &Path,
+    ) -> Result<Self, VirtiofsdError> {
+        let log_file = File::create(log).map_err(|source| VirtiofsdError::LogFile {
+            path: log.to_path_buf(),
+            source,
+        })?;
+        let child = Command::new(&options.binary)
+            .args(options.args(socket, shared_dir))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file))
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| VirtiofsdError::Spawn {
+                binary: options.binary.clone(),
+                source,
+            })?;
+        let mut this = VirtiofsdProcess {
+            child: Some(child),
+            socket: socket.to_path_buf(),
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + options.ready_timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if let Some(child) = this.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    this.child = None;
+                    return Err(VirtiofsdError::Exited {
+                        status,
+                        log_tail: console::tail(log, 10),
+                    });
+                }
+            }
+            if socket.exists() {
+                return Ok(this);
+            }
+            if Instant::now() >= deadline {
+                this.stop().await;
+                return Err(VirtiofsdError::NotReady {
+                    socket: socket.to_path_buf(),
+                    timeout: options.ready_timeout,
+                    log_tail: console::tail(log, 10),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The last lines of virtiofsd's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        console::tail(&self.log, lines)
+    }
+
+    /// Kills and reaps virtiofsd (it has nothing to flush: the guest's writes already went
+    /// to the host files) and removes its socket.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl Drop for VirtiofsdProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            // Reap now if it is already gone; otherwise tokio's orphan reaper collects it.
+            let _ = child.try_wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn fake(dir: &Path, body: &str) -> VirtiofsdOptions {
+        let path = dir.join("fake-virtiofsd");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        VirtiofsdOptions {
+            binary: path,
+            ready_timeout: Duration::from_millis(500),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn command_line() {
+        let args: Vec<String> = VirtiofsdOptions::default()
+            .args(Path::new("/run/b/p/fs.sock"), Path::new("/run/b/p/shared"))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--socket-path=/run/b/p/fs.sock",
+                "--shared-dir=/run/b/p/shared",
+                "--sandbox=namespace",
+                "--cache=auto",
+                "--thread-pool-size=1"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn waits_for_the_socket_then_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        // The fake takes its socket path from its first argument, as virtiofsd does.
+        let opts = fake(
+            dir.path(),
+            "sock=${1#--socket-path=}\nsleep 0.1\ntouch \"$sock\"\nexec sleep 600",
+        );
+        let socket = dir.path().join("fs.sock");
+        let log = dir.path().join("virtiofsd.log");
+        let mut fsd = VirtiofsdProcess::start(&opts, &socket, dir.path(), &log)
+            .await
+            .unwrap();
+        assert!(socket.exists());
+        let pid = fsd.pid().unwrap();
+        fsd.stop().await;
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+        assert!(!socket.exists());
+    }
+
+    #[tokio::test]
+    async fn early_exit_reports_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = fake(dir.path(), "echo 'shared dir does not exist' >&2\nexit 1");
+        let err = VirtiofsdProcess::start(
+            &opts,
+            &dir.path().join("fs.sock"),
+            dir.path(),
+            &dir.path().join("virtiofsd.log"),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, VirtiofsdError::Exited { .. }), "{err:?}");
+        assert!(err.to_string().contains("shared dir does not exist"));
+    }
+
+    #[tokio::test]
+    async fn no_socket_in_time_is_an_error_and_kills_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = fake(dir.path(), "echo $$ > \"$0.pid\"\nexec sleep 600");
+        let err = VirtiofsdProcess::start(
+            &opts,
+            &dir.path().join("fs.sock"),
+            dir.path(),
+            &dir.path().join("virtiofsd.log"),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, VirtiofsdError::NotReady { .. }), "{err:?}");
+        let pid = std::fs::read_to_string(dir.path().join("fake-virtiofsd.pid")).unwrap();
+        assert!(!Path::new(&format!("/proc/{}", pid.trim())).exists());
+    }
+}

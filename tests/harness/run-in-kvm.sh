@@ -1,0 +1,119 @@
+#!/bin/bash
+# Run a command where a KVM that boots Linux is available, and return its exit
+# status. Usage: tests/harness/run-in-kvm.sh CMD [ARGS...]
+#
+# - Host CPU shows vmx/svm: run CMD directly.
+# - Otherwise (nested "PVM" /dev/kvm that cannot boot Linux): boot a level-1
+#   VM with virtme-ng (QEMU TCG, `-cpu max` emulates SVM), `modprobe kvm_amd`
+#   inside it, mount a fresh tmpfs on /tmp (sockets and overlayfs cannot live
+#   on the 9p-shared root), and run CMD there in the current directory.
+#
+# Either way CMD sees BULKHEAD_IN_HARNESS=1. Inside the level-1 VM the host's
+# root is visible read-only; the current directory, $CARGO_TARGET_DIR and the
+# directories listed in BULKHEAD_HARNESS_RWDIRS (colon separated) are mounted
+# read-write, $CARGO_HOME gets a throw-away writable overlay. Environment
+# passed through: PATH, HOME, TERM, USER, every BULKHEAD_*, RUST_*, RUSTUP_*,
+# CARGO_* variable, and the names listed in BULKHEAD_HARNESS_ENV (space
+# separated).
+#
+# Knobs: BULKHEAD_HARNESS=auto|direct|vm (default auto),
+#        BULKHEAD_HARNESS_KERNEL (level-1 kernel, default newest
+#        /boot/vmlinuz-*-amd64), BULKHEAD_HARNESS_MEMORY (default 4G),
+#        BULKHEAD_HARNESS_CPUS (default 2), BULKHEAD_VNG (path to vng).
+# Exit status: CMD's; 125 when the harness itself fails.
+set -euo pipefail
+
+die() { echo "run-in-kvm.sh: $*" >&2; exit 125; }
+[ $# -ge 1 ] || die "usage: run-in-kvm.sh CMD [ARGS...]"
+
+mode="${BULKHEAD_HARNESS:-auto}"
+if [ "${BULKHEAD_IN_HARNESS:-}" = 1 ]; then
+    mode=direct # already inside: do not nest another level
+elif [ "$mode" = auto ]; then
+    if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -c /dev/kvm ]; then
+        mode=direct
+    else
+        mode=vm
+    fi
+fi
+
+if [ "$mode" = direct ]; then
+    export BULKHEAD_IN_HARNESS=1
+    exec "$@"
+fi
+[ "$mode" = vm ] || die "BULKHEAD_HARNESS must be auto, direct or vm (got $mode)"
+
+find_vng() {
+    local c
+    if [ -n "${BULKHEAD_VNG:-}" ]; then echo "$BULKHEAD_VNG"; return; fi
+    if c="$(command -v vng)"; then echo "$c"; return; fi
+    for c in /root/.pyenv/shims/vng /root/.pyenv/versions/*/bin/vng \
+             "$HOME/.local/bin/vng" /usr/local/bin/vng; do
+        if [ -x "$c" ]; then echo "$c"; return; fi
+    done
+    return 1
+}
+vng="$(find_vng)" || die "vng (virtme-ng) not found: run scripts/setup.sh"
+
+kernel="${BULKHEAD_HARNESS_KERNEL:-}"
+if [ -z "$kernel" ]; then
+    kernel="$(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -n 1)"
+fi
+[ -n "$kernel" ] && [ -r "$kernel" ] \
+    || die "no level-1 kernel /boot/vmlinuz-*-amd64 (apt-get install linux-image-amd64)"
+
+cwd="$(pwd -P)"
+# The script must be readable from the level-1 VM before /tmp is replaced:
+# the host's /tmp is visible there (read-only lower layer) until we mount.
+stage="$(mktemp -d /tmp/bulkhead-harness.XXXXXX)"
+trap 'rm -rf "$stage"' EXIT
+inner="$stage/run.sh"
+
+{
+    echo '#!/bin/bash'
+    echo 'modprobe kvm_amd 2>/dev/null || modprobe kvm_intel 2>/dev/null || true'
+    echo '[ -c /dev/kvm ] || { echo "run-in-kvm.sh: no /dev/kvm in the level-1 VM" >&2; exit 125; }'
+    echo 'mount -t tmpfs -o mode=1777,size=50% tmpfs /tmp || exit 125'
+    for name in $(compgen -e); do
+        case "$name" in
+            PATH|HOME|TERM|USER|BULKHEAD_*|RUST_*|RUSTUP_*|CARGO_*) ;;
+            *) case " ${BULKHEAD_HARNESS_ENV:-} " in *" $name "*) ;; *) continue ;; esac ;;
+        esac
+        printf 'export %s=%q\n' "$name" "${!name}"
+    done
+    echo 'export BULKHEAD_IN_HARNESS=1'
+    printf 'cd %q || exit 125\n' "$cwd"
+    printf 'exec'
+    printf ' %q' "$@"
+    echo
+} >"$inner"
+
+rw_args=()
+add_rw() {
+    local d="$1"
+    [ -d "$d" ] || return 0
+    d="$(cd "$d" && pwd -P)"
+    case "$d" in /|/proc|/sys|/dev|/tmp|/tmp/*|/run|/run/*) return 0 ;; esac
+    rw_args+=("--rwdir=$d")
+}
+add_rw "$cwd"
+[ -n "${CARGO_TARGET_DIR:-}" ] && add_rw "$CARGO_TARGET_DIR"
+IFS=: read -r -a extra <<<"${BULKHEAD_HARNESS_RWDIRS:-}"
+for d in "${extra[@]}"; do [ -n "$d" ] && add_rw "$d"; done
+cargo_home="${CARGO_HOME:-$HOME/.cargo}"
+[ -d "$cargo_home" ] && rw_args+=("--overlay-rwdir=$cargo_home")
+
+# virtme-ng's QEMU reopens /proc/self/fd/{1,2} (with O_TRUNC, several times):
+# on a regular file that truncates it and interleaves writers. Hand it pipes
+# (and /dev/null as stdin) so output arrives intact and in order.
+mkfifo "$stage/stderr"
+cat "$stage/stderr" >&2 &
+errcat=$!
+set +e
+"$vng" -r "$kernel" --disable-kvm --disable-microvm --force-9p \
+    --memory "${BULKHEAD_HARNESS_MEMORY:-4G}" --cpus "${BULKHEAD_HARNESS_CPUS:-2}" \
+    --qemu-opts="-cpu max" "${rw_args[@]}" --cwd "$cwd" \
+    --exec "bash $inner" </dev/null 2>"$stage/stderr" | cat
+status=${PIPESTATUS[0]}
+wait "$errcat"
+exit "$status"

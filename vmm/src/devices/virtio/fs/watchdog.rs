@@ -1,0 +1,112 @@
+//! A deadline for blocking vhost-user requests: if the backend has not answered in time, the
+//! socket is shut down, which makes the blocked read return and the request fail.
+//!
+//! Socket timeouts (SO_RCVTIMEO) do not work here: the `vhost` crate treats the resulting
+//! EAGAIN as "retry" and reads again, forever. So one long-lived thread per connection,
+//! started with the device (before any seccomp filter is installed), waits for "armed"
+//! deadlines over a channel; the request side only sends messages (futex calls).
+
+use std::os::fd::RawFd;
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+enum Msg {
+    Arm(Instant, &'static str),
+    Disarm,
+}
+
+/// Owns the watchdog thread of one socket. The thread ends when this is dropped.
+pub(super) struct Watchdog {
+    tx: Sender<Msg>,
+    timeout: Duration,
+}
+
+impl Watchdog {
+    /// Watch `fd` (which must stay open as long as this lives) with `timeout` per armed span.
+    pub(super) fn spawn(fd: RawFd, timeout: Duration) -> std::io::Result<Self> {
+        let (tx, rx) = channel::<Msg>();
+        thread::Builder::new()
+            .name("vhost-user-watchdog".into())
+            .spawn(move || {
+                while let Ok(msg) = rx.recv() {
+                    let Msg::Arm(mut deadline, mut what) = msg else {
+                        continue;
+                    };
+                    loop {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match rx.recv_timeout(left) {
+                            Ok(Msg::Disarm) => break,
+                            Ok(Msg::Arm(d, w)) => (deadline, what) = (d, w),
+                            Err(RecvTimeoutError::Timeout) => {
+                                log::error!(
+                                    "vhost-user backend did not answer {what} within \
+                                     {timeout:?}; closing the connection"
+                                );
+                                // SAFETY: shutdown(2) on an fd the owner keeps open while
+                                // armed; it only changes the socket's state.
+                                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                                break;
+                            }
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                }
+            })?;
+        Ok(Self { tx, timeout })
+    }
+
+    /// Arm the deadline for the requests of `what`, until the returned guard is dropped.
+    pub(super) fn guard(&self, what: &'static str) -> WatchdogGuard<'_> {
+        // If the thread is gone the send fails; the requests then simply have no deadline.
+        let _ = self.tx.send(Msg::Arm(Instant::now() + self.timeout, what));
+        WatchdogGuard { tx: &self.tx }
+    }
+}
+
+/// Disarms the watchdog when dropped.
+pub(super) struct WatchdogGuard<'a> {
+    tx: &'a Sender<Msg>,
+}
+
+impl Drop for WatchdogGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Disarm);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_blocked_read_is_released_at_the_deadline_and_not_before() {
+        let (mut ours, _theirs) = UnixStream::pair().unwrap();
+        let dog = Watchdog::spawn(ours.as_raw_fd(), Duration::from_millis(200)).unwrap();
+        let start = Instant::now();
+        {
+            let _g = dog.guard("a test read");
+            let mut buf = [0u8; 1];
+            // Blocks until the watchdog shuts the socket down: then reads end-of-file.
+            assert_eq!(ours.read(&mut buf).unwrap(), 0);
+        }
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(200), "{waited:?}");
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+    }
+
+    #[test]
+    fn a_disarmed_watchdog_leaves_the_socket_alone() {
+        use std::io::Write;
+        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        let dog = Watchdog::spawn(ours.as_raw_fd(), Duration::from_millis(50)).unwrap();
+        drop(dog.guard("quick"));
+        thread::sleep(Duration::from_millis(150));
+        theirs.write_all(b"x").unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(ours.read(&mut buf).unwrap(), 1, "socket still open");
+    }
+}
