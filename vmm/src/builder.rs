@@ -18,7 +18,7 @@ use crate::devices::virtio::vsock::Vsock;
 use crate::event_loop::{run_until_exit, ExitMonitor, RunError};
 use crate::exit_status::GuestExit;
 use crate::kernel_loader::{self, LoadError};
-use crate::seccomp::{self, Confinement, PrivilegeError, SeccompError, ThreadFilter};
+use crate::seccomp::{self, Confinement, PrivilegeError, SeccompError, StartGate, ThreadFilter};
 use crate::vmm_config::{ConfigError, SerialOutput, VmConfig, CMDLINE_MAX_LEN};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{self, Buses, Vcpu, VcpuError};
@@ -66,6 +66,8 @@ pub enum StartError {
     VcpuEvents(#[source] std::io::Error),
     #[error("cannot drop privileges")]
     Privileges(#[from] PrivilegeError),
+    #[error("cannot confine the VMM's threads")]
+    Seccomp(#[from] SeccompError),
 }
 
 /// Errors of a running microVM.
@@ -255,17 +257,24 @@ pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<Mic
         legacy.console_watch,
         device_failures,
     )));
-    // seccomp: everything is open; give up privileges before any thread runs guest code.
+    // seccomp: everything is open; give up privileges before any thread runs guest code. The
+    // vCPU threads start held by a gate, every thread then gets the process-wide filter at once,
+    // and each vCPU thread adds its own filter before its first KVM_RUN.
     seccomp::privileges::drop_privileges(confinement.identity)?;
+    let gate = StartGate::new();
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        let filter = confinement.filters.vcpu.gated(&gate);
+        threads.push(vcpu.spawn(buses.clone(), events.clone(), filter)?);
+    }
+    gate.wait_for_arrivals(threads.len());
+    let confined = confinement.filters.process.apply_all_threads();
+    gate.open(confined.is_ok());
+    confined?;
     log::info!(
         "confinement: capabilities dropped, no_new_privs set, seccomp {}",
         confinement.mode
     );
-    let mut threads = Vec::with_capacity(vcpus.len());
-    for vcpu in vcpus {
-        let filter = confinement.filters.vcpu.clone();
-        threads.push(vcpu.spawn(buses.clone(), events.clone(), filter)?);
-    }
     log::info!("vcpus: {} started", config.vcpus);
 
     Ok(MicroVm {

@@ -164,5 +164,35 @@ pub fn drop_privileges(identity: Identity) -> Result<(), PrivilegeError> {
     }
     // SAFETY: prctl with integer arguments.
     let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    check(rc.into()).map_err(PrivilegeError::NoNewPrivs)
+    check(rc.into()).map_err(PrivilegeError::NoNewPrivs)?;
+    // Capabilities belong to threads: one started during set-up keeps what it had. The
+    // process-wide seccomp filter still confines it; say which threads those are.
+    for name in threads_with_capabilities() {
+        log::warn!("confinement: thread {name:?} was started before the privilege drop and keeps its capabilities");
+    }
+    Ok(())
+}
+
+/// Names of the process's threads that still hold effective or permitted capabilities.
+pub fn threads_with_capabilities() -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        let holds = |name: &str| field(name).is_some_and(|v| v.chars().any(|c| c != '0'));
+        if holds("CapEff:") || holds("CapPrm:") {
+            found.push(field("Name:").unwrap_or_default());
+        }
+    }
+    found
 }

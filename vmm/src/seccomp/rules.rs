@@ -125,11 +125,44 @@ fn common(b: &mut Builder) -> Result<(), BackendError> {
 }
 
 /// A vCPU thread: `KVM_RUN` and the exits it routes to device models (console writes,
-/// irqfd and eventfd signals, locks). It opens nothing and talks to no socket.
+/// irqfd and eventfd signals, locks). It opens nothing and creates no socket; it does send
+/// and receive on the virtio-fs vhost-user socket, because the guest's DRIVER_OK and reset
+/// writes start and stop the backend from the vCPU thread (SET_MEM_TABLE, SET_VRING_*,
+/// GET_VRING_BASE carry file descriptors and wait for replies).
 pub fn vcpu_rules() -> Result<RuleMap, BackendError> {
     let mut b = Builder::new();
     common(&mut b)?;
-    b.allow_if(libc::SYS_ioctl, vec![when_eq(1, KVM_RUN)?]);
+    b.allow_if(libc::SYS_ioctl, vec![when_eq(1, KVM_RUN)?])
+        .allow(libc::SYS_sendmsg)
+        .allow(libc::SYS_recvmsg);
+    Ok(b.rules)
+}
+
+/// What any VMM thread may do: the union of the thread lists, plus stacking one more filter
+/// (`prctl(PR_SET_NO_NEW_PRIVS)`, `seccomp(SECCOMP_SET_MODE_FILTER)`), which only ever
+/// narrows what a thread may do. Installed on every thread of the process at once (TSYNC)
+/// after the privilege drop, so helper threads started during set-up (the vhost-user
+/// watchdog) are confined too; each vCPU and the main thread then add their own, narrower list
+/// on top, which does not allow stacking.
+pub fn process_rules() -> Result<RuleMap, BackendError> {
+    let mut b = Builder::new();
+    b.allow_if(
+        libc::SYS_prctl,
+        vec![when_eq(0, libc::PR_SET_NO_NEW_PRIVS as u64)?],
+    )
+    .allow_if(
+        libc::SYS_seccomp,
+        vec![when_eq(0, libc::SECCOMP_SET_MODE_FILTER as u64)?],
+    );
+    for rules in [vcpu_rules()?, main_rules()?] {
+        for (nr, chain) in rules {
+            if chain.is_empty() {
+                b.allow(nr);
+            } else {
+                b.allow_if(nr, chain);
+            }
+        }
+    }
     Ok(b.rules)
 }
 
@@ -200,6 +233,7 @@ mod tests {
         for nr in [
             libc::SYS_socket,
             libc::SYS_connect,
+            libc::SYS_accept4,
             libc::SYS_openat,
             libc::SYS_execve,
             libc::SYS_clone,
@@ -228,6 +262,26 @@ mod tests {
         ] {
             assert!(!rules.contains_key(&nr), "main thread must not get {nr}");
         }
+    }
+
+    #[test]
+    fn process_list_is_the_union_of_the_thread_lists() {
+        let (vcpu, main, all) = (
+            vcpu_rules().unwrap(),
+            main_rules().unwrap(),
+            process_rules().unwrap(),
+        );
+        for (nr, chain) in vcpu.iter().chain(main.iter()) {
+            let union = &all[nr];
+            assert!(
+                union.is_empty() || chain.iter().all(|r| union.contains(r)),
+                "syscall {nr}"
+            );
+        }
+        // ioctl: KVM_RUN from the vCPU list plus the main thread's three.
+        assert_eq!(all[&libc::SYS_ioctl].len(), 4);
+        assert!(!all.contains_key(&libc::SYS_openat));
+        assert!(!all.contains_key(&libc::SYS_execve));
     }
 
     #[test]

@@ -14,8 +14,9 @@ use std::sync::OnceLock;
 pub const STATUS_SECCOMP_VIOLATION: i32 = 128 + libc::SIGSYS;
 
 thread_local! {
-    /// Which filter this thread runs under, for the report.
-    static THREAD_KIND: Cell<&'static str> = const { Cell::new("unconfined") };
+    /// Which filter this thread runs under, for the report ("vmm": only the process-wide one,
+    /// as on helper threads started during set-up).
+    static THREAD_KIND: Cell<&'static str> = const { Cell::new("vmm") };
 }
 
 /// Remember the calling thread's kind (`vcpu`, `main`) for the report.

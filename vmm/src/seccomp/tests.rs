@@ -62,7 +62,7 @@ fn assert_killed(case: &str, nr: i64, thread: &str) {
 fn filters_compile_to_bpf_in_every_mode() {
     for mode in [SeccompMode::Strict, SeccompMode::Log] {
         let f = SeccompFilters::compile(mode).unwrap();
-        for t in [&f.vcpu, &f.main] {
+        for t in [&f.process, &f.vcpu, &f.main] {
             let p = t.program().unwrap();
             // Well below the kernel's 4096-instruction limit, and not trivially short.
             assert!(
@@ -74,7 +74,7 @@ fn filters_compile_to_bpf_in_every_mode() {
         assert_ne!(f.vcpu.program(), f.main.program());
     }
     let off = SeccompFilters::compile(SeccompMode::Off).unwrap();
-    assert!(!off.vcpu.is_active() && !off.main.is_active());
+    assert!(!off.process.is_active() && !off.vcpu.is_active() && !off.main.is_active());
     off.vcpu.apply().unwrap();
 }
 
@@ -140,6 +140,36 @@ fn main_filter_kills_on_open_and_exec_mappings() {
 #[test]
 fn main_filter_kills_on_a_signal_handler_change() {
     assert_killed("main-sigaction", libc::SYS_rt_sigaction, "main");
+}
+
+#[test]
+fn process_filter_confines_threads_started_before_it() {
+    assert_killed("process-helper-thread", libc::SYS_socket, "vmm");
+}
+
+#[test]
+fn vcpu_filter_stacks_on_the_process_filter() {
+    // The process filter allows the main thread's epoll; the vCPU filter on top does not.
+    assert_killed("stacked-vcpu-epoll", libc::SYS_epoll_create1, "vcpu");
+}
+
+#[test]
+fn gated_filter_waits_for_the_gate_and_fails_when_it_is_dropped() {
+    let f = SeccompFilters::compile(SeccompMode::Off).unwrap();
+    let gate = StartGate::new();
+    let waiting = f.vcpu.gated(&gate);
+    let t = std::thread::spawn(move || waiting.apply());
+    gate.wait_for_arrivals(1);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(!t.is_finished(), "the thread waits for the gate");
+    gate.open(true);
+    assert!(t.join().unwrap().is_ok());
+
+    let gate = StartGate::new();
+    let waiting = f.vcpu.gated(&gate);
+    let t = std::thread::spawn(move || waiting.apply());
+    drop(gate);
+    assert!(matches!(t.join().unwrap(), Err(SeccompError::GateClosed)));
 }
 
 #[test]
@@ -292,6 +322,27 @@ fn child_process() {
             // SAFETY: SIG_IGN for SIGSYS: exactly what must not be possible.
             unsafe { libc::signal(libc::SIGSYS, libc::SIG_IGN) };
         }),
+        "process-helper-thread" => {
+            // A helper thread started during set-up, like the vhost-user watchdog.
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let (up_tx, up_rx) = std::sync::mpsc::channel::<()>();
+            let helper = std::thread::spawn(move || {
+                up_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                inet_socket();
+            });
+            up_rx.recv().unwrap();
+            f.process.apply_all_threads().unwrap();
+            go_tx.send(()).unwrap();
+            helper.join().unwrap();
+            println!("{CHILD_OK}");
+        }
+        "stacked-vcpu-epoll" => on_thread(move || {
+            f.process.apply_all_threads().unwrap();
+            f.vcpu.apply().unwrap();
+            // SAFETY: plain epoll_create1(2).
+            unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        }),
         "log-inet-socket" => on_thread(move || {
             let f = SeccompFilters::compile(SeccompMode::Log).unwrap();
             f.vcpu.apply().unwrap();
@@ -322,6 +373,7 @@ fn child_process() {
                 assert_eq!(status_field("Groups:"), "");
             }
             // The filters still go on top of the dropped privileges.
+            f.process.apply_all_threads().unwrap();
             f.main.apply().unwrap();
         }),
         other => panic!("unknown child case {other}"),
