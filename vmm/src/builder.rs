@@ -18,6 +18,7 @@ use crate::devices::virtio::vsock::Vsock;
 use crate::event_loop::{run_until_exit, ExitMonitor, RunError};
 use crate::exit_status::GuestExit;
 use crate::kernel_loader::{self, LoadError};
+use crate::seccomp::{self, Confinement, PrivilegeError, SeccompError, StartGate, ThreadFilter};
 use crate::vmm_config::{ConfigError, SerialOutput, VmConfig, CMDLINE_MAX_LEN};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{self, Buses, Vcpu, VcpuError};
@@ -63,6 +64,19 @@ pub enum StartError {
     Vcpu(#[from] VcpuError),
     #[error("cannot create the vCPU event channel")]
     VcpuEvents(#[source] std::io::Error),
+    #[error("cannot drop privileges")]
+    Privileges(#[from] PrivilegeError),
+    #[error("cannot confine the VMM's threads")]
+    Seccomp(#[from] SeccompError),
+}
+
+/// Errors of a running microVM.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error("cannot confine the main thread")]
+    Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    Run(#[from] RunError),
 }
 
 /// A booted microVM. Dropping it does not stop the vCPU threads: the VMM process ends after
@@ -75,6 +89,8 @@ pub struct MicroVm {
     subscribers: Vec<crate::event_loop::Subscriber>,
     monitor: Arc<Mutex<ExitMonitor>>,
     serial: Arc<Mutex<SerialConsole>>,
+    // seccomp: applied by `wait` on the main thread before the event loop starts.
+    main_filter: ThreadFilter,
 }
 
 impl MicroVm {
@@ -87,9 +103,18 @@ impl MicroVm {
         self.subscribers.push(Arc::new(Mutex::new(forwarder)));
     }
 
-    /// Run the event loop until the guest stops; returns how it stopped.
-    pub fn wait(self) -> Result<GuestExit, RunError> {
-        run_until_exit(self.subscribers, self.monitor, &self.serial)
+    /// Confine the calling (main) thread with the main seccomp filter, then run the event loop
+    /// until the guest stops; returns how it stopped.
+    pub fn wait(self) -> Result<GuestExit, WaitError> {
+        self.main_filter.apply()?;
+        if self.main_filter.is_active() {
+            log::info!("seccomp: main thread confined");
+        }
+        Ok(run_until_exit(
+            self.subscribers,
+            self.monitor,
+            &self.serial,
+        )?)
     }
 }
 
@@ -111,8 +136,10 @@ fn console_output(serial: &SerialOutput) -> Result<ConsoleOutput, StartError> {
     ConsoleOutput::new(out).map_err(StartError::Console)
 }
 
-/// Build the VM described by `config` and start its vCPUs.
-pub fn build_microvm(config: &VmConfig) -> Result<MicroVm, StartError> {
+/// Build the VM described by `config` and start its vCPUs, confined as `confinement` says:
+/// privileges dropped before the vCPU threads start, each vCPU thread under the vCPU filter
+/// from its first `KVM_RUN`, the main thread under the main filter from [`MicroVm::wait`].
+pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<MicroVm, StartError> {
     config.validate()?;
 
     // A vhost-user backend maps guest memory itself, so it must be a shared memfd then.
@@ -230,10 +257,24 @@ pub fn build_microvm(config: &VmConfig) -> Result<MicroVm, StartError> {
         legacy.console_watch,
         device_failures,
     )));
+    // seccomp: everything is open; give up privileges before any thread runs guest code. The
+    // vCPU threads start held by a gate, every thread then gets the process-wide filter at once,
+    // and each vCPU thread adds its own filter before its first KVM_RUN.
+    seccomp::privileges::drop_privileges(confinement.identity)?;
+    let gate = StartGate::new();
     let mut threads = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
-        threads.push(vcpu.spawn(buses.clone(), events.clone())?);
+        let filter = confinement.filters.vcpu.gated(&gate);
+        threads.push(vcpu.spawn(buses.clone(), events.clone(), filter)?);
     }
+    gate.wait_for_arrivals(threads.len());
+    let confined = confinement.filters.process.apply_all_threads();
+    gate.open(confined.is_ok());
+    confined?;
+    log::info!(
+        "confinement: capabilities dropped, no_new_privs set, seccomp {}",
+        confinement.mode
+    );
     log::info!("vcpus: {} started", config.vcpus);
 
     Ok(MicroVm {
@@ -243,5 +284,6 @@ pub fn build_microvm(config: &VmConfig) -> Result<MicroVm, StartError> {
         subscribers: slots.take_subscribers(),
         monitor,
         serial: legacy.serial,
+        main_filter: confinement.filters.main.clone(),
     })
 }

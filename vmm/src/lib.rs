@@ -7,7 +7,8 @@
 //! - [`devices`]: device models, with no KVM handles inside;
 //! - [`device_manager`]: the one place that wires devices to KVM (buses, ioeventfd, irqfd,
 //!   kernel command line);
-//! - [`builder`]: the boot recipe, a straight list of steps that each return a typed error.
+//! - [`builder`]: the boot recipe, a straight list of steps that each return a typed error;
+//! - [`seccomp`]: confinement after set-up (seccomp allow-list per thread, privilege drop).
 
 pub mod arch;
 pub mod builder;
@@ -17,5 +18,6 @@ pub mod event_loop;
 pub mod exit_status;
 pub mod kernel_loader;
 pub mod logger;
+pub mod seccomp;
 pub mod vmm_config;
 pub mod vstate;

@@ -15,6 +15,7 @@ use super::vm::Vm;
 use crate::arch::x86_64 as arch;
 use crate::devices::bus::Bus;
 use crate::exit_status::GuestExit;
+use crate::seccomp::ThreadFilter;
 
 /// KVM_SYSTEM_EVENT_* values (include/uapi/linux/kvm.h).
 const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -227,16 +228,24 @@ impl Vcpu {
         }
     }
 
-    /// Run on a new thread named `vcpu<N>`, reporting the end to `events`.
+    /// Run on a new thread named `vcpu<N>`, reporting the end to `events`. The thread confines
+    /// itself with `seccomp` before its first `KVM_RUN`; if that fails the guest never runs.
     pub fn spawn(
         mut self,
         buses: Arc<Buses>,
         events: VcpuEvents,
+        seccomp: ThreadFilter,
     ) -> Result<thread::JoinHandle<()>, VcpuError> {
         let index = self.index;
         thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
+                // seccomp: the vCPU allow-list, last step before guest code runs (fail closed).
+                if let Err(e) = seccomp.apply() {
+                    let why = crate::seccomp::error_chain(&e);
+                    events.send(index, VcpuEvent::Failed(why));
+                    return;
+                }
                 let event = self.run(&buses);
                 events.send(index, event);
             })

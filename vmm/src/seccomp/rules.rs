@@ -1,0 +1,297 @@
+//! The allow-lists, one per thread kind, as `seccompiler` rules.
+//!
+//! Every entry says why the VMM needs it after set-up. What is absent matters as much: no
+//! `open`/`openat`, `execve`, `fork`/`clone`, `ptrace`, `mount`, `setuid`, `kill` of other
+//! processes, no sockets other than `AF_UNIX`, no executable mappings, no `ioctl` other than
+//! the few listed requests. To find a syscall that is missing here, run the VMM with
+//! `--seccomp log` and read the kernel log (see `docs/vmm.md`).
+
+use std::collections::BTreeMap;
+
+use seccompiler::{BackendError, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+
+/// Syscall number to the rules that allow it (an empty list allows it unconditionally).
+pub type RuleMap = BTreeMap<i64, Vec<SeccompRule>>;
+
+// include/uapi/linux/kvm.h: _IO(KVMIO, 0x80).
+/// The one KVM ioctl a vCPU thread issues once its guest runs.
+pub const KVM_RUN: u64 = 0xae80;
+// include/uapi/asm-generic/ioctls.h.
+/// Terminal attributes: read (isatty, the raw-mode console) ...
+pub const TCGETS: u64 = 0x5401;
+/// ... and restored when the VMM ends.
+pub const TCSETS: u64 = 0x5402;
+/// Non-blocking mode on a socket (what std's `set_nonblocking` uses).
+pub const FIONBIO: u64 = 0x5421;
+
+/// A growing rule map. Adding a syscall that is already allowed unconditionally keeps it so;
+/// conditional rules for the same syscall add up (any of them allows the call).
+struct Builder {
+    rules: RuleMap,
+}
+
+impl Builder {
+    fn new() -> Self {
+        Builder {
+            rules: RuleMap::new(),
+        }
+    }
+
+    /// Allow `nr` whatever its arguments.
+    fn allow(&mut self, nr: i64) -> &mut Self {
+        self.rules.insert(nr, Vec::new());
+        self
+    }
+
+    /// Allow `nr` when one of `rules` matches.
+    fn allow_if(&mut self, nr: i64, rules: Vec<SeccompRule>) -> &mut Self {
+        match self.rules.get_mut(&nr) {
+            Some(existing) if existing.is_empty() => {}
+            Some(existing) => existing.extend(rules),
+            None => {
+                self.rules.insert(nr, rules);
+            }
+        }
+        self
+    }
+}
+
+/// Argument `index` (32 bits) equals `value`.
+fn arg_eq(index: u8, value: u64) -> Result<SeccompCondition, BackendError> {
+    SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+}
+
+/// A rule with a single condition: argument `index` equals `value`.
+fn when_eq(index: u8, value: u64) -> Result<SeccompRule, BackendError> {
+    SeccompRule::new(vec![arg_eq(index, value)?])
+}
+
+/// One rule per value: argument `index` is any of `values`.
+fn when_any(index: u8, values: &[u64]) -> Result<Vec<SeccompRule>, BackendError> {
+    values.iter().map(|v| when_eq(index, *v)).collect()
+}
+
+/// Argument `index` does not have the `PROT_EXEC` bit.
+fn no_exec(index: u8) -> Result<Vec<SeccompRule>, BackendError> {
+    Ok(vec![SeccompRule::new(vec![SeccompCondition::new(
+        index,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+        0,
+    )?])?])
+}
+
+/// What every VMM thread needs to live and die: the allocator, locks and channels, writes to
+/// the log and the console, the end of a thread, and a clean abort on a panic.
+fn common(b: &mut Builder) -> Result<(), BackendError> {
+    b
+        // stderr log lines, console output, eventfd signals.
+        .allow(libc::SYS_read)
+        .allow(libc::SYS_write)
+        .allow(libc::SYS_close)
+        // Debug builds of std check that an fd is open before closing it.
+        .allow_if(libc::SYS_fcntl, vec![when_eq(1, libc::F_GETFD as u64)?])
+        // Mutexes, condvars, mpsc channels, thread join.
+        .allow(libc::SYS_futex)
+        .allow(libc::SYS_sched_yield)
+        // The allocator; mappings are never executable.
+        .allow(libc::SYS_brk)
+        .allow(libc::SYS_munmap)
+        .allow(libc::SYS_mremap)
+        .allow_if(libc::SYS_mmap, no_exec(2)?)
+        .allow_if(libc::SYS_mprotect, no_exec(2)?)
+        // glibc frees thread stacks and trims heaps with MADV_DONTNEED.
+        .allow_if(
+            libc::SYS_madvise,
+            vec![when_eq(2, libc::MADV_DONTNEED as u64)?],
+        )
+        // Log timestamps (normally answered by the vDSO without a syscall).
+        .allow(libc::SYS_clock_gettime)
+        // Thread and process end.
+        .allow(libc::SYS_exit)
+        .allow(libc::SYS_exit_group)
+        .allow(libc::SYS_sigaltstack)
+        .allow(libc::SYS_rt_sigprocmask)
+        .allow(libc::SYS_rt_sigreturn)
+        // A panic aborts: SIGABRT gets its default action and is raised, nothing else.
+        .allow_if(
+            libc::SYS_rt_sigaction,
+            vec![when_eq(0, libc::SIGABRT as u64)?],
+        )
+        .allow_if(libc::SYS_tgkill, vec![when_eq(2, libc::SIGABRT as u64)?])
+        .allow(libc::SYS_getpid)
+        .allow(libc::SYS_gettid);
+    Ok(())
+}
+
+/// A vCPU thread: `KVM_RUN` and the exits it routes to device models (console writes,
+/// irqfd and eventfd signals, locks). It opens nothing and creates no socket; it does send
+/// and receive on the virtio-fs vhost-user socket, because the guest's DRIVER_OK and reset
+/// writes start and stop the backend from the vCPU thread (SET_MEM_TABLE, SET_VRING_*,
+/// GET_VRING_BASE carry file descriptors and wait for replies).
+pub fn vcpu_rules() -> Result<RuleMap, BackendError> {
+    let mut b = Builder::new();
+    common(&mut b)?;
+    b.allow_if(libc::SYS_ioctl, vec![when_eq(1, KVM_RUN)?])
+        .allow(libc::SYS_sendmsg)
+        .allow(libc::SYS_recvmsg);
+    Ok(b.rules)
+}
+
+/// What any VMM thread may do: the union of the thread lists, plus stacking one more filter
+/// (`prctl(PR_SET_NO_NEW_PRIVS)`, `seccomp(SECCOMP_SET_MODE_FILTER)`), which only ever
+/// narrows what a thread may do. Installed on every thread of the process at once (TSYNC)
+/// after the privilege drop, so helper threads started during set-up (the vhost-user
+/// watchdog) are confined too; each vCPU and the main thread then add their own, narrower list
+/// on top, which does not allow stacking.
+pub fn process_rules() -> Result<RuleMap, BackendError> {
+    let mut b = Builder::new();
+    b.allow_if(
+        libc::SYS_prctl,
+        vec![when_eq(0, libc::PR_SET_NO_NEW_PRIVS as u64)?],
+    )
+    .allow_if(
+        libc::SYS_seccomp,
+        vec![when_eq(0, libc::SECCOMP_SET_MODE_FILTER as u64)?],
+    );
+    for rules in [vcpu_rules()?, main_rules()?] {
+        for (nr, chain) in rules {
+            if chain.is_empty() {
+                b.allow(nr);
+            } else {
+                b.allow_if(nr, chain);
+            }
+        }
+    }
+    Ok(b.rules)
+}
+
+/// The main thread running the event loop: epoll, device queue work, the rng's entropy, the
+/// vsock unix sockets (accepting host clients, connecting to `<uds>_<port>`), a vhost-user
+/// socket, the console (stdin, terminal mode), and the end (removing the vsock socket file).
+pub fn main_rules() -> Result<RuleMap, BackendError> {
+    let mut b = Builder::new();
+    common(&mut b)?;
+    b
+        // The event loop (created after the filter, so its creation is allowed too; the
+        // event manager's remote endpoint makes an eventfd).
+        .allow(libc::SYS_epoll_create1)
+        .allow(libc::SYS_epoll_ctl)
+        .allow(libc::SYS_epoll_wait)
+        .allow(libc::SYS_epoll_pwait)
+        .allow(libc::SYS_eventfd2)
+        // virtio-rng.
+        .allow(libc::SYS_getrandom)
+        // Hybrid vsock and vhost-user: unix stream sockets only.
+        .allow_if(libc::SYS_socket, vec![when_eq(0, libc::AF_UNIX as u64)?])
+        .allow(libc::SYS_connect)
+        .allow(libc::SYS_accept4)
+        .allow(libc::SYS_sendto)
+        .allow(libc::SYS_recvfrom)
+        .allow(libc::SYS_sendmsg)
+        .allow(libc::SYS_recvmsg)
+        .allow(libc::SYS_shutdown)
+        .allow_if(
+            libc::SYS_getsockopt,
+            vec![SeccompRule::new(vec![
+                arg_eq(1, libc::SOL_SOCKET as u64)?,
+                arg_eq(2, libc::SO_ERROR as u64)?,
+            ])?],
+        )
+        .allow_if(
+            libc::SYS_fcntl,
+            when_any(
+                1,
+                &[
+                    libc::F_GETFD as u64,
+                    libc::F_SETFD as u64,
+                    libc::F_GETFL as u64,
+                    libc::F_SETFL as u64,
+                    libc::F_DUPFD_CLOEXEC as u64,
+                ],
+            )?,
+        )
+        // Non-blocking sockets; the console's terminal mode (read, and restored at the end).
+        .allow_if(libc::SYS_ioctl, when_any(1, &[FIONBIO, TCGETS, TCSETS])?)
+        // The vsock listener removes its socket file when the VM ends, after checking it is
+        // still the one it created.
+        .allow(libc::SYS_fstat)
+        .allow(libc::SYS_newfstatat)
+        .allow(libc::SYS_statx)
+        .allow(libc::SYS_unlink)
+        .allow(libc::SYS_unlinkat);
+    Ok(b.rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vcpu_list_is_small_and_has_no_sockets_or_files() {
+        let rules = vcpu_rules().unwrap();
+        for nr in [
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_accept4,
+            libc::SYS_openat,
+            libc::SYS_execve,
+            libc::SYS_clone,
+            libc::SYS_epoll_wait,
+        ] {
+            assert!(!rules.contains_key(&nr), "vCPU threads must not get {nr}");
+        }
+        assert_eq!(rules[&libc::SYS_ioctl].len(), 1, "only KVM_RUN");
+        assert!(rules.len() < 40, "{} syscalls", rules.len());
+    }
+
+    #[test]
+    fn main_list_restricts_sockets_and_ioctls() {
+        let rules = main_rules().unwrap();
+        assert_eq!(rules[&libc::SYS_socket].len(), 1, "AF_UNIX only");
+        assert_eq!(rules[&libc::SYS_ioctl].len(), 3);
+        for nr in [
+            libc::SYS_open,
+            libc::SYS_openat,
+            libc::SYS_execve,
+            libc::SYS_fork,
+            libc::SYS_clone,
+            libc::SYS_ptrace,
+            libc::SYS_bind,
+            libc::SYS_listen,
+        ] {
+            assert!(!rules.contains_key(&nr), "main thread must not get {nr}");
+        }
+    }
+
+    #[test]
+    fn process_list_is_the_union_of_the_thread_lists() {
+        let (vcpu, main, all) = (
+            vcpu_rules().unwrap(),
+            main_rules().unwrap(),
+            process_rules().unwrap(),
+        );
+        for (nr, chain) in vcpu.iter().chain(main.iter()) {
+            let union = &all[nr];
+            assert!(
+                union.is_empty() || chain.iter().all(|r| union.contains(r)),
+                "syscall {nr}"
+            );
+        }
+        // ioctl: KVM_RUN from the vCPU list plus the main thread's three.
+        assert_eq!(all[&libc::SYS_ioctl].len(), 4);
+        assert!(!all.contains_key(&libc::SYS_openat));
+        assert!(!all.contains_key(&libc::SYS_execve));
+    }
+
+    #[test]
+    fn an_unconditional_allow_is_not_narrowed_by_a_later_rule() {
+        let mut b = Builder::new();
+        b.allow(libc::SYS_ioctl)
+            .allow_if(libc::SYS_ioctl, vec![when_eq(1, KVM_RUN).unwrap()]);
+        assert!(b.rules[&libc::SYS_ioctl].is_empty());
+        b.allow_if(libc::SYS_fcntl, vec![when_eq(1, 1).unwrap()])
+            .allow_if(libc::SYS_fcntl, vec![when_eq(1, 2).unwrap()]);
+        assert_eq!(b.rules[&libc::SYS_fcntl].len(), 2);
+    }
+}
