@@ -1,0 +1,493 @@
+//! The shim under a real containerd (Debian's 1.6.20), driven with `ctr`.
+//!
+//! Every test starts its own containerd (own config, root on a fresh tmpfs, state, socket,
+//! namespace), imports a busybox image built here from `/bin/busybox` (busybox-static), and
+//! stops containerd at the end, checking that no shim, VMM or mount is left behind.
+//!
+//! - `boot_failure_reaches_ctr_and_leaves_nothing`: runs wherever root, containerd and
+//!   busybox are: the "VMM" is a script that fails the way a VMM without KVM does; the
+//!   error `ctr` prints must name the phase and quote the VMM's log.
+//! - `ctr_run_in_a_vm`: the real thing; needs the KVM harness (`BULKHEAD_IN_HARNESS=1`) and
+//!   `BULKHEAD_KERNEL`, `BULKHEAD_INITRD`, `BULKHEAD_VMM` (and `BULKHEAD_VIRTIOFSD`, or
+//!   virtiofsd in PATH) naming real files.
+//!
+//! A test that cannot run prints `SKIPPED: reason` and passes.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const RUNTIME: &str = "io.containerd.bulkhead.v2";
+const IMAGE: &str = "docker.io/bulkhead/busybox:e2e";
+
+fn skip(reason: &str) {
+    eprintln!("SKIPPED: {reason}");
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    out
+}
+
+fn check(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sha256(path: &Path) -> String {
+    let out = check(Command::new("sha256sum").arg(path));
+    out.split_whitespace().next().unwrap().to_owned()
+}
+
+/// Writes a blob into an OCI layout and returns its digest and size.
+fn add_blob(layout: &Path, file: &Path) -> (String, u64) {
+    let digest = sha256(file);
+    let dest = layout.join("blobs/sha256").join(&digest);
+    std::fs::copy(file, &dest).unwrap();
+    (
+        format!("sha256:{digest}"),
+        std::fs::metadata(&dest).unwrap().len(),
+    )
+}
+
+/// An OCI archive with one layer: `/bin/busybox` and its applets as symlinks.
+fn busybox_image(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("image-rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    for d in ["etc", "proc", "sys", "dev", "tmp", "root"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "echo", "cat", "sleep", "ls", "true", "false", "hostname",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let layout = dir.join("layout");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let layer = dir.join("layer.tar");
+    check(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .args(["--owner=0", "--group=0", "--numeric-owner", "-cf"])
+            .arg(&layer)
+            .arg("."),
+    );
+    let (layer_digest, layer_size) = add_blob(&layout, &layer);
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/bin"],"Cmd":["/bin/sh"]}},"rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#
+        ),
+    )
+    .unwrap();
+    let (config_digest, config_size) = add_blob(&layout, &config);
+    let manifest = dir.join("manifest.json");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{config_size}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{layer_size}}}]}}"#
+        ),
+    )
+    .unwrap();
+    let (manifest_digest, manifest_size) = add_blob(&layout, &manifest);
+    std::fs::write(
+        layout.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{manifest_size},"annotations":{{"io.containerd.image.name":"{IMAGE}","org.opencontainers.image.ref.name":"e2e"}}}}]}}"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let archive = dir.join("busybox.tar");
+    check(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&layout)
+            .arg("-cf")
+            .arg(&archive)
+            .args(["oci-layout", "index.json", "blobs"]),
+    );
+    archive
+}
+
+/// A containerd of the test's own, with the shim in its PATH.
+struct Containerd {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    socket: PathBuf,
+    namespace: String,
+    run_root: PathBuf,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    /// `env`: extra environment for containerd (and so for the shims it starts).
+    fn start(env: &[(&str, &str)], shim_config: &str) -> Containerd {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let state = dir.path().join("state");
+        let run_root = dir.path().join("bulkhead-run");
+        std::fs::create_dir_all(&root).unwrap();
+        // overlayfs cannot stack on the harness's overlay root: give it a tmpfs.
+        check(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "tmpfs"])
+                .arg(&root),
+        );
+        let socket = dir.path().join("containerd.sock");
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = {root:?}\nstate = {state:?}\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = {socket:?}\n\
+                 [ttrpc]\n  address = \"{}\"\n",
+                socket.with_extension("ttrpc").display()
+            ),
+        )
+        .unwrap();
+        let shim_config_path = dir.path().join("bulkhead.toml");
+        std::fs::write(
+            &shim_config_path,
+            format!("run_root = {run_root:?}\nlog_level = \"debug\"\n{shim_config}"),
+        )
+        .unwrap();
+        let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-bulkhead-v2"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let path = format!(
+            "{}:{}",
+            shim_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config")
+            .arg(&config)
+            .env("PATH", path)
+            .env("BULKHEAD_CONFIG", &shim_config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start containerd");
+        let c = Containerd {
+            namespace: format!("bulkhead-e2e-{}", std::process::id()),
+            dir,
+            root,
+            socket,
+            run_root,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !c.socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    fn ctr(&self) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(&self.namespace);
+        cmd
+    }
+
+    fn import_busybox(&self) {
+        let archive = busybox_image(self.dir.path());
+        check(self.ctr().args(["images", "import"]).arg(&archive));
+    }
+
+    /// Processes whose command line names our run root (VMMs, virtiofsd) or a shim of our
+    /// namespace.
+    fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let run_root = self.run_root.to_string_lossy().into_owned();
+        let ns = format!("-namespace\0{}\0", self.namespace);
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+                .is_none()
+            {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&cmdline);
+            if text.contains(&run_root) || text.contains(&ns) {
+                found.push(text.replace('\0', " "));
+            }
+        }
+        found
+    }
+
+    fn mounts_below(&self, dir: &Path) -> Vec<String> {
+        let prefix = dir.to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Asserts that nothing of ours is left: no process, no run directory content, no
+    /// mount below the run root.
+    fn assert_clean(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let procs = self.leftovers();
+            if procs.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left running: {procs:#?}\ncontainerd log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(self.mounts_below(&self.run_root), Vec::<String>::new());
+        let left: Vec<_> = walk(&self.run_root);
+        assert!(left.is_empty(), "left in the run root: {left:#?}");
+    }
+}
+
+/// Every non-directory below `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill takes plain integers; the pid is our child's.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // containerd leaves its snapshot mounts below the root: detach them, then the tmpfs.
+        let mut mounts: Vec<String> = self
+            .mounts_below(&self.root)
+            .into_iter()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+    }
+}
+
+fn containerd_prerequisites() -> Result<(), String> {
+    if !is_root() {
+        return Err("needs root (containerd, mounts)".into());
+    }
+    for tool in ["containerd", "ctr", "tar", "sha256sum", "mount"] {
+        if which(tool).is_none() {
+            return Err(format!("{tool} not found (apt-get install containerd)"));
+        }
+    }
+    if !Path::new("/bin/busybox").is_file() {
+        return Err("/bin/busybox not found (apt-get install busybox-static)".into());
+    }
+    Ok(())
+}
+
+fn write_script(path: &Path, text: &str) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    drop(f);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn boot_failure_reaches_ctr_and_leaves_nothing() {
+    if let Err(reason) = containerd_prerequisites() {
+        return skip(&reason);
+    }
+    let tools = tempfile::tempdir().unwrap();
+    let vmm = tools.path().join("failing-vmm");
+    write_script(
+        &vmm,
+        "#!/bin/sh\necho 'error: cannot open /dev/kvm: No such file or directory' >&2\nexit 1\n",
+    );
+    let kernel = tools.path().join("vmlinux");
+    std::fs::write(&kernel, b"not a kernel").unwrap();
+    let c = Containerd::start(
+        &[
+            ("BULKHEAD_VMM", vmm.to_str().unwrap()),
+            ("BULKHEAD_KERNEL", kernel.to_str().unwrap()),
+            ("BULKHEAD_INITRD", ""),
+            ("BULKHEAD_VIRTIOFSD", ""),
+        ],
+        "",
+    );
+    c.import_busybox();
+    let out = run(c.ctr().args([
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "fails",
+        "echo",
+        "hi",
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("ctr run: {stderr}");
+    assert!(!out.status.success(), "ctr run succeeded without a VM");
+    assert!(
+        stderr.contains("starting the VM for fails"),
+        "the error names the phase: {stderr}\ncontainerd log:\n{}",
+        c.log()
+    );
+    assert!(
+        stderr.contains("cannot open /dev/kvm"),
+        "the VMM log is quoted: {stderr}"
+    );
+    // ctr leaves the container record after a failed task create.
+    let _ = run(c.ctr().args(["containers", "rm", "fails"]));
+    c.assert_clean();
+}
+
+#[test]
+fn ctr_run_in_a_vm() {
+    if std::env::var("BULKHEAD_IN_HARNESS").as_deref() != Ok("1") {
+        return skip("boots a guest: run through the KVM harness (BULKHEAD_IN_HARNESS=1)");
+    }
+    if let Err(reason) = containerd_prerequisites() {
+        return skip(&reason);
+    }
+    let mut env = Vec::new();
+    for var in ["BULKHEAD_KERNEL", "BULKHEAD_INITRD", "BULKHEAD_VMM"] {
+        match std::env::var(var) {
+            Ok(v) if Path::new(&v).is_file() => env.push((var, v)),
+            _ => return skip(&format!("{var} must name a file")),
+        }
+    }
+    match std::env::var("BULKHEAD_VIRTIOFSD")
+        .ok()
+        .or_else(|| which("virtiofsd").map(|p| p.to_string_lossy().into_owned()))
+    {
+        Some(v) if Path::new(&v).is_file() => env.push(("BULKHEAD_VIRTIOFSD", v)),
+        _ => return skip("virtiofsd not found (set BULKHEAD_VIRTIOFSD)"),
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let c = Containerd::start(&env, "agent_timeout_secs = 120\n");
+    c.import_busybox();
+
+    // Output and exit status pass through.
+    let out = run(c.ctr().args([
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "e2e-echo",
+        "sh",
+        "-c",
+        "echo hello from the guest; cat /proc/version; exit 7",
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stdout: {stdout}\nstderr: {}\ncontainerd log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.log()
+    );
+    assert!(stdout.contains("hello from the guest"), "{stdout}");
+    c.assert_clean();
+
+    // stdin reaches the container and its EOF ends it.
+    let mut child = c
+        .ctr()
+        .args([
+            "run",
+            "--rm",
+            "-i",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "e2e-cat",
+            "cat",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through stdin\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
+    c.assert_clean();
+}
