@@ -466,16 +466,7 @@ fn ctr_run_in_a_vm() {
     // stdin reaches the container and its EOF ends it.
     let mut child = c
         .ctr()
-        .args([
-            "run",
-            "--rm",
-            "-i",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            "e2e-cat",
-            "cat",
-        ])
+        .args(["run", "--rm", "--runtime", RUNTIME, IMAGE, "e2e-cat", "cat"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -489,5 +480,148 @@ fn ctr_run_in_a_vm() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
+    c.assert_clean();
+}
+
+/// The agent binary for the host-agent test.
+fn agent_binary() -> Option<PathBuf> {
+    let p = PathBuf::from(std::env::var_os("BULKHEAD_AGENT_BIN")?);
+    p.is_file().then_some(p)
+}
+
+#[test]
+fn ctr_run_with_the_agent_on_the_host() {
+    if let Err(reason) = containerd_prerequisites() {
+        return skip(&reason);
+    }
+    let Some(agent) = agent_binary() else {
+        return skip("no agent binary: set BULKHEAD_AGENT_BIN to a bulkhead-agent build");
+    };
+    if which("python3").is_none() || !Path::new("/sys/fs/cgroup").exists() {
+        return skip("needs python3 and cgroups");
+    }
+    // The host's cgroup v2 hierarchy lacks the cpu controller here (hybrid cgroups): ctr's
+    // default cpu shares would fail in the host "guest"; a real guest has it.
+    let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-vm");
+    let vmm = fake.join("vmm");
+    let c = Containerd::start(
+        &[
+            ("BULKHEAD_VMM", vmm.to_str().unwrap()),
+            ("BULKHEAD_KERNEL", "/nonexistent-kernel"),
+            ("BULKHEAD_INITRD", ""),
+            ("BULKHEAD_VIRTIOFSD", ""),
+        ],
+        &format!("kernel_cmdline = \"agent={}\"\n", agent.display()),
+    );
+    c.import_busybox();
+
+    // Output and the exit status pass through; the rootfs is the image's.
+    let out = run(c.ctr().args([
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--cpu-shares",
+        "0",
+        IMAGE,
+        "host-echo",
+        "sh",
+        "-c",
+        "echo hello; ls /bin/busybox; echo oops >&2; exit 7",
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stdout: {stdout}\nstderr: {stderr}\ncontainerd log:\n{}",
+        c.log()
+    );
+    assert_eq!(stdout, "hello\n/bin/busybox\n");
+    assert!(stderr.contains("oops"), "{stderr}");
+    c.assert_clean();
+
+    // stdin reaches the container and its EOF ends it.
+    let mut child = c
+        .ctr()
+        .args([
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--cpu-shares",
+            "0",
+            IMAGE,
+            "host-cat",
+            "cat",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through stdin\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\ncontainerd log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.log()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
+    c.assert_clean();
+
+    // exec into a running container, kill it, delete it.
+    check(c.ctr().args([
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--cpu-shares",
+        "0",
+        IMAGE,
+        "host-sleep",
+        "sleep",
+        "1000",
+    ]));
+    let out = run(c.ctr().args([
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        "host-sleep",
+        "sh",
+        "-c",
+        "echo from exec; exit 3",
+    ]));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from exec\n");
+    let ps = check(c.ctr().args(["tasks", "ls"]));
+    assert!(ps.contains("host-sleep") && ps.contains("RUNNING"), "{ps}");
+    check(
+        c.ctr()
+            .args(["tasks", "kill", "--signal", "SIGKILL", "host-sleep"]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ps = check(c.ctr().args(["tasks", "ls"]));
+        if ps.contains("STOPPED") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not stopped: {ps}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check(c.ctr().args(["tasks", "delete", "host-sleep"]));
+    check(c.ctr().args(["containers", "delete", "host-sleep"]));
     c.assert_clean();
 }
