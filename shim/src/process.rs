@@ -54,6 +54,10 @@ impl Exit {
 struct Inner {
     status: Status,
     pid: u32,
+    /// The stdio streams are attached.
+    io_ready: bool,
+    /// CloseIO came before the streams were attached: close stdin once they are.
+    stdin_close_deferred: bool,
 }
 
 /// A process of this shim.
@@ -77,6 +81,8 @@ impl Process {
             inner: Mutex::new(Inner {
                 status: Status::Created,
                 pid: 0,
+                io_ready: false,
+                stdin_close_deferred: false,
             }),
             exit: watch::channel(None).0,
             io: tokio::sync::Mutex::new(None),
@@ -144,8 +150,25 @@ impl Process {
         }
     }
 
-    pub async fn set_io(&self, io: ProcessIo) {
+    /// Keeps the attached stdio. Returns whether a CloseIO arrived before: the caller
+    /// closes stdin now.
+    pub async fn set_io(&self, io: ProcessIo) -> bool {
         *self.io.lock().await = Some(io);
+        let mut inner = self.lock();
+        inner.io_ready = true;
+        std::mem::take(&mut inner.stdin_close_deferred)
+    }
+
+    /// CloseIO: `true` when stdin can be closed now; `false` when the streams are not
+    /// attached yet (an exec between Exec and Start) and the close waits for them.
+    pub fn request_stdin_close(&self) -> bool {
+        let mut inner = self.lock();
+        if inner.io_ready {
+            true
+        } else {
+            inner.stdin_close_deferred = true;
+            false
+        }
     }
 
     /// Lets the output copies finish (bounded), then stops the stdio copies.
@@ -199,6 +222,37 @@ mod tests {
         let unknown = Exit::from_guest(0, 0);
         assert!(unknown.at > SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000));
         assert_eq!(Exit::vm_gone().status, 137);
+    }
+
+    #[tokio::test]
+    async fn a_stdin_close_before_the_streams_waits_for_them() {
+        let p = proc_();
+        assert!(!p.request_stdin_close());
+        let io = crate::stdio::connect(&StdioPaths::default(), &NoStreams)
+            .await
+            .unwrap();
+        assert!(p.set_io(io).await, "the deferred close is handed over");
+        assert!(p.request_stdin_close());
+
+        let q = proc_();
+        let io = crate::stdio::connect(&StdioPaths::default(), &NoStreams)
+            .await
+            .unwrap();
+        assert!(!q.set_io(io).await);
+        assert!(q.request_stdin_close());
+    }
+
+    /// Output streams that end at once.
+    struct NoStreams;
+
+    #[async_trait::async_trait]
+    impl crate::stdio::StreamOpener for NoStreams {
+        async fn open(
+            &self,
+            _: bulkhead_sandbox::StreamKind,
+        ) -> Result<tokio::net::UnixStream, crate::stdio::StdioError> {
+            Ok(tokio::net::UnixStream::pair().unwrap().0)
+        }
     }
 
     #[tokio::test]

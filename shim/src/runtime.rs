@@ -285,7 +285,10 @@ impl Runtime {
             process,
         };
         match stdio::connect(&t.stdio, &streams).await {
-            Ok(io) => init.set_io(io).await,
+            Ok(io) => {
+                // Nobody can have asked to close it yet: the process is not known.
+                init.set_io(io).await;
+            }
             Err(e) => {
                 if let Err(e) = vm.sandbox.remove_container(&t.id).await {
                     log::warn!("after failing to attach stdio: {e}");
@@ -335,15 +338,18 @@ impl Runtime {
             sandbox: &vm.sandbox,
             process: p.clone(),
         };
-        match stdio::connect(&proc_.stdio, &streams).await {
+        let close_stdin = match stdio::connect(&proc_.stdio, &streams).await {
             Ok(io) => proc_.set_io(io).await,
             Err(e) => {
                 let _ = vm.sandbox.signal(p, libc::SIGKILL as u32).await;
                 proc_.record_exit(Exit::vm_gone());
                 return Err(ShimError::Stdio(e));
             }
-        }
+        };
         proc_.set_running();
+        if close_stdin {
+            self.close_stdin_now(&proc_, &vm).await?;
+        }
         self.monitor(&vm, proc_.clone());
         self.events
             .publish(TaskEvent::ExecStarted {
@@ -576,13 +582,21 @@ impl Runtime {
         if proc_.status() == Status::Stopped {
             return Ok(());
         }
+        if !proc_.request_stdin_close() {
+            // An exec not started yet: Start closes it once the streams are attached.
+            return Ok(());
+        }
+        self.close_stdin_now(&proc_, &vm).await
+    }
+
+    async fn close_stdin_now(&self, proc_: &Process, vm: &Vm) -> Result<()> {
         proc_.drain_stdin(STDIN_DRAIN_LIMIT).await;
         vm.sandbox
-            .close_stdin(p)
+            .close_stdin(&proc_.process)
             .await
             .map_err(ShimError::sandbox(format!(
                 "closing stdin of {}",
-                describe(p)
+                describe(&proc_.process)
             )))
     }
 

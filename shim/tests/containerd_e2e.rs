@@ -140,6 +140,8 @@ fn busybox_image(dir: &Path) -> PathBuf {
     archive
 }
 
+static NEXT_NAMESPACE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// A containerd of the test's own, with the shim in its PATH.
 struct Containerd {
     dir: tempfile::TempDir,
@@ -206,7 +208,11 @@ impl Containerd {
         }
         let child = cmd.spawn().expect("start containerd");
         let c = Containerd {
-            namespace: format!("bulkhead-e2e-{}", std::process::id()),
+            namespace: format!(
+                "bulkhead-e2e-{}-{}",
+                std::process::id(),
+                NEXT_NAMESPACE.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            ),
             dir,
             root,
             socket,
@@ -317,8 +323,86 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+impl Containerd {
+    /// The host-agent tests run containers on the host: a killed fake VM leaves their
+    /// processes (a real VM takes them along). Kill what runs in our namespace's cgroup
+    /// and remove the cgroups.
+    fn kill_fake_guest_processes(&self) {
+        let prefix = format!("0::/{}/", self.namespace);
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let in_ours = std::fs::read_to_string(entry.path().join("cgroup"))
+                .is_ok_and(|c| c.lines().any(|l| l.starts_with(&prefix)));
+            if in_ours {
+                // SAFETY: kill takes plain integers.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let cgroup2 = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| {
+                l.split(" - ")
+                    .nth(1)
+                    .is_some_and(|t| t.starts_with("cgroup2 "))
+            })
+            .and_then(|l| l.split(' ').nth(4).map(PathBuf::from));
+        if let Some(root) = cgroup2 {
+            let ours = root.join(&self.namespace);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while ours.exists() && Instant::now() < deadline {
+                for e in std::fs::read_dir(&ours).into_iter().flatten().flatten() {
+                    if e.path().is_dir() {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+                if std::fs::remove_dir(&ours).is_err() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // After a failed test: shims of our namespace and VMMs of our run root outlive
+        // containerd; end them.
+        let run_root = self.run_root.to_string_lossy().into_owned();
+        let ns = format!("-namespace\0{}\0", self.namespace);
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&cmdline);
+            if text.contains(&run_root) || text.contains(&ns) {
+                // SAFETY: kill takes plain integers.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let mut ours: Vec<String> = self
+            .mounts_below(&self.run_root)
+            .into_iter()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+        self.kill_fake_guest_processes();
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill takes plain integers; the pid is our child's.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -489,22 +573,13 @@ fn agent_binary() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-#[test]
-fn ctr_run_with_the_agent_on_the_host() {
-    if let Err(reason) = containerd_prerequisites() {
-        return skip(&reason);
-    }
-    let Some(agent) = agent_binary() else {
-        return skip("no agent binary: set BULKHEAD_AGENT_BIN to a bulkhead-agent build");
-    };
-    if which("python3").is_none() || !Path::new("/sys/fs/cgroup").exists() {
-        return skip("needs python3 and cgroups");
-    }
+/// A containerd whose "VMs" run the real agent on the host (`tests/fake-vm/vmm`).
+fn host_agent_containerd(agent: &Path) -> Containerd {
     // The host's cgroup v2 hierarchy lacks the cpu controller here (hybrid cgroups): ctr's
     // default cpu shares would fail in the host "guest"; a real guest has it.
     let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-vm");
     let vmm = fake.join("vmm");
-    let c = Containerd::start(
+    Containerd::start(
         &[
             ("BULKHEAD_VMM", vmm.to_str().unwrap()),
             ("BULKHEAD_KERNEL", "/nonexistent-kernel"),
@@ -512,7 +587,59 @@ fn ctr_run_with_the_agent_on_the_host() {
             ("BULKHEAD_VIRTIOFSD", ""),
         ],
         &format!("kernel_cmdline = \"agent={}\"\n", agent.display()),
-    );
+    )
+}
+
+/// The host-agent tests' prerequisites and agent binary.
+fn host_agent_prerequisites() -> Result<PathBuf, String> {
+    containerd_prerequisites()?;
+    let agent = agent_binary()
+        .ok_or("no agent binary: set BULKHEAD_AGENT_BIN to a bulkhead-agent build")?;
+    if which("python3").is_none() || !Path::new("/sys/fs/cgroup").exists() {
+        return Err("needs python3 and cgroups".into());
+    }
+    Ok(agent)
+}
+
+/// Pids of processes whose command line contains all of `needles`.
+fn pids_with(needles: &[&str]) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            needles.iter().all(|n| text.contains(n)).then_some(pid)
+        })
+        .collect()
+}
+
+fn wait_for_status(c: &Containerd, task: &str, status: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let ps = check(c.ctr().args(["tasks", "ls"]));
+        if ps
+            .lines()
+            .any(|l| l.starts_with(task) && l.contains(status))
+        {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{task} not {status} after {limit:?}: {ps}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ctr_run_with_the_agent_on_the_host() {
+    let agent = match host_agent_prerequisites() {
+        Ok(a) => a,
+        Err(reason) => return skip(&reason),
+    };
+    let c = host_agent_containerd(&agent);
     c.import_busybox();
 
     // Output and the exit status pass through; the rootfs is the image's.
@@ -623,5 +750,94 @@ fn ctr_run_with_the_agent_on_the_host() {
     }
     check(c.ctr().args(["tasks", "delete", "host-sleep"]));
     check(c.ctr().args(["containers", "delete", "host-sleep"]));
+    c.assert_clean();
+}
+
+#[test]
+fn a_dying_vm_ends_its_processes_and_can_be_deleted() {
+    let agent = match host_agent_prerequisites() {
+        Ok(a) => a,
+        Err(reason) => return skip(&reason),
+    };
+    let c = host_agent_containerd(&agent);
+    c.import_busybox();
+    check(c.ctr().args([
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--cpu-shares",
+        "0",
+        IMAGE,
+        "doomed",
+        "sleep",
+        "1000",
+    ]));
+    let out = run(c.ctr().args([
+        "tasks",
+        "exec",
+        "-d",
+        "--exec-id",
+        "e1",
+        "doomed",
+        "sleep",
+        "1000",
+    ]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for_status(&c, "doomed", "RUNNING", Duration::from_secs(10));
+    let run_root = c.run_root.to_string_lossy().into_owned();
+    let vmm = pids_with(&["fake-vmm.py", &run_root]);
+    assert_eq!(vmm.len(), 1, "one fake VMM: {vmm:?}");
+    // SAFETY: kill takes plain integers; the pid is the fake VMM found above.
+    unsafe { libc::kill(vmm[0], libc::SIGKILL) };
+    let took = wait_for_status(&c, "doomed", "STOPPED", Duration::from_secs(10));
+    assert!(took < Duration::from_secs(2), "TaskExit took {took:?}");
+    check(c.ctr().args(["tasks", "delete", "doomed"]));
+    check(c.ctr().args(["containers", "delete", "doomed"]));
+    c.assert_clean();
+}
+
+#[test]
+fn delete_after_a_killed_shim_removes_the_vm() {
+    let agent = match host_agent_prerequisites() {
+        Ok(a) => a,
+        Err(reason) => return skip(&reason),
+    };
+    let c = host_agent_containerd(&agent);
+    c.import_busybox();
+    check(c.ctr().args([
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--cpu-shares",
+        "0",
+        IMAGE,
+        "orphan",
+        "sleep",
+        "1000",
+    ]));
+    wait_for_status(&c, "orphan", "RUNNING", Duration::from_secs(10));
+    let shim = pids_with(&["containerd-shim-bulkhead-v2", &c.namespace]);
+    assert_eq!(shim.len(), 1, "one shim: {shim:?}");
+    // SAFETY: kill takes plain integers; the pid is the shim found above.
+    unsafe { libc::kill(shim[0], libc::SIGKILL) };
+    // containerd notices the dead shim and runs `containerd-shim-bulkhead-v2 delete`.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.leftovers().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left after the shim died: {:#?}\ncontainerd log:\n{}",
+            c.leftovers(),
+            c.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = run(c.ctr().args(["tasks", "delete", "orphan"]));
+    check(c.ctr().args(["containers", "delete", "orphan"]));
     c.assert_clean();
 }
