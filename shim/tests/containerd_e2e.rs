@@ -735,6 +735,18 @@ fn ctr_run_with_the_agent_on_the_host() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "from exec\n");
     let ps = check(c.ctr().args(["tasks", "ls"]));
     assert!(ps.contains("host-sleep") && ps.contains("RUNNING"), "{ps}");
+    // Stats arrive as cgroup v2 metrics containerd can decode.
+    let metrics = check(c.ctr().args(["tasks", "metrics", "host-sleep"]));
+    eprintln!("ctr tasks metrics: {metrics}");
+    assert!(metrics.contains("pids.current"), "{metrics}");
+    // Pause is refused with a reason.
+    let out = run(c.ctr().args(["tasks", "pause", "host-sleep"]));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot freeze"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     check(
         c.ctr()
             .args(["tasks", "kill", "--signal", "SIGKILL", "host-sleep"]),
@@ -839,5 +851,77 @@ fn delete_after_a_killed_shim_removes_the_vm() {
     }
     let _ = run(c.ctr().args(["tasks", "delete", "orphan"]));
     check(c.ctr().args(["containers", "delete", "orphan"]));
+    c.assert_clean();
+}
+
+#[test]
+fn a_pods_containers_share_one_shim_and_one_vm() {
+    let agent = match host_agent_prerequisites() {
+        Ok(a) => a,
+        Err(reason) => return skip(&reason),
+    };
+    let c = host_agent_containerd(&agent);
+    c.import_busybox();
+    let in_pod = |kind: &str, pod: &str, id: &str, cmd: &[&str]| {
+        let mut ctr = c.ctr();
+        ctr.args(["run", "-d", "--runtime", RUNTIME, "--cpu-shares", "0"])
+            .arg("--annotation")
+            .arg(format!("io.kubernetes.cri.container-type={kind}"))
+            .arg("--annotation")
+            .arg(format!("io.kubernetes.cri.sandbox-id={pod}"))
+            .args([IMAGE, id])
+            .args(cmd);
+        run(&mut ctr)
+    };
+    let out = in_pod("sandbox", "pod1", "pod1", &["sleep", "1000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = in_pod("container", "pod1", "app1", &["sleep", "1000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for_status(&c, "app1", "RUNNING", Duration::from_secs(10));
+
+    let run_root = c.run_root.to_string_lossy().into_owned();
+    assert_eq!(
+        pids_with(&["containerd-shim-bulkhead-v2", &c.namespace]).len(),
+        1
+    );
+    assert_eq!(pids_with(&["fake-vmm.py", &run_root]).len(), 1);
+    let shared = c.run_root.join(&c.namespace).join("pod1/shared");
+    assert!(shared.join("pod1/rootfs/bin/busybox").exists());
+    assert!(shared.join("app1/rootfs/bin/busybox").exists());
+
+    // A container of a pod whose sandbox is not in this shim is refused.
+    let out = in_pod("container", "nopod", "stray", &["true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("sandbox nopod"), "{stderr}");
+    let _ = run(c.ctr().args(["containers", "delete", "stray"]));
+
+    // The app container goes; the VM stays for the sandbox.
+    check(
+        c.ctr()
+            .args(["tasks", "kill", "--signal", "SIGKILL", "app1"]),
+    );
+    wait_for_status(&c, "app1", "STOPPED", Duration::from_secs(10));
+    check(c.ctr().args(["tasks", "delete", "app1"]));
+    check(c.ctr().args(["containers", "delete", "app1"]));
+    assert!(!shared.join("app1").exists());
+    assert_eq!(pids_with(&["fake-vmm.py", &run_root]).len(), 1);
+
+    // The sandbox goes: so does the VM, and the shim.
+    check(
+        c.ctr()
+            .args(["tasks", "kill", "--signal", "SIGKILL", "pod1"]),
+    );
+    wait_for_status(&c, "pod1", "STOPPED", Duration::from_secs(10));
+    check(c.ctr().args(["tasks", "delete", "pod1"]));
+    check(c.ctr().args(["containers", "delete", "pod1"]));
     c.assert_clean();
 }
