@@ -146,16 +146,18 @@ impl Containerd {
     /// `env`: extra environment for containerd (and so for the shims it starts).
     pub fn start(env: &[(&str, &str)], shim_config: &str) -> Containerd {
         let dir = tempfile::tempdir().unwrap();
+        // Everything on a tmpfs: in the harness /tmp is an overlay over 9p, where overlayfs
+        // cannot stack (containerd's snapshots, the shim's rootfs mounts) and unix sockets
+        // cannot be created.
+        check(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "tmpfs"])
+                .arg(dir.path()),
+        );
         let root = dir.path().join("root");
         let state = dir.path().join("state");
         let run_root = dir.path().join("bulkhead-run");
         std::fs::create_dir_all(&root).unwrap();
-        // overlayfs cannot stack on the harness's overlay root: give it a tmpfs.
-        check(
-            Command::new("mount")
-                .args(["-t", "tmpfs", "tmpfs"])
-                .arg(&root),
-        );
         let socket = dir.path().join("containerd.sock");
         let config = dir.path().join("config.toml");
         std::fs::write(
@@ -417,6 +419,10 @@ impl Drop for Containerd {
         for m in mounts {
             let _ = Command::new("umount").arg("-l").arg(&m).status();
         }
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
