@@ -1,0 +1,26 @@
+//! containerd shim v2 for Bulkhead: one microVM per pod.
+//!
+//! containerd starts `containerd-shim-bulkhead-v2` per container; containers of one CRI
+//! pod are grouped onto one shim, which runs the pod's VM through `bulkhead-sandbox` and
+//! serves containerd's Task API on top of it.
+//!
+//! - [`bootstrap`]: the `start` and `delete` actions and the serving shim;
+//! - [`service`]: the Task service (ttrpc), a thin layer over [`runtime`];
+//! - [`runtime`]: the VM, its containers and processes, and what each operation does;
+//! - [`translate`]: containerd's protobuf messages to and from domain values;
+//! - [`pod`]: grouping by sandbox id and VM configuration; [`mounts`]: container
+//!   filesystems in the shared directory; [`stdio`]: FIFO plumbing; [`process`]: process
+//!   state; [`events`]: task events; [`error`]: errors and their ttrpc codes;
+//!   [`config`]: `/etc/bulkhead/config.toml`.
+
+pub mod bootstrap;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod mounts;
+pub mod pod;
+pub mod process;
+pub mod runtime;
+pub mod service;
+pub mod stdio;
+pub mod translate;

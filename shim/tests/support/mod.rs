@@ -1,0 +1,515 @@
+//! Test support: a containerd of the test's own, a busybox image built from
+//! `/bin/busybox`, process and mount checks, the host-agent set-up.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const RUNTIME: &str = "io.containerd.bulkhead.v2";
+pub const IMAGE: &str = "docker.io/bulkhead/busybox:e2e";
+
+pub fn skip(reason: &str) {
+    eprintln!("SKIPPED: {reason}");
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    out
+}
+
+pub fn check(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn sha256(path: &Path) -> String {
+    let out = check(Command::new("sha256sum").arg(path));
+    out.split_whitespace().next().unwrap().to_owned()
+}
+
+/// Writes a blob into an OCI layout and returns its digest and size.
+pub fn add_blob(layout: &Path, file: &Path) -> (String, u64) {
+    let digest = sha256(file);
+    let dest = layout.join("blobs/sha256").join(&digest);
+    std::fs::copy(file, &dest).unwrap();
+    (
+        format!("sha256:{digest}"),
+        std::fs::metadata(&dest).unwrap().len(),
+    )
+}
+
+/// An OCI archive with one layer: `/bin/busybox` and its applets as symlinks.
+pub fn busybox_image(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("image-rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    for d in ["etc", "proc", "sys", "dev", "tmp", "root"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "echo", "cat", "sleep", "ls", "true", "false", "hostname",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let layout = dir.join("layout");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let layer = dir.join("layer.tar");
+    check(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .args(["--owner=0", "--group=0", "--numeric-owner", "-cf"])
+            .arg(&layer)
+            .arg("."),
+    );
+    let (layer_digest, layer_size) = add_blob(&layout, &layer);
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/bin"],"Cmd":["/bin/sh"]}},"rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#
+        ),
+    )
+    .unwrap();
+    let (config_digest, config_size) = add_blob(&layout, &config);
+    let manifest = dir.join("manifest.json");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{config_size}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{layer_size}}}]}}"#
+        ),
+    )
+    .unwrap();
+    let (manifest_digest, manifest_size) = add_blob(&layout, &manifest);
+    std::fs::write(
+        layout.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{manifest_size},"annotations":{{"io.containerd.image.name":"{IMAGE}","org.opencontainers.image.ref.name":"e2e"}}}}]}}"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let archive = dir.join("busybox.tar");
+    check(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&layout)
+            .arg("-cf")
+            .arg(&archive)
+            .args(["oci-layout", "index.json", "blobs"]),
+    );
+    archive
+}
+
+pub static NEXT_NAMESPACE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A containerd of the test's own, with the shim in its PATH.
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    socket: PathBuf,
+    pub namespace: String,
+    pub run_root: PathBuf,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    /// `env`: extra environment for containerd (and so for the shims it starts).
+    pub fn start(env: &[(&str, &str)], shim_config: &str) -> Containerd {
+        let dir = tempfile::tempdir().unwrap();
+        // Everything on a tmpfs: in the harness /tmp is an overlay over 9p, where overlayfs
+        // cannot stack (containerd's snapshots, the shim's rootfs mounts) and unix sockets
+        // cannot be created.
+        check(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "tmpfs"])
+                .arg(dir.path()),
+        );
+        let root = dir.path().join("root");
+        let state = dir.path().join("state");
+        let run_root = dir.path().join("bulkhead-run");
+        std::fs::create_dir_all(&root).unwrap();
+        let socket = dir.path().join("containerd.sock");
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = {root:?}\nstate = {state:?}\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = {socket:?}\n\
+                 [ttrpc]\n  address = \"{}\"\n",
+                socket.with_extension("ttrpc").display()
+            ),
+        )
+        .unwrap();
+        let shim_config_path = dir.path().join("bulkhead.toml");
+        std::fs::write(
+            &shim_config_path,
+            format!("run_root = {run_root:?}\nlog_level = \"debug\"\n{shim_config}"),
+        )
+        .unwrap();
+        let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-bulkhead-v2"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let path = format!(
+            "{}:{}",
+            shim_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config")
+            .arg(&config)
+            .env("PATH", path)
+            .env("BULKHEAD_CONFIG", &shim_config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start containerd");
+        let c = Containerd {
+            namespace: format!(
+                "bulkhead-e2e-{}-{}",
+                std::process::id(),
+                NEXT_NAMESPACE.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            ),
+            dir,
+            root,
+            socket,
+            run_root,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !c.socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    pub fn ctr(&self) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(&self.namespace);
+        cmd
+    }
+
+    pub fn import_busybox(&self) {
+        let archive = busybox_image(self.dir.path());
+        check(self.ctr().args(["images", "import"]).arg(&archive));
+    }
+
+    /// Processes whose command line names our run root (VMMs, virtiofsd) or a shim of our
+    /// namespace.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let run_root = self.run_root.to_string_lossy().into_owned();
+        let ns = format!("-namespace\0{}\0", self.namespace);
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+                .is_none()
+            {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&cmdline);
+            if text.contains(&run_root) || text.contains(&ns) {
+                found.push(text.replace('\0', " "));
+            }
+        }
+        found
+    }
+
+    pub fn mounts_below(&self, dir: &Path) -> Vec<String> {
+        let prefix = dir.to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Asserts that nothing of ours is left: no process, no run directory content, no
+    /// mount below the run root.
+    pub fn assert_clean(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let procs = self.leftovers();
+            if procs.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left running: {procs:#?}\ncontainerd log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(self.mounts_below(&self.run_root), Vec::<String>::new());
+        let left: Vec<_> = walk(&self.run_root);
+        assert!(left.is_empty(), "left in the run root: {left:#?}");
+    }
+}
+
+/// Every non-directory below `dir`.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+impl Containerd {
+    /// The host-agent tests run containers on the host: a killed fake VM leaves their
+    /// processes (a real VM takes them along). Kill what runs in our namespace's cgroup
+    /// and remove the cgroups.
+    pub fn kill_fake_guest_processes(&self) {
+        let prefix = format!("0::/{}/", self.namespace);
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let in_ours = std::fs::read_to_string(entry.path().join("cgroup"))
+                .is_ok_and(|c| c.lines().any(|l| l.starts_with(&prefix)));
+            if in_ours {
+                // SAFETY: kill takes plain integers.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let cgroup2 = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| {
+                l.split(" - ")
+                    .nth(1)
+                    .is_some_and(|t| t.starts_with("cgroup2 "))
+            })
+            .and_then(|l| l.split(' ').nth(4).map(PathBuf::from));
+        if let Some(root) = cgroup2 {
+            let ours = root.join(&self.namespace);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while ours.exists() && Instant::now() < deadline {
+                for e in std::fs::read_dir(&ours).into_iter().flatten().flatten() {
+                    if e.path().is_dir() {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+                if std::fs::remove_dir(&ours).is_err() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // After a failed test: shims of our namespace and VMMs of our run root outlive
+        // containerd; end them.
+        let run_root = self.run_root.to_string_lossy().into_owned();
+        let ns = format!("-namespace\0{}\0", self.namespace);
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&cmdline);
+            if text.contains(&run_root) || text.contains(&ns) {
+                // SAFETY: kill takes plain integers.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let mut ours: Vec<String> = self
+            .mounts_below(&self.run_root)
+            .into_iter()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+        self.kill_fake_guest_processes();
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill takes plain integers; the pid is our child's.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // containerd leaves its snapshot mounts below the root: detach them, then the tmpfs.
+        let mut mounts: Vec<String> = self
+            .mounts_below(&self.root)
+            .into_iter()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+pub fn containerd_prerequisites() -> Result<(), String> {
+    if !is_root() {
+        return Err("needs root (containerd, mounts)".into());
+    }
+    for tool in ["containerd", "ctr", "tar", "sha256sum", "mount"] {
+        if which(tool).is_none() {
+            return Err(format!("{tool} not found (apt-get install containerd)"));
+        }
+    }
+    if !Path::new("/bin/busybox").is_file() {
+        return Err("/bin/busybox not found (apt-get install busybox-static)".into());
+    }
+    Ok(())
+}
+
+pub fn write_script(path: &Path, text: &str) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    drop(f);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The agent binary for the host-agent test.
+pub fn agent_binary() -> Option<PathBuf> {
+    let p = PathBuf::from(std::env::var_os("BULKHEAD_AGENT_BIN")?);
+    p.is_file().then_some(p)
+}
+
+/// A containerd whose "VMs" run the real agent on the host (`tests/fake-vm/vmm`).
+pub fn host_agent_containerd(agent: &Path) -> Containerd {
+    // The host's cgroup v2 hierarchy lacks the cpu controller here (hybrid cgroups): ctr's
+    // default cpu shares would fail in the host "guest"; a real guest has it.
+    let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-vm");
+    let vmm = fake.join("vmm");
+    Containerd::start(
+        &[
+            ("BULKHEAD_VMM", vmm.to_str().unwrap()),
+            ("BULKHEAD_KERNEL", "/nonexistent-kernel"),
+            ("BULKHEAD_INITRD", ""),
+            ("BULKHEAD_VIRTIOFSD", ""),
+        ],
+        &format!("kernel_cmdline = \"agent={}\"\n", agent.display()),
+    )
+}
+
+/// The host-agent tests' prerequisites and agent binary.
+pub fn host_agent_prerequisites() -> Result<PathBuf, String> {
+    containerd_prerequisites()?;
+    let agent = agent_binary()
+        .ok_or("no agent binary: set BULKHEAD_AGENT_BIN to a bulkhead-agent build")?;
+    if which("python3").is_none() || !Path::new("/sys/fs/cgroup").exists() {
+        return Err("needs python3 and cgroups".into());
+    }
+    Ok(agent)
+}
+
+/// Pids of processes whose command line contains all of `needles`.
+pub fn pids_with(needles: &[&str]) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            needles.iter().all(|n| text.contains(n)).then_some(pid)
+        })
+        .collect()
+}
+
+pub fn wait_for_status(c: &Containerd, task: &str, status: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let ps = check(c.ctr().args(["tasks", "ls"]));
+        if ps
+            .lines()
+            .any(|l| l.starts_with(task) && l.contains(status))
+        {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{task} not {status} after {limit:?}: {ps}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
