@@ -1,6 +1,69 @@
-//! bulkhead-agent: PID 1 of the guest. Filled in by the agent issue.
+//! bulkhead-agent: as PID 1 of the guest, mounts the kernel filesystems,
+//! reads its options from the kernel command line, logs to the serial
+//! console, serves the agent API on vsock and powers off at DestroySandbox.
+//! Otherwise (tests) it takes flags and mounts nothing.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use bulkhead_agent::{config, init, logger::Logger};
+use log::{error, info, warn};
 
 fn main() {
-    eprintln!("bulkhead-agent: not implemented yet");
-    std::process::exit(1);
+    let pid1 = std::process::id() == 1;
+    let code = match run(pid1) {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("bulkhead-agent: {e:#}");
+            1
+        }
+    };
+    if pid1 {
+        // PID 1 must not exit: the kernel would panic instead of a clean end.
+        init::power_off();
+    }
+    std::process::exit(code);
+}
+
+fn run(pid1: bool) -> Result<()> {
+    let (opts, warnings) = if pid1 {
+        // /proc is not mounted yet: mount first, log after.
+        let mounted = init::setup_pid1();
+        let console: Box<dyn Write + Send> =
+            match std::fs::OpenOptions::new().write(true).open("/dev/console") {
+                Ok(f) => Box::new(f),
+                Err(_) => Box::new(std::io::stderr()),
+            };
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let (opts, warnings) = config::from_cmdline(&cmdline);
+        Logger::new(console, opts.log_level).install();
+        mounted.context("PID 1 set-up")?;
+        (opts, warnings)
+    } else {
+        let opts = config::from_args(std::env::args().skip(1)).map_err(anyhow::Error::msg)?;
+        Logger::new(Box::new(std::io::stderr()), opts.log_level).install();
+        (opts, Vec::new())
+    };
+    for w in warnings {
+        warn!("{w}");
+    }
+    info!(
+        "bulkhead-agent {} (protocol {}) starting{}",
+        bulkhead_agent::service::AGENT_VERSION,
+        bulkhead_protocol::PROTOCOL_VERSION,
+        if pid1 { " as PID 1" } else { "" }
+    );
+
+    // One thread runs everything async: libcontainer forks with clone3 and
+    // keeps running Rust in the child, which is only safe when no other
+    // thread can hold a lock the child needs.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(bulkhead_agent::run(&opts, pid1))
+        .map_err(|e| anyhow::anyhow!(e.chain()))?;
+    info!("sandbox destroyed");
+    Ok(())
 }

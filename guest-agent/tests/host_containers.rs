@@ -1,0 +1,409 @@
+//! The real agent on the host, as root, no VM: containers from a busybox
+//! rootfs driven through the ttrpc API over unix sockets, stdio through the
+//! stdio port. Tests skip (and say why) without root or cgroup2.
+
+mod support;
+
+use std::time::Duration;
+
+use bulkhead_protocol::proto;
+use bulkhead_protocol::stdio::{AttachStatus, StreamKind};
+use bulkhead_protocol::PROTOCOL_VERSION;
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+#[test]
+fn check_and_version() {
+    let Some(env) = TestEnv::new() else { return };
+    env.rt.block_on(async {
+        let (_sb, _server) = env.start_agent().await;
+        let client = env.client().await;
+        let r = client
+            .check(ctx(), &proto::CheckRequest::new())
+            .await
+            .unwrap();
+        assert!(r.serving);
+        let v = bulkhead_protocol::client::handshake(&client, 5_000_000_000)
+            .await
+            .unwrap();
+        assert_eq!(v.protocol_version, PROTOCOL_VERSION);
+        assert_eq!(v.agent_version, env!("CARGO_PKG_VERSION"));
+
+        let mut old = proto::VersionRequest::new();
+        old.protocol_version = PROTOCOL_VERSION + 1;
+        let err = client.version(ctx(), &old).await.unwrap_err();
+        let ttrpc::Error::RpcStatus(s) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(s.code(), ttrpc::Code::FAILED_PRECONDITION);
+        assert!(s.message().contains("version mismatch"), "{}", s.message());
+    });
+}
+
+#[test]
+fn stdout_stderr_and_exit_status_3() {
+    let Some(env) = TestEnv::new() else { return };
+    env.rt.block_on(async {
+        let (_sb, _server) = env.start_agent().await;
+        let client = env.client().await;
+        let id = unique_id("exit3");
+        let spec = spec(&["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"]);
+        let created = client
+            .create_container(ctx(), &create_req(&id, &env.rootfs, &spec, false, false))
+            .await
+            .unwrap();
+        assert!(created.pid > 0);
+        // Start first and attach later: early output must wait for us.
+        client
+            .start_container(ctx(), &start_req(&id))
+            .await
+            .unwrap();
+        let exit = client
+            .wait_process(ctx(), &wait_req(&id, ""))
+            .await
+            .unwrap();
+        assert_eq!(exit.exit_status, 3);
+        assert!(exit.exited_at_unix_nanos > 0);
+
+        let out = env.attach(&id, "", StreamKind::Stdout).await.unwrap();
+        let err = env.attach(&id, "init", StreamKind::Stderr).await.unwrap();
+        assert_eq!(read_all(out).await, "to-stdout\n");
+        assert_eq!(read_all(err).await, "to-stderr\n");
+        // A stream attaches once; unknown processes are refused.
+        assert_eq!(
+            env.attach(&id, "", StreamKind::Stdout).await.unwrap_err(),
+            AttachStatus::Unavailable
+        );
+        assert_eq!(
+            env.attach("nope", "", StreamKind::Stdout)
+                .await
+                .unwrap_err(),
+            AttachStatus::NotFound
+        );
+        client
+            .remove_container(ctx(), &remove_req(&id))
+            .await
+            .unwrap();
+        let err = client
+            .wait_process(ctx(), &wait_req(&id, ""))
+            .await
+            .unwrap_err();
+        let ttrpc::Error::RpcStatus(s) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(s.code(), ttrpc::Code::NOT_FOUND);
+    });
+}
+
+#[test]
+fn exec_signal_stdin_and_container_settings() {
+    let Some(env) = TestEnv::new() else { return };
+    env.rt.block_on(async {
+        let (_sb, _server) = env.start_agent().await;
+        let client = env.client().await;
+        let id = unique_id("exec");
+        let spec = spec(&["sleep", "60"]);
+        client
+            .create_container(ctx(), &create_req(&id, &env.rootfs, &spec, false, false))
+            .await
+            .unwrap();
+        client.start_container(ctx(), &start_req(&id)).await.unwrap();
+
+        // Exec a process reading stdin and reporting what the spec set up.
+        let mut req = proto::ExecProcessRequest::new();
+        req.container_id = id.clone();
+        req.exec_id = "e1".into();
+        req.stdin = true;
+        req.process_json = serde_json::to_vec(&process(&[
+            "sh",
+            "-c",
+            "read line; echo got:$line; hostname; id -u; touch /ro 2>/dev/null || echo rootfs-ro; exit 5",
+        ]))
+        .unwrap();
+        let r = client.exec_process(ctx(), &req).await.unwrap();
+        assert!(r.pid > 0);
+        let out = env.attach(&id, "e1", StreamKind::Stdout).await.unwrap();
+        let mut input = env.attach(&id, "e1", StreamKind::Stdin).await.unwrap();
+        input.write_all(b"hello-stdin\n").await.unwrap();
+        let text = read_all(out).await;
+        assert_eq!(text, "got:hello-stdin\nbulkhead-test\n0\nrootfs-ro\n");
+        let exit = client.wait_process(ctx(), &wait_req(&id, "e1")).await.unwrap();
+        assert_eq!(exit.exit_status, 5);
+
+        // CloseStdin gives EOF to a reader that was never attached.
+        req.exec_id = "cat".into();
+        req.process_json = serde_json::to_vec(&process(&["cat"])).unwrap();
+        client.exec_process(ctx(), &req).await.unwrap();
+        let mut close = proto::CloseStdinRequest::new();
+        close.container_id = id.clone();
+        close.exec_id = "cat".into();
+        client.close_stdin(ctx(), &close).await.unwrap();
+        let exit = client.wait_process(ctx(), &wait_req(&id, "cat")).await.unwrap();
+        assert_eq!(exit.exit_status, 0);
+
+        // SIGTERM to a sleep: 128 + 15.
+        req.exec_id = "sleeper".into();
+        req.stdin = false;
+        req.process_json = serde_json::to_vec(&process(&["sleep", "60"])).unwrap();
+        client.exec_process(ctx(), &req).await.unwrap();
+        let mut sig = proto::SignalProcessRequest::new();
+        sig.container_id = id.clone();
+        sig.exec_id = "sleeper".into();
+        sig.signal = 15;
+        client.signal_process(ctx(), &sig).await.unwrap();
+        let exit = client.wait_process(ctx(), &wait_req(&id, "sleeper")).await.unwrap();
+        assert_eq!(exit.exit_status, 143);
+        // Signalling it again: it is gone.
+        let err = client.signal_process(ctx(), &sig).await.unwrap_err();
+        let ttrpc::Error::RpcStatus(s) = err else { panic!("{err:?}") };
+        assert_eq!(s.code(), ttrpc::Code::FAILED_PRECONDITION);
+
+        // SIGKILL to the init: 128 + 9.
+        sig.exec_id = String::new();
+        sig.signal = 9;
+        client.signal_process(ctx(), &sig).await.unwrap();
+        let exit = client.wait_process(ctx(), &wait_req(&id, "")).await.unwrap();
+        assert_eq!(exit.exit_status, 137);
+
+        let mut stats = proto::StatsContainerRequest::new();
+        stats.container_id = id.clone();
+        client.stats_container(ctx(), &stats).await.unwrap();
+        client.remove_container(ctx(), &remove_req(&id)).await.unwrap();
+        stats.container_id = "gone".into();
+        assert!(client.stats_container(ctx(), &stats).await.is_err());
+    });
+}
+
+#[test]
+fn malformed_spec_is_a_clear_error() {
+    let Some(env) = TestEnv::new() else { return };
+    env.rt.block_on(async {
+        let (_sb, _server) = env.start_agent().await;
+        let client = env.client().await;
+        let id = unique_id("bad");
+        let mut req = create_req(
+            &id,
+            &env.rootfs,
+            &serde_json::json!({"hello": 1}),
+            false,
+            false,
+        );
+        let err = client.create_container(ctx(), &req).await.unwrap_err();
+        let ttrpc::Error::RpcStatus(s) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(s.code(), ttrpc::Code::INVALID_ARGUMENT);
+        assert!(
+            s.message().contains("spec has no process"),
+            "{}",
+            s.message()
+        );
+
+        req.oci_spec_json = br#"{"ociVersion": "1.0.2", "process": "oops"}"#.to_vec();
+        let err = client.create_container(ctx(), &req).await.unwrap_err();
+        let ttrpc::Error::RpcStatus(s) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(s.code(), ttrpc::Code::INVALID_ARGUMENT);
+        assert!(
+            s.message().contains("invalid OCI runtime spec"),
+            "{}",
+            s.message()
+        );
+        assert!(s.message().contains("invalid type"), "{}", s.message());
+
+        req.oci_spec_json = b"{not json".to_vec();
+        let err = client.create_container(ctx(), &req).await.unwrap_err();
+        let ttrpc::Error::RpcStatus(s) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(s.code(), ttrpc::Code::INVALID_ARGUMENT);
+
+        req = create_req("../escape", &env.rootfs, &spec(&["true"]), false, false);
+        let err = client.create_container(ctx(), &req).await.unwrap_err();
+        let ttrpc::Error::RpcStatus(s) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(s.code(), ttrpc::Code::INVALID_ARGUMENT);
+        assert!(s.message().contains("container_id"), "{}", s.message());
+
+        // A spec libcontainer refuses: the error comes back, the agent lives.
+        let mut bad = spec(&["true"]);
+        bad["process"]["cwd"] = serde_json::json!("relative/cwd");
+        req = create_req(&id, &env.rootfs, &bad, false, false);
+        assert!(client.create_container(ctx(), &req).await.is_err());
+        // And the id can be used for a good container afterwards.
+        req = create_req(&id, &env.rootfs, &spec(&["true"]), false, false);
+        client.create_container(ctx(), &req).await.unwrap();
+        client
+            .start_container(ctx(), &start_req(&id))
+            .await
+            .unwrap();
+        let exit = client
+            .wait_process(ctx(), &wait_req(&id, ""))
+            .await
+            .unwrap();
+        assert_eq!(exit.exit_status, 0);
+        client
+            .remove_container(ctx(), &remove_req(&id))
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn client_disconnecting_mid_stream_does_not_hurt_the_agent() {
+    let Some(env) = TestEnv::new() else { return };
+    env.rt.block_on(async {
+        let (_sb, _server) = env.start_agent().await;
+        let id = unique_id("disc");
+        let spec = spec(&["sh", "-c", "while true; do echo tick; sleep 0.05; done"]);
+        {
+            let client = env.client().await;
+            client
+                .create_container(ctx(), &create_req(&id, &env.rootfs, &spec, false, false))
+                .await
+                .unwrap();
+            client
+                .start_container(ctx(), &start_req(&id))
+                .await
+                .unwrap();
+            // A pending WaitProcess whose client goes away.
+            let wait = wait_req(&id, "");
+            let pending = client.wait_process(ctx(), &wait);
+            let _ = tokio::time::timeout(Duration::from_millis(200), pending).await;
+            let mut out = env.attach(&id, "", StreamKind::Stdout).await.unwrap();
+            read_until(&mut out, "tick").await;
+            drop(out); // the stream's host end goes away mid-output
+                       // A half-written stdio header, then gone.
+            let mut s = tokio::net::UnixStream::connect(&env.stdio).await.unwrap();
+            s.write_all(b"BHIO\x01").await.unwrap();
+        }
+        let client = env.client().await;
+        let r = client
+            .check(ctx(), &proto::CheckRequest::new())
+            .await
+            .unwrap();
+        assert!(r.serving);
+        let mut sig = proto::SignalProcessRequest::new();
+        sig.container_id = id.clone();
+        sig.signal = 9;
+        client.signal_process(ctx(), &sig).await.unwrap();
+        let exit = client
+            .wait_process(ctx(), &wait_req(&id, ""))
+            .await
+            .unwrap();
+        // Killed, or ended by SIGPIPE when its stdout reader left.
+        assert!(
+            [137, 141].contains(&exit.exit_status),
+            "{}",
+            exit.exit_status
+        );
+        client
+            .remove_container(ctx(), &remove_req(&id))
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn tty_echoes_and_resize_applies() {
+    let Some(env) = TestEnv::new() else { return };
+    env.rt.block_on(async {
+        let (_sb, _server) = env.start_agent().await;
+        let client = env.client().await;
+        let id = unique_id("tty");
+        let mut spec = spec(&["sh"]);
+        spec["process"]["terminal"] = serde_json::json!(true);
+        client
+            .create_container(ctx(), &create_req(&id, &env.rootfs, &spec, true, true))
+            .await
+            .unwrap();
+        let mut resize = proto::TtyWinResizeRequest::new();
+        resize.container_id = id.clone();
+        resize.rows = 33;
+        resize.columns = 77;
+        client.tty_win_resize(ctx(), &resize).await.unwrap();
+        client
+            .start_container(ctx(), &start_req(&id))
+            .await
+            .unwrap();
+        // Pipes are refused for a tty process.
+        assert_eq!(
+            env.attach(&id, "", StreamKind::Stdout).await.unwrap_err(),
+            AttachStatus::Unavailable
+        );
+        let mut tty = env.attach(&id, "", StreamKind::Tty).await.unwrap();
+        tty.write_all(b"echo ab''cd; stty size\n").await.unwrap();
+        // The terminal echoes the input line, then the command's output.
+        let text = read_until(&mut tty, "33 77").await;
+        assert!(text.contains("echo ab''cd; stty size"), "{text:?}");
+        assert!(text.contains("abcd"), "{text:?}");
+
+        resize.rows = 50;
+        resize.columns = 132;
+        client.tty_win_resize(ctx(), &resize).await.unwrap();
+        tty.write_all(b"stty size; exit 7\n").await.unwrap();
+        read_until(&mut tty, "50 132").await;
+        let exit = client
+            .wait_process(ctx(), &wait_req(&id, ""))
+            .await
+            .unwrap();
+        assert_eq!(exit.exit_status, 7);
+        client
+            .remove_container(ctx(), &remove_req(&id))
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn memory_limit_gives_an_oom_event() {
+    let Some(env) = TestEnv::new() else { return };
+    if !cgroup_controller_available("memory") {
+        skip("the cgroup2 memory controller is not available here (host cgroups are a v1/v2 hybrid); runs in the guest e2e");
+        return;
+    }
+    env.rt.block_on(async {
+        let (_sb, _server) = env.start_agent().await;
+        let client = env.client().await;
+        let id = unique_id("oom");
+        let mut spec = spec(&["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
+        spec["linux"]["resources"] =
+            serde_json::json!({"memory": {"limit": 16 << 20, "swap": 16 << 20}});
+        client
+            .create_container(ctx(), &create_req(&id, &env.rootfs, &spec, false, false))
+            .await
+            .unwrap();
+        let events = client.clone();
+        let oom = tokio::spawn(async move {
+            events
+                .get_oom_event(ctx(), &proto::GetOOMEventRequest::new())
+                .await
+        });
+        client
+            .start_container(ctx(), &start_req(&id))
+            .await
+            .unwrap();
+        let exit = client
+            .wait_process(ctx(), &wait_req(&id, ""))
+            .await
+            .unwrap();
+        assert_eq!(exit.exit_status, 137);
+        let ev = tokio::time::timeout(Duration::from_secs(10), oom)
+            .await
+            .expect("OOM event")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.container_id, id);
+        let mut stats = proto::StatsContainerRequest::new();
+        stats.container_id = id.clone();
+        let s = client.stats_container(ctx(), &stats).await.unwrap();
+        assert_eq!(s.memory.limit_bytes, 16 << 20);
+        assert!(s.memory.oom_kill_events >= 1);
+        client
+            .remove_container(ctx(), &remove_req(&id))
+            .await
+            .unwrap();
+    });
+}
