@@ -93,7 +93,9 @@ impl Backend {
         })?;
         let run_root = cfg.sandboxes_dir();
         crate::rootfs::ensure_shared(&run_root)?;
-        let mut sc = SandboxConfig::new(req.id, &vmm, &kernel);
+        // Short: the sandbox's unix sockets live below <run_root>/sandboxes/<id>/.
+        let sandbox_id = req.id.get(..16).unwrap_or(req.id);
+        let mut sc = SandboxConfig::new(sandbox_id, &vmm, &kernel);
         sc.run_root = run_root;
         sc.initrd = Some(cfg.vm.initrd.clone());
         sc.cmdline = (!cfg.vm.cmdline.is_empty()).then(|| cfg.vm.cmdline.clone());
@@ -121,10 +123,11 @@ impl Backend {
 
     /// Starts the host agent (`bulkhead __agent`) for one container and connects to it.
     pub async fn start_host(dir: &ContainerDir, log_level: &str) -> anyhow::Result<Backend> {
-        let agent_dir = dir.agent_dir();
+        // Short: libcontainer puts console sockets below the state dir.
+        let agent_dir = dir.socket_dir().join("a");
         std::fs::create_dir_all(&agent_dir)?;
-        let api = agent_dir.join("api.sock");
-        let stdio = agent_dir.join("stdio.sock");
+        let api = dir.socket_dir().join("agent.sock");
+        let stdio = dir.socket_dir().join("stdio.sock");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -137,7 +140,7 @@ impl Backend {
             .arg("--stdio-listen")
             .arg(format!("unix:{}", stdio.display()))
             .arg("--state-dir")
-            .arg(agent_dir.join("state"))
+            .arg(&agent_dir)
             .arg("--log")
             .arg(log_level)
             .stdin(Stdio::null())

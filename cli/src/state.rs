@@ -202,8 +202,20 @@ impl ContainerDir {
     pub fn supervisor_log(&self) -> PathBuf {
         self.path.join("supervisor.log")
     }
+    /// Unix socket paths are limited to 108 bytes: sockets live in a short directory,
+    /// `<containers>/.s/<first 16 digits of the id>/`.
+    pub fn socket_dir(&self) -> PathBuf {
+        let id = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let short = id.get(..16).unwrap_or(&id).to_owned();
+        let root = self.path.parent().unwrap_or(&self.path);
+        root.join(".s").join(short)
+    }
     pub fn control_socket(&self) -> PathBuf {
-        self.path.join("control.sock")
+        self.socket_dir().join("control.sock")
     }
     pub fn upper(&self) -> PathBuf {
         self.path.join("upper")
@@ -214,10 +226,6 @@ impl ContainerDir {
     /// Container mode: the overlay mount point.
     pub fn rootfs(&self) -> PathBuf {
         self.path.join("rootfs")
-    }
-    /// Container mode: the host agent's state and sockets.
-    pub fn agent_dir(&self) -> PathBuf {
-        self.path.join("agent")
     }
 
     pub fn create(&self, state: &State) -> anyhow::Result<()> {
@@ -252,6 +260,8 @@ impl ContainerDir {
     /// Unmounts whatever is left below the directory and deletes it (never crossing into
     /// another filesystem).
     pub fn remove(&self) -> anyhow::Result<()> {
+        bulkhead_sandbox::run_dir::remove_tree(&self.socket_dir())
+            .with_context(|| format!("removing {}", self.socket_dir().display()))?;
         bulkhead_sandbox::run_dir::remove_tree(&self.path)
             .with_context(|| format!("removing {}", self.path.display()))
     }

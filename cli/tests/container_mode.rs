@@ -25,17 +25,25 @@ fn exit_codes_pass_through() {
     assert_eq!(o.status.code(), Some(7));
     let o = env.run(&["run", "--rm", "-q", "bulkhead/demo", "true"]);
     assert_eq!(o.status.code(), Some(0));
-    // Killed by a signal: 128 + n.
+    // Killed by a signal: 128 + n (PID 1 cannot be killed from inside its namespace).
     let o = env.run(&[
         "run",
-        "--rm",
+        "-d",
         "-q",
+        "--name",
+        "k",
         "bulkhead/demo",
-        "sh",
-        "-c",
-        "kill -9 $$",
+        "sleep",
+        "100",
     ]);
-    assert_eq!(o.status.code(), Some(137));
+    assert_eq!(o.status.code(), Some(0));
+    let o = env.run(&["kill", "-s", "KILL", "k"]);
+    assert_eq!(o.status.code(), Some(0));
+    let o = env.run(&["logs", "-f", "k"]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&env.run(&["inspect", "k"]).stdout).unwrap();
+    assert_eq!(v[0]["exit_code"], 137);
+    env.run(&["rm", "k"]);
     env.assert_clean();
 }
 
@@ -331,7 +339,10 @@ fn bad_input_gives_clear_errors_and_leaves_nothing() {
             &["run", "--isolation", "cloud", "bulkhead/demo", "true"],
             "cloud",
         ),
-        (&["run", "--name", "-bad", "bulkhead/demo", "true"], "name"),
+        (
+            &["run", "--name", "bad/name", "bulkhead/demo", "true"],
+            "name",
+        ),
         (
             &["run", "-u", "nosuchuser", "bulkhead/demo", "true"],
             "nosuchuser",

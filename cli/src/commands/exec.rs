@@ -4,7 +4,7 @@
 use std::os::fd::AsFd;
 
 use anyhow::bail;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::Ctx;
@@ -50,7 +50,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
         }
     }
     let sock = containers.dir(&s.id).control_socket();
-    let exec_id = format!("exec-{}", &crate::state::new_id()?[..16]);
+    let exec_id = format!("e{}", &crate::state::new_id()?[..8]);
     let rt = super::runtime()?;
     let code = rt.block_on(async {
         control::call_ok(
@@ -76,11 +76,14 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
     code
 }
 
-async fn open(
-    sock: &std::path::Path,
-    exec_id: &str,
-    stream: Stream,
-) -> anyhow::Result<tokio::net::UnixStream> {
+/// An attached stream: its read side (with bytes that arrived with the answer first) and
+/// its write side.
+type Attached = (
+    tokio::io::Chain<std::io::Cursor<Vec<u8>>, tokio::net::unix::OwnedReadHalf>,
+    tokio::net::unix::OwnedWriteHalf,
+);
+
+async fn open(sock: &std::path::Path, exec_id: &str, stream: Stream) -> anyhow::Result<Attached> {
     let (resp, conn) = control::call(
         sock,
         &Request::Attach {
@@ -92,7 +95,9 @@ async fn open(
     if !resp.ok {
         bail!("{}", resp.error.unwrap_or_default());
     }
-    Ok(conn.into_inner())
+    let early = conn.buffer().to_vec();
+    let (r, w) = conn.into_inner().into_split();
+    Ok((std::io::Cursor::new(early).chain(r), w))
 }
 
 async fn attach_and_wait(
@@ -108,7 +113,7 @@ async fn attach_and_wait(
         None
     };
     if tty {
-        let (r, w) = open(sock, exec_id, Stream::Tty).await?.into_split();
+        let (r, w) = open(sock, exec_id, Stream::Tty).await?;
         if let Some((rows, cols)) = term::local_window_size() {
             let _ = control::call_ok(
                 sock,
@@ -148,20 +153,20 @@ async fn attach_and_wait(
             }
         });
     } else {
-        let (r, _w) = open(sock, exec_id, Stream::Stdout).await?.into_split();
+        let (r, _w) = open(sock, exec_id, Stream::Stdout).await?;
         outputs.push(tokio::spawn(term::pump_out(
             r,
             Some(tokio::io::stdout()),
             None,
         )));
-        let (r, _w) = open(sock, exec_id, Stream::Stderr).await?.into_split();
+        let (r, _w) = open(sock, exec_id, Stream::Stderr).await?;
         outputs.push(tokio::spawn(term::pump_out(
             r,
             Some(tokio::io::stderr()),
             None,
         )));
         if interactive {
-            let (_r, w) = open(sock, exec_id, Stream::Stdin).await?.into_split();
+            let (_r, w) = open(sock, exec_id, Stream::Stdin).await?;
             let sock = sock.to_path_buf();
             let id = exec_id.to_owned();
             tokio::spawn(async move {

@@ -68,6 +68,9 @@ fn remove_one(ctx: &Ctx, containers: &Containers, c: &str, force: bool) -> anyho
             }
             wait_supervisor(&s, Duration::from_secs(5));
         }
+    } else if s.supervisor_alive() {
+        // Exited, and its supervisor is still tearing down: let it finish.
+        wait_supervisor(&s, Duration::from_secs(30));
     }
     let _lock = containers.lock()?;
     // A supervisor that finished with --rm may have removed it already.

@@ -75,6 +75,11 @@ pub struct Foreground {
     pub interactive: bool,
 }
 
+/// The container's id in the agent: the first 12 digits of its id.
+pub fn agent_id(id: &str) -> String {
+    id.get(..12).unwrap_or(id).to_owned()
+}
+
 fn init_ref(id: &str) -> anyhow::Result<ProcessRef> {
     ProcessRef::new(id, "").map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -94,7 +99,9 @@ pub async fn supervise(
         s.supervisor_pid = Some(me);
         s.supervisor_start = process_start_time(me);
     })?;
-    let id = state.id.clone();
+    // The agent's name for the container: short, because libcontainer builds unix socket
+    // paths from it (one container per agent, so no clash).
+    let id = agent_id(&state.id);
     let mut mounts = prepare::Mounts::default();
     let prepared = match prepare::prepare(cfg, store, &dir, &state, &report, &mut mounts).await {
         Ok(p) => p,
@@ -281,7 +288,7 @@ pub async fn supervise(
     if let Err(e) = backend.shutdown().await {
         log::warn!("{e:#}");
     }
-    let _ = std::fs::remove_dir_all(dir.agent_dir());
+    let _ = std::fs::remove_dir_all(dir.socket_dir());
     if rc.auto_remove {
         dir.remove()?;
     } else {

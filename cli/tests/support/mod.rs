@@ -75,7 +75,7 @@ impl Env {
             PathBuf::from("/run")
         };
         let dir = tempfile::Builder::new()
-            .prefix("bulkhead-cli-test-")
+            .prefix("bh")
             .tempdir_in(base)
             .or_else(|_| tempfile::tempdir())
             .unwrap();
