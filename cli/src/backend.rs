@@ -21,10 +21,13 @@ use crate::state::ContainerDir;
 
 pub enum Backend {
     Vm(Box<Sandbox>),
-    Host {
-        agent: AgentConn,
-        child: tokio::sync::Mutex<Child>,
-    },
+    Host(Box<HostAgent>),
+}
+
+/// The agent library running on the host as `bulkhead __agent`.
+pub struct HostAgent {
+    agent: AgentConn,
+    child: tokio::sync::Mutex<Child>,
 }
 
 /// Sizing and naming of a VM.
@@ -166,16 +169,16 @@ impl Backend {
                 return Err(e).context("connecting to the host agent");
             }
         };
-        Ok(Backend::Host {
+        Ok(Backend::Host(Box::new(HostAgent {
             agent,
             child: tokio::sync::Mutex::new(child),
-        })
+        })))
     }
 
     pub fn sandbox(&self) -> Option<&Sandbox> {
         match self {
             Backend::Vm(s) => Some(s),
-            Backend::Host { .. } => None,
+            Backend::Host(_) => None,
         }
     }
 
@@ -195,14 +198,14 @@ impl Backend {
     pub async fn create(&self, c: &ContainerConfig) -> anyhow::Result<u32> {
         Ok(match self {
             Backend::Vm(s) => s.create_container(c).await?,
-            Backend::Host { agent, .. } => agent.create_container(c).await?,
+            Backend::Host(h) => h.agent.create_container(c).await?,
         })
     }
 
     pub async fn start(&self, id: &str) -> anyhow::Result<()> {
         match self {
             Backend::Vm(s) => s.start_container(id).await?,
-            Backend::Host { agent, .. } => agent.start_container(id).await?,
+            Backend::Host(h) => h.agent.start_container(id).await?,
         }
         Ok(())
     }
@@ -210,14 +213,14 @@ impl Backend {
     pub async fn exec(&self, c: &ExecConfig) -> anyhow::Result<u32> {
         Ok(match self {
             Backend::Vm(s) => s.exec(c).await?,
-            Backend::Host { agent, .. } => agent.exec(c).await?,
+            Backend::Host(h) => h.agent.exec(c).await?,
         })
     }
 
     pub async fn signal(&self, p: &ProcessRef, sig: u32) -> anyhow::Result<()> {
         match self {
             Backend::Vm(s) => s.signal(p, sig).await?,
-            Backend::Host { agent, .. } => agent.signal(p, sig).await?,
+            Backend::Host(h) => h.agent.signal(p, sig).await?,
         }
         Ok(())
     }
@@ -225,14 +228,14 @@ impl Backend {
     pub async fn wait(&self, p: &ProcessRef) -> anyhow::Result<ExitInfo> {
         Ok(match self {
             Backend::Vm(s) => s.wait(p).await?,
-            Backend::Host { agent, .. } => agent.wait(p).await?,
+            Backend::Host(h) => h.agent.wait(p).await?,
         })
     }
 
     pub async fn resize(&self, p: &ProcessRef, size: WinSize) -> anyhow::Result<()> {
         match self {
             Backend::Vm(s) => s.resize(p, size).await?,
-            Backend::Host { agent, .. } => agent.resize(p, size).await?,
+            Backend::Host(h) => h.agent.resize(p, size).await?,
         }
         Ok(())
     }
@@ -240,7 +243,7 @@ impl Backend {
     pub async fn close_stdin(&self, p: &ProcessRef) -> anyhow::Result<()> {
         match self {
             Backend::Vm(s) => s.close_stdin(p).await?,
-            Backend::Host { agent, .. } => agent.close_stdin(p).await?,
+            Backend::Host(h) => h.agent.close_stdin(p).await?,
         }
         Ok(())
     }
@@ -248,14 +251,14 @@ impl Backend {
     pub async fn open_stdio(&self, p: &ProcessRef, k: StreamKind) -> anyhow::Result<UnixStream> {
         Ok(match self {
             Backend::Vm(s) => s.open_stdio(p, k).await?,
-            Backend::Host { agent, .. } => agent.open_stdio(p, k).await?,
+            Backend::Host(h) => h.agent.open_stdio(p, k).await?,
         })
     }
 
     pub async fn remove(&self, id: &str) -> anyhow::Result<()> {
         match self {
             Backend::Vm(s) => s.remove_container(id).await?,
-            Backend::Host { agent, .. } => agent.remove_container(id).await?,
+            Backend::Host(h) => h.agent.remove_container(id).await?,
         }
         Ok(())
     }
@@ -266,7 +269,8 @@ impl Backend {
             Backend::Vm(s) => {
                 s.destroy().await.context("destroying the microVM")?;
             }
-            Backend::Host { agent, child } => {
+            Backend::Host(h) => {
+                let (agent, child) = (&h.agent, &h.child);
                 let _ = agent.destroy_sandbox(Duration::from_secs(5)).await;
                 let mut child = child.lock().await;
                 match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {

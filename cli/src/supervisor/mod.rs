@@ -289,6 +289,10 @@ pub async fn supervise(
         log::warn!("{e:#}");
     }
     let _ = std::fs::remove_dir_all(dir.socket_dir());
+    // libcontainer removes the cgroup it made; a killed agent may leave it (empty).
+    for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        let _ = std::fs::remove_dir(format!("{root}/bulkhead/{}", state.id));
+    }
     if rc.auto_remove {
         dir.remove()?;
     } else {

@@ -170,6 +170,18 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    /// A failed test must not leave containers running: remove what is left.
+    fn drop(&mut self) {
+        let left = self.containers_left();
+        if !left.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(left.iter().map(String::as_str));
+            let _ = self.cmd(&args).output();
+        }
+    }
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
