@@ -384,3 +384,30 @@ fn bad_input_gives_clear_errors_and_leaves_nothing() {
     env.run(&["rm", "-f", "dup"]);
     env.assert_clean();
 }
+
+#[test]
+fn signals_to_a_foreground_run_reach_the_container() {
+    require_host!();
+    let env = Env::new("container");
+    for (sig, name) in [(libc::SIGTERM, "TERM"), (libc::SIGINT, "INT")] {
+        let script = format!(
+            "trap 'echo got-{name}; exit 5' {name}; echo ready; while true; do sleep 0.1; done"
+        );
+        let mut child = env
+            .cmd(&["run", "--rm", "-q", "bulkhead/demo", "sh", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut first = [0u8; 6];
+        std::io::Read::read_exact(&mut out, &mut first).unwrap();
+        assert_eq!(&first, b"ready\n");
+        // SAFETY: kill with our child's pid.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        assert_eq!(rest, format!("got-{name}\n"));
+        assert_eq!(child.wait().unwrap().code(), Some(5));
+    }
+    env.assert_clean();
+}

@@ -94,6 +94,10 @@ pub async fn supervise(
     fg: Option<Foreground>,
     report: Reporter,
 ) -> anyhow::Result<i32> {
+    // Signals that arrive during set-up are delivered to the container once it runs (a
+    // Ctrl-C while the VM boots ends the container right after it starts, and the
+    // teardown runs), instead of killing the supervisor half way.
+    let sigs = Signals::register()?;
     let me = std::process::id();
     let state = dir.update(|s| {
         s.supervisor_pid = Some(me);
@@ -115,6 +119,7 @@ pub async fn supervise(
         }
     };
     let backend = Arc::new(prepared.backend);
+
     let mut mounts = prepare::Mounts(prepared.mounts);
     let rc = state.config.clone();
     let init = init_ref(&id)?;
@@ -254,6 +259,7 @@ pub async fn supervise(
         Arc::clone(&backend),
         init.clone(),
         rc.tty && fg.is_some(),
+        sigs,
     ));
 
     let status = match backend.wait(&init).await {
@@ -301,26 +307,41 @@ pub async fn supervise(
     Ok(status)
 }
 
+/// The signals a container runtime passes on, registered before the container starts so
+/// that none arriving early kills the supervisor.
+struct Signals {
+    streams: Vec<(i32, tokio::signal::unix::Signal)>,
+    winch: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> anyhow::Result<Signals> {
+        let kinds = [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+            SignalKind::quit(),
+            SignalKind::user_defined1(),
+            SignalKind::user_defined2(),
+        ];
+        let mut streams = Vec::new();
+        for k in kinds {
+            streams.push((k.as_raw_value(), signal(k)?));
+        }
+        let winch = signal(SignalKind::window_change())?;
+        Ok(Signals { streams, winch })
+    }
+}
+
 /// Forwards the signals a container runtime passes on (Ctrl-C, SIGTERM, ...) to the
 /// container's init, and terminal resizes when a local tty is attached.
 async fn forward_signals(
     backend: Arc<crate::backend::Backend>,
     init: ProcessRef,
     resize: bool,
+    signals: Signals,
 ) -> anyhow::Result<()> {
-    let kinds = [
-        SignalKind::interrupt(),
-        SignalKind::terminate(),
-        SignalKind::hangup(),
-        SignalKind::quit(),
-        SignalKind::user_defined1(),
-        SignalKind::user_defined2(),
-    ];
-    let mut streams = Vec::new();
-    for k in kinds {
-        streams.push((k.as_raw_value(), signal(k)?));
-    }
-    let mut winch = signal(SignalKind::window_change())?;
+    let Signals { streams, mut winch } = signals;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<i32>(16);
     for (num, mut s) in streams {
         let tx = tx.clone();
