@@ -1,19 +1,30 @@
 //! `bulkhead`: parse the command line and dispatch to one command module.
 
+mod backend;
 mod commands;
+mod config;
+mod control;
+mod logger;
+mod rootfs;
+mod spec;
+mod state;
+mod supervisor;
+mod term;
 
 use clap::Parser;
 
-fn main() -> std::process::ExitCode {
+fn main() {
     let cli = commands::Cli::parse();
-    match commands::run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let code = match commands::run(cli) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("bulkhead: {e}");
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            std::process::ExitCode::FAILURE
+            125
         }
-    }
+    };
+    // Leaves without waiting for a blocking stdin reader.
+    std::process::exit(code);
 }

@@ -1,32 +1,75 @@
-//! Command-line definition and dispatch. Each command lives in its own
-//! module; add new ones (run, exec, ps, ...) as variants of [`Command`].
+//! Command-line definition and dispatch. Each command lives in its own module.
 
+mod check;
+mod exec;
 mod gc;
+mod host_agent;
 mod images;
 mod import;
+mod inspect;
+mod kill;
+mod logs;
+mod ps;
 mod pull;
+mod rm;
 mod rmi;
+mod run;
+mod stop;
+mod supervise;
 mod unpack;
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use bulkhead_images::store::DEFAULT_ROOT;
 use bulkhead_images::Store;
 use clap::{Parser, Subcommand};
 
+use crate::config::Config;
+use crate::state::Containers;
+
 #[derive(Parser, Debug)]
-#[command(name = "bulkhead", version, about = "VM-isolated containers")]
+#[command(
+    name = "bulkhead",
+    version,
+    about = "VM-isolated containers: run OCI images in a microVM, or as plain containers to compare"
+)]
 pub struct Cli {
-    /// State directory (image store and more).
-    #[arg(long, global = true, env = "BULKHEAD_ROOT", default_value = DEFAULT_ROOT)]
-    pub root: PathBuf,
+    /// Configuration file [default: /etc/bulkhead/config.toml].
+    #[arg(long, global = true, env = "BULKHEAD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Image store root (overrides `store_root`).
+    #[arg(long, global = true)]
+    pub root: Option<PathBuf>,
+    /// Container state root (overrides `run_root`).
+    #[arg(long, global = true)]
+    pub run_root: Option<PathBuf>,
+    /// error, warn, info, debug or trace (overrides `log_level`).
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run a command in a new container (a microVM by default).
+    Run(run::Args),
+    /// Run a command in a running container.
+    Exec(exec::Args),
+    /// List containers.
+    Ps(ps::Args),
+    /// Show a container's output.
+    Logs(logs::Args),
+    /// Stop running containers (SIGTERM, then SIGKILL after the grace period).
+    Stop(stop::Args),
+    /// Send a signal to running containers.
+    Kill(kill::Args),
+    /// Remove containers.
+    Rm(rm::Args),
+    /// Show containers' state and configuration as JSON.
+    Inspect(inspect::Args),
+    /// Check whether this host can run microVMs, and what to do if not.
+    Check(check::Args),
     /// Pull an image from a registry.
     Pull(pull::Args),
     /// List stored images.
@@ -36,6 +79,12 @@ pub enum Command {
     /// Image management.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// (internal) Supervise a detached container.
+    #[command(hide = true)]
+    Supervise(supervise::Args),
+    /// (internal) The agent on the host, for `--isolation container`.
+    #[command(hide = true, name = "__agent")]
+    HostAgent(host_agent::Args),
 }
 
 #[derive(Subcommand, Debug)]
@@ -48,21 +97,100 @@ pub enum ImageCommand {
     Gc(gc::Args),
 }
 
-/// Opens the store under `--root`.
-pub fn open_store(root: &std::path::Path) -> anyhow::Result<Store> {
-    Store::open(root).with_context(|| format!("opening the store at {}", root.display()))
+/// The configuration with the global flags applied, and what a child supervisor needs
+/// to see the same.
+pub struct Ctx {
+    pub cfg: Config,
+    pub config_path: Option<PathBuf>,
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let store = open_store(&cli.root)?;
-    match cli.command {
-        Command::Pull(a) => pull::run(&store, a),
-        Command::Images(a) => images::run(&store, a),
-        Command::Rmi(a) => rmi::run(&store, a),
-        Command::Image(ImageCommand::Unpack(a)) => unpack::run(&store, a),
-        Command::Image(ImageCommand::Import(a)) => import::run(&store, a),
-        Command::Image(ImageCommand::Gc(a)) => gc::run(&store, a),
+impl Ctx {
+    pub fn store(&self) -> anyhow::Result<Store> {
+        Store::open(&self.cfg.store_root).with_context(|| {
+            format!(
+                "opening the image store at {}",
+                self.cfg.store_root.display()
+            )
+        })
     }
+
+    pub fn containers(&self) -> Containers {
+        Containers::new(self.cfg.containers_dir())
+    }
+
+    /// Global flags that make a re-executed `bulkhead` see this configuration.
+    pub fn global_args(&self) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(p) = &self.config_path {
+            a.push("--config".into());
+            a.push(p.into());
+        }
+        a.push("--root".into());
+        a.push(self.cfg.store_root.clone().into());
+        a.push("--run-root".into());
+        a.push(self.cfg.run_root.clone().into());
+        a.push("--log-level".into());
+        a.push(self.cfg.log_level.clone().into());
+        a
+    }
+}
+
+/// Loads the configuration and applies the global flags.
+pub fn context(cli: &Cli) -> anyhow::Result<Ctx> {
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    if let Some(r) = &cli.root {
+        cfg.store_root = r.clone();
+    }
+    if let Some(r) = &cli.run_root {
+        cfg.run_root = r.clone();
+    }
+    if let Some(l) = &cli.log_level {
+        cfg.log_level = l.clone();
+    }
+    cfg.validate()?;
+    Ok(Ctx {
+        cfg,
+        config_path: cli.config.clone(),
+    })
+}
+
+/// Runs a command; `Ok(code)` is the process exit status.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    if let Command::HostAgent(a) = cli.command {
+        return host_agent::run(a).map(|()| 0);
+    }
+    let ctx = context(&cli)?;
+    crate::logger::install(ctx.cfg.log_level());
+    let done = |r: anyhow::Result<()>| r.map(|()| 0);
+    match cli.command {
+        Command::Run(a) => run::run(&ctx, a),
+        Command::Exec(a) => exec::run(&ctx, a),
+        Command::Ps(a) => done(ps::run(&ctx, a)),
+        Command::Logs(a) => done(logs::run(&ctx, a)),
+        Command::Stop(a) => done(stop::run(&ctx, a)),
+        Command::Kill(a) => done(kill::run(&ctx, a)),
+        Command::Rm(a) => done(rm::run(&ctx, a)),
+        Command::Inspect(a) => done(inspect::run(&ctx, a)),
+        Command::Check(a) => check::run(&ctx, a),
+        Command::Supervise(a) => supervise::run(&ctx, a),
+        Command::Pull(a) => done(pull::run(&ctx.store()?, a)),
+        Command::Images(a) => done(images::run(&ctx.store()?, a)),
+        Command::Rmi(a) => done(rmi::run(&ctx.store()?, a)),
+        Command::Image(ImageCommand::Unpack(a)) => done(unpack::run(&ctx.store()?, a)),
+        Command::Image(ImageCommand::Import(a)) => done(import::run(&ctx.store()?, a)),
+        Command::Image(ImageCommand::Gc(a)) => done(gc::run(&ctx.store()?, a)),
+        Command::HostAgent(_) => unreachable!("handled above"),
+    }
+}
+
+/// A runtime for the container commands: one thread (the supervisor's children get their
+/// parent-death signal from the thread that spawned them, which must live as long as the
+/// process).
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// Human-readable byte count.
@@ -78,5 +206,16 @@ pub fn human(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", U[i])
+    }
+}
+
+/// "3 minutes ago" style age of a Unix timestamp.
+pub fn ago(t: u64) -> String {
+    let d = crate::state::now().saturating_sub(t);
+    match d {
+        0..=59 => format!("{d} seconds ago"),
+        60..=3599 => format!("{} minutes ago", d / 60),
+        3600..=86399 => format!("{} hours ago", d / 3600),
+        _ => format!("{} days ago", d / 86400),
     }
 }

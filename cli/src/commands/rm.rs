@@ -1,0 +1,105 @@
+//! `bulkhead rm [-f]`: remove stopped containers (`-f`: kill running ones first). Leaves no
+//! VMM, virtiofsd, mount, socket or directory behind, also after a supervisor crashed.
+
+use std::time::Duration;
+
+use anyhow::bail;
+
+use super::stop::wait_supervisor;
+use super::Ctx;
+use crate::control::{self, Request};
+use crate::state::{process_start_time, Containers, State};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Kill and remove running containers.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+fn kill_pid(pid: u32) {
+    if pid > 1 && process_start_time(pid).is_some() {
+        // SAFETY: kill with a pid and a signal number.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
+/// Cleans what a dead supervisor left: the VMM, the sandbox run dir, the cgroup.
+fn clean_leftovers(s: &State) -> anyhow::Result<()> {
+    if let Some(dir) = &s.sandbox_dir {
+        // The VMM and virtiofsd were started by the dead supervisor.
+        if let Some(pid) = s.vmm_pid {
+            if std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok() {
+                kill_pid(pid);
+            }
+        }
+        bulkhead_sandbox::run_dir::remove_tree(dir)?;
+    }
+    let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/unified/bulkhead/{}", s.id));
+    Ok(())
+}
+
+fn remove_one(ctx: &Ctx, containers: &Containers, c: &str, force: bool) -> anyhow::Result<()> {
+    let s = containers.find(c)?;
+    let dir = containers.dir(&s.id);
+    if s.is_running() {
+        if !force {
+            bail!("container {c} is running: stop it first (`bulkhead stop {c}`) or use `bulkhead rm -f`");
+        }
+        let rt = super::runtime()?;
+        let killed = rt.block_on(control::call_ok(
+            &dir.control_socket(),
+            &Request::Kill {
+                exec_id: String::new(),
+                signal: libc::SIGKILL,
+            },
+        ));
+        if let Err(e) = killed {
+            log::warn!("{e:#}; killing the supervisor");
+            if let Some(pid) = s.supervisor_pid {
+                kill_pid(pid);
+            }
+        }
+        if !wait_supervisor(&s, Duration::from_secs(30)) {
+            if let Some(pid) = s.supervisor_pid {
+                kill_pid(pid);
+            }
+            wait_supervisor(&s, Duration::from_secs(5));
+        }
+    } else if s.supervisor_alive() {
+        // Exited, and its supervisor is still tearing down: let it finish.
+        wait_supervisor(&s, Duration::from_secs(30));
+    }
+    let _lock = containers.lock()?;
+    // A supervisor that finished with --rm may have removed it already.
+    if !dir.path.exists() {
+        return Ok(());
+    }
+    let s = dir.read().unwrap_or(s);
+    clean_leftovers(&s)?;
+    let _ = ctx;
+    dir.remove()
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    let containers = ctx.containers();
+    let mut failed = 0;
+    for c in &args.containers {
+        match remove_one(ctx, &containers, c, args.force) {
+            Ok(()) => println!("{c}"),
+            Err(e) => {
+                eprintln!("bulkhead: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} containers not removed",
+            args.containers.len()
+        );
+    }
+    Ok(())
+}

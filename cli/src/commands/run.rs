@@ -1,0 +1,315 @@
+//! `bulkhead run`: create a container from an image and run it, in the foreground (this
+//! process supervises it and exits with its status) or detached (`-d`: a supervisor
+//! daemon is started and this process prints the id once the container runs).
+
+use std::io::BufRead;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+
+use anyhow::{bail, Context};
+
+use super::Ctx;
+use crate::spec::Volume;
+use crate::state::{default_name, new_id, now, validate_name, Isolation, RunConfig, State, Status};
+use crate::supervisor::{self, Foreground, Reporter};
+
+#[derive(clap::Args, Debug)]
+#[command(trailing_var_arg = true)]
+pub struct Args {
+    /// vm: a microVM with its own kernel; container: namespaces on the host kernel
+    /// [default: `container.isolation` of the configuration, vm].
+    #[arg(long, value_enum)]
+    pub isolation: Option<Isolation>,
+    /// CPU limit in cores (e.g. 1.5); sizes the microVM in vm mode.
+    #[arg(long, value_parser = parse_cpus)]
+    pub cpus: Option<u64>,
+    /// Memory limit (e.g. 256m, 1g, or bytes); sizes the microVM in vm mode.
+    #[arg(short = 'm', long, value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// Set an environment variable (KEY=VALUE, or KEY to copy it from here).
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// User: name or uid, optionally :group or :gid.
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Container name (unique).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Run in the background and print the container id.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Keep stdin open (pass input to the container).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Host name inside the container [default: the first 12 digits of the id].
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Bind a host directory: HOST:CONTAINER[:ro] (shared over virtio-fs in vm mode).
+    #[arg(short = 'v', long = "volume")]
+    pub volumes: Vec<Volume>,
+    /// Override the image's entrypoint.
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Network: "host" (share the sandbox's network) or "none" (a private namespace
+    /// with only loopback).
+    #[arg(long, default_value = "host", value_parser = ["host", "none"])]
+    pub network: String,
+    /// Print no progress messages.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// The image (name or digest).
+    pub image: String,
+    /// Command and arguments [default: the image's entrypoint and cmd].
+    pub command: Vec<String>,
+}
+
+fn parse_cpus(s: &str) -> Result<u64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of CPUs"))?;
+    if !(v > 0.0 && v <= 1024.0) {
+        return Err(format!("--cpus {s}: must be above 0 and at most 1024"));
+    }
+    Ok((v * 1000.0).round() as u64)
+}
+
+fn parse_memory(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'g')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a memory size (like 512m or 2g)"))?;
+    let bytes = n
+        .checked_mul(mul)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if bytes < 6 << 20 {
+        return Err(format!("--memory {s}: at least 6m"));
+    }
+    Ok(bytes)
+}
+
+fn env_entry(e: &str) -> anyhow::Result<String> {
+    if e.is_empty() || e.starts_with('=') {
+        bail!("invalid -e {e:?}: expected KEY=VALUE or KEY");
+    }
+    if e.contains('=') {
+        return Ok(e.to_owned());
+    }
+    Ok(format!("{e}={}", std::env::var(e).unwrap_or_default()))
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
+    let isolation = match args.isolation {
+        Some(i) => i,
+        None if ctx.cfg.container.isolation == "container" => Isolation::Container,
+        None => Isolation::Vm,
+    };
+    if !nix::unistd::geteuid().is_root() {
+        bail!("bulkhead run needs root (namespaces, mounts, KVM)");
+    }
+    if let Some(h) = &args.hostname {
+        if h.is_empty()
+            || h.len() > 64
+            || !h
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            bail!("invalid --hostname {h:?}");
+        }
+    }
+    let env = args
+        .env
+        .iter()
+        .map(|e| env_entry(e))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for v in &args.volumes {
+        if !v.host.exists() {
+            bail!("volume source {} does not exist", v.host.display());
+        }
+    }
+    let store = ctx.store()?;
+    let rec = store
+        .get_image(&args.image)
+        .with_context(|| format!("unknown image {:?}: pull or import it first", args.image))?;
+
+    let id = new_id()?;
+    let name = match &args.name {
+        Some(n) => {
+            validate_name(n)?;
+            n.clone()
+        }
+        None => default_name(&id),
+    };
+    let config = RunConfig {
+        image: rec.name.clone(),
+        entrypoint: args.entrypoint.as_ref().map(|e| vec![e.clone()]),
+        cmd: (!args.command.is_empty()).then(|| args.command.clone()),
+        env,
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+        hostname: args
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id.get(..12).unwrap_or(&id).to_owned()),
+        tty: args.tty,
+        interactive: args.interactive,
+        detach: args.detach,
+        auto_remove: args.rm,
+        read_only: args.read_only,
+        cpu_millis: args.cpus,
+        memory_bytes: args.memory,
+        volumes: args.volumes.clone(),
+        private_network: args.network == "none",
+    };
+    let state = State {
+        id: id.clone(),
+        name: name.clone(),
+        isolation,
+        image_digest: rec.manifest_digest.to_string(),
+        config,
+        command: Vec::new(),
+        status: Status::Created,
+        created_at: now(),
+        started_at: None,
+        finished_at: None,
+        exit_code: None,
+        error: None,
+        supervisor_pid: None,
+        supervisor_start: None,
+        vmm_pid: None,
+        sandbox_dir: None,
+    };
+    let containers = ctx.containers();
+    let dir = containers.dir(&id);
+    {
+        let _lock = containers.lock()?;
+        if let Some(other) = containers.name_in_use(&name) {
+            bail!(
+                "the name {name:?} is already in use by container {} (remove it with `bulkhead rm {name}`)",
+                other.id.get(..12).unwrap_or(&other.id)
+            );
+        }
+        dir.create(&state)?;
+    }
+
+    if args.detach {
+        return detach(ctx, &dir.path, &id, args.quiet).map(|()| 0);
+    }
+    let rt = super::runtime()?;
+    let fg = Foreground {
+        tty: args.tty,
+        interactive: args.interactive,
+    };
+    let report = Reporter::Stderr { quiet: args.quiet };
+    let result = rt.block_on(supervisor::supervise(
+        &ctx.cfg,
+        &store,
+        dir,
+        Some(fg),
+        report,
+    ));
+    rt.shutdown_background();
+    result
+}
+
+/// Starts `bulkhead supervise ID` in its own session and relays its progress until it
+/// says the container runs (or why it does not).
+fn detach(ctx: &Ctx, dir: &std::path::Path, id: &str, quiet: bool) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding the bulkhead binary")?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(
+        crate::state::ContainerDir {
+            path: dir.to_path_buf(),
+        }
+        .supervisor_log(),
+    )?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(ctx.global_args())
+        .arg("supervise")
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; the child is detached from our terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the supervisor")?;
+    let out = child.stdout.take().context("supervisor pipe")?;
+    let mut result: anyhow::Result<()> = Err(anyhow::anyhow!(
+        "the supervisor ended without starting the container; see {}",
+        dir.join("supervisor.log").display()
+    ));
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line?;
+        if let Some(msg) = line.strip_prefix("progress: ") {
+            if !quiet {
+                eprintln!("{msg}");
+            }
+        } else if line == "ready" {
+            result = Ok(());
+            break;
+        } else if let Some(e) = line.strip_prefix("error: ") {
+            result = Err(anyhow::anyhow!("{e}"));
+            break;
+        }
+    }
+    if result.is_err() {
+        // The supervisor removes the container on a failed start; reap it.
+        let _ = child.wait();
+    }
+    result?;
+    println!("{id}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_cpus("1.5"), Ok(1500));
+        assert!(parse_cpus("0").is_err());
+        assert!(parse_cpus("-1").is_err());
+        assert!(parse_cpus("x").is_err());
+        assert_eq!(parse_memory("256m"), Ok(256 << 20));
+        assert_eq!(parse_memory("1G"), Ok(1 << 30));
+        assert_eq!(parse_memory("1gb"), Ok(1 << 30));
+        assert_eq!(parse_memory("10485760"), Ok(10 << 20));
+        assert!(parse_memory("1k").is_err());
+        assert!(parse_memory("lots").is_err());
+        assert!(parse_memory("99999999999999g").is_err());
+    }
+
+    #[test]
+    fn env_entries() {
+        assert_eq!(env_entry("A=1").unwrap(), "A=1");
+        assert!(env_entry("=x").is_err());
+        std::env::set_var("BULKHEAD_TEST_ENV_COPY", "v");
+        assert_eq!(
+            env_entry("BULKHEAD_TEST_ENV_COPY").unwrap(),
+            "BULKHEAD_TEST_ENV_COPY=v"
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! Set-up of one container before it starts: the backend (microVM or host agent), the
+//! image overlay where that backend can see it, volumes, and the OCI spec.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bulkhead_images::process::{ProcessOverrides, UserDb};
+use bulkhead_images::Store;
+use oci_spec::runtime::Spec;
+
+use crate::backend::{Backend, VmRequest};
+use crate::config::Config;
+use crate::rootfs;
+use crate::spec::{self, SpecInput, Volume};
+use crate::state::{ContainerDir, Isolation, State};
+use crate::supervisor::Reporter;
+
+/// What was set up, for the run and the teardown.
+pub struct Prepared {
+    pub backend: Backend,
+    pub spec: Spec,
+    /// The root path as the runtime sees it (guest path in VM mode).
+    pub runtime_rootfs: PathBuf,
+    pub users: UserDb,
+    /// Host mount points to detach at the end, deepest first.
+    pub mounts: Vec<PathBuf>,
+}
+
+/// Mounts made so far, undone when set-up fails half way.
+#[derive(Default)]
+pub struct Mounts(pub Vec<PathBuf>);
+
+impl Mounts {
+    pub fn unmount_all(&mut self) {
+        for m in self.0.drain(..).rev() {
+            if let Err(e) = rootfs::unmount(&m) {
+                log::warn!("{e:#}");
+            }
+        }
+    }
+}
+
+/// A cgroup v2 controller usable by containers on this host (the host agent binds the
+/// cgroup2 hierarchy on /sys/fs/cgroup in its own mount namespace).
+fn host_controller(name: &str) -> bool {
+    [
+        "/sys/fs/cgroup/unified/cgroup.controllers",
+        "/sys/fs/cgroup/cgroup.controllers",
+    ]
+    .iter()
+    .filter_map(|p| std::fs::read_to_string(p).ok())
+    .any(|s| s.split_whitespace().any(|c| c == name))
+}
+
+pub async fn prepare(
+    cfg: &Config,
+    store: &Store,
+    dir: &ContainerDir,
+    state: &State,
+    report: &Reporter,
+    mounts: &mut Mounts,
+) -> anyhow::Result<Prepared> {
+    let rc = &state.config;
+    let rec = store
+        .get_image(&rc.image)
+        .with_context(|| format!("image {} (pull or import it first)", rc.image))?;
+    let image = store.image_config(&rec)?;
+    report.progress("preparing the root filesystem...");
+    let lowers = {
+        let store = store.clone();
+        let rec = rec.clone();
+        tokio::task::spawn_blocking(move || store.rootfs_layers(&rec))
+            .await
+            .context("unpacking layers")??
+    };
+
+    let mut cpu_millis = rc.cpu_millis;
+    let mut memory_bytes = rc.memory_bytes;
+    let (backend, host_rootfs, runtime_rootfs, volumes, cgroups_path) = match state.isolation {
+        Isolation::Container => {
+            let target = dir.rootfs();
+            rootfs::mount_overlay(&lowers, &dir.upper(), &dir.work(), &target)?;
+            mounts.0.push(target.clone());
+            if memory_bytes.is_some() && !host_controller("memory") {
+                log::warn!("the memory controller is not available in this host's cgroup v2 hierarchy: --memory is not enforced");
+                report.progress("warning: --memory is not enforced (no cgroup v2 memory controller on this host)");
+                memory_bytes = None;
+            }
+            if cpu_millis.is_some() && !host_controller("cpu") {
+                report.progress(
+                    "warning: --cpus is not enforced (no cgroup v2 cpu controller on this host)",
+                );
+                cpu_millis = None;
+            }
+            let backend = Backend::start_host(dir, &cfg.log_level).await?;
+            let cg = PathBuf::from(format!("/bulkhead/{}", state.id));
+            (
+                backend,
+                target.clone(),
+                target,
+                rc.volumes.clone(),
+                Some(cg),
+            )
+        }
+        Isolation::Vm => {
+            report.progress("booting microVM...");
+            let backend = Backend::start_vm(
+                cfg,
+                &VmRequest {
+                    id: &state.id,
+                    hostname: &rc.hostname,
+                    cpu_millis,
+                    memory_bytes,
+                },
+            )
+            .await?;
+            let shared = backend
+                .shared_dir()
+                .context("the microVM has no shared directory")?;
+            let cdir = shared.join(&state.id);
+            let target = cdir.join("rootfs");
+            rootfs::mount_overlay(&lowers, &dir.upper(), &dir.work(), &target)?;
+            mounts.0.push(target.clone());
+            let mut volumes = Vec::new();
+            for (i, v) in rc.volumes.iter().enumerate() {
+                let at = cdir.join("volumes").join(i.to_string());
+                rootfs::bind(&v.host, &at, v.readonly)?;
+                mounts.0.push(at.clone());
+                volumes.push(Volume {
+                    host: backend
+                        .guest_path(&at)
+                        .context("volume outside the shared directory")?,
+                    container: v.container.clone(),
+                    readonly: v.readonly,
+                });
+            }
+            let guest_root = backend
+                .guest_path(&target)
+                .context("rootfs outside the shared directory")?;
+            (backend, target, guest_root, volumes, None)
+        }
+    };
+    let users = spec::user_db(&host_rootfs);
+    let input = SpecInput {
+        overrides: ProcessOverrides {
+            entrypoint: rc.entrypoint.clone(),
+            cmd: rc.cmd.clone(),
+            env: rc.env.clone(),
+            workdir: rc.workdir.clone(),
+            user: rc.user.clone(),
+            terminal: rc.tty,
+        },
+        hostname: rc.hostname.clone(),
+        readonly_root: rc.read_only,
+        cpu_millis,
+        memory_bytes,
+        private_network: rc.private_network,
+        cgroups_path,
+        volumes,
+    };
+    let spec = spec::build(&image, &input, &users, &runtime_rootfs)?;
+    Ok(Prepared {
+        backend,
+        spec,
+        runtime_rootfs,
+        users,
+        mounts: std::mem::take(&mut mounts.0),
+    })
+}

@@ -1,0 +1,191 @@
+//! Test environment for the `bulkhead` binary: the demo image built once per test process
+//! into a private store, a private run root per test, and command helpers.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
+
+pub fn skip(reason: &str) {
+    eprintln!("SKIPPED: {reason}");
+}
+
+/// Root, busybox and a cgroup2 hierarchy: what container mode needs.
+pub fn host_ready() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("needs root".into());
+    }
+    if !Path::new("/bin/busybox").exists() {
+        return Err("needs /bin/busybox (busybox-static)".into());
+    }
+    if !Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists()
+        && !Path::new("/sys/fs/cgroup/cgroup.procs").exists()
+    {
+        return Err("needs a cgroup2 hierarchy".into());
+    }
+    Ok(())
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A store with `bulkhead/demo:latest`, shared by the tests of this process.
+pub fn store() -> &'static Path {
+    static STORE: OnceLock<PathBuf> = OnceLock::new();
+    STORE.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("bulkhead-cli-test-store-{}", std::process::id()));
+        let layout = dir.join("layout");
+        let out = Command::new(repo_root().join("scripts/build-demo-image.sh"))
+            .arg(&layout)
+            .env("BULKHEAD", BIN)
+            .env("BULKHEAD_ROOT", dir.join("store"))
+            .env("BULKHEAD_CONFIG", "/dev/null")
+            .output()
+            .expect("running build-demo-image.sh");
+        assert!(
+            out.status.success(),
+            "build-demo-image.sh failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir.join("store")
+    })
+}
+
+/// One test's run root and configuration.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub isolation: &'static str,
+}
+
+impl Env {
+    pub fn new(isolation: &'static str) -> Env {
+        // Inside the KVM harness only /tmp (a tmpfs) takes overlay mounts and sockets.
+        let base = if std::env::var_os("BULKHEAD_IN_HARNESS").is_some() {
+            std::env::temp_dir()
+        } else {
+            PathBuf::from("/run")
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("bh")
+            .tempdir_in(base)
+            .or_else(|_| tempfile::tempdir())
+            .unwrap();
+        let cfg = format!(
+            "store_root = {:?}\nrun_root = {:?}\nlog_level = \"info\"\n[container]\nisolation = {:?}\nstop_timeout_secs = 10\n",
+            store(),
+            dir.path().join("run"),
+            isolation
+        );
+        std::fs::write(dir.path().join("config.toml"), cfg).unwrap();
+        Env { dir, isolation }
+    }
+
+    pub fn run_root(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--config").arg(self.dir.path().join("config.toml"));
+        c.args(args);
+        c.env_remove("BULKHEAD_ROOT");
+        c.env_remove("BULKHEAD_RUN_ROOT");
+        c.env_remove("BULKHEAD_ISOLATION");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.cmd(args).output().expect("running bulkhead");
+        eprintln!(
+            "$ bulkhead {}\n-> {:?}\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Container directories still present.
+    pub fn containers_left(&self) -> Vec<String> {
+        std::fs::read_dir(self.run_root().join("containers"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect()
+    }
+
+    /// Mounts below the run root.
+    pub fn mounts_left(&self) -> Vec<String> {
+        let root = self.run_root();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|m| Path::new(m).starts_with(&root))
+            .collect()
+    }
+
+    /// Processes whose command line mentions this test's directory (supervisors, agents).
+    pub fn processes_left(&self) -> Vec<String> {
+        let needle = self.dir.path().to_string_lossy().into_owned();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(&needle))
+            .collect()
+    }
+
+    pub fn assert_clean(&self) {
+        // Supervisors finish their teardown a moment after the container's end.
+        for _ in 0..100 {
+            if self.containers_left().is_empty()
+                && self.mounts_left().is_empty()
+                && self.processes_left().is_empty()
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "left behind: containers {:?}, mounts {:?}, processes {:?}",
+            self.containers_left(),
+            self.mounts_left(),
+            self.processes_left()
+        );
+    }
+}
+
+impl Drop for Env {
+    /// A failed test must not leave containers running: remove what is left.
+    fn drop(&mut self) {
+        let left = self.containers_left();
+        if !left.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(left.iter().map(String::as_str));
+            let _ = self.cmd(&args).output();
+        }
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
