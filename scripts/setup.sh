@@ -1,11 +1,12 @@
 #!/bin/bash
 # Idempotent set-up of a fresh Debian 12 machine (run as root) for building
 # and testing Bulkhead: Debian packages, virtme-ng (level-1 VM for the KVM
-# host harness), and the guest kernel (cached, see kernel-config/).
+# host harness), the guest kernel (cached, see kernel-config/), virtiofsd
+# (pinned, cached) and the agent initramfs (cached by content hash).
 # Quick when everything is present: apt is skipped if all packages are
 # installed, pip if the pinned vng is there, the kernel build on a cache hit.
 #
-# Usage: scripts/setup.sh [--no-kernel]
+# Usage: scripts/setup.sh [--no-kernel]   (--no-kernel: packages and vng only)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,7 +18,8 @@ build_kernel=1
 packages=(
     qemu-system-x86 busybox-static linux-image-amd64 linux-source-6.1
     flex bison bc libelf-dev libssl-dev cpio make gcc
-    libseccomp-dev libcap-ng-dev protobuf-compiler python3-pip
+    libseccomp-dev libcap-ng-dev protobuf-compiler python3-pip file
+    containerd runc docker-registry skopeo umoci iproute2
 )
 
 log() { echo "setup.sh: $*" >&2; }
@@ -70,5 +72,10 @@ fi
 if [ "$build_kernel" = 1 ]; then
     kdir="$("$root/kernel-config/build-kernel.sh" | tail -n 1)"
     log "guest kernel: $kdir"
+fi
+# --- virtiofsd (crates.io, pinned) and the guest agent's initramfs ---
+if [ "$build_kernel" = 1 ]; then
+    log "virtiofsd: $("$root/scripts/install-virtiofsd.sh" | tail -n 1)"
+    log "agent initramfs: $("$root/guest-agent/build-initramfs.sh" | tail -n 1)"
 fi
 log "done"
