@@ -68,3 +68,48 @@ fn vmm_exits_3_on_guest_panic() {
     assert!(serial.contains("Kernel panic - not syncing"), "{serial}");
     assert_eq!(out.code(), Some(3), "{serial}\n{}", out.stderr);
 }
+
+#[test]
+fn vmm_boots_bzimage_with_one_vcpu() {
+    let Some(vmm) = vmm_or_skip("vmm_boots_bzimage_with_one_vcpu") else {
+        return;
+    };
+    let kernel = kernel_dir().expect("guest kernel (kernel-config/build-kernel.sh)");
+    let scratch = Scratch::new("vmm-bzimage").unwrap();
+    let spec = BootSpec::new(&kernel.bzimage(), &scratch.initrd, 1, 128, "reboot");
+    let out = run_with_timeout(&mut vmm_command(&vmm, &spec), TIMEOUT).unwrap();
+    let serial = &out.stdout;
+    assert!(!out.timed_out, "VMM did not end:\n{serial}\n{}", out.stderr);
+    assert!(
+        serial.contains("BULKHEAD-INIT-READY"),
+        "{serial}\n{}",
+        out.stderr
+    );
+    assert_eq!(report_value(serial, "nproc"), Some("1"), "{serial}");
+    assert!(hwrng_ok(serial), "{serial}");
+    assert_eq!(out.code(), Some(0), "{serial}\n{}", out.stderr);
+    assert!(
+        out.stderr.contains("LinuxBoot"),
+        "a bzImage boots by the Linux boot protocol: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn vmm_exits_0_on_guest_poweroff() {
+    let Some(vmm) = vmm_or_skip("vmm_exits_0_on_guest_poweroff") else {
+        return;
+    };
+    let kernel = kernel_dir().expect("guest kernel (kernel-config/build-kernel.sh)");
+    let scratch = Scratch::new("vmm-poweroff").unwrap();
+    let spec = BootSpec::new(&kernel.vmlinux(), &scratch.initrd, 1, 128, "poweroff");
+    let out = run_with_timeout(&mut vmm_command(&vmm, &spec), TIMEOUT).unwrap();
+    let serial = &out.stdout;
+    assert!(
+        !out.timed_out,
+        "VMM did not end after poweroff -f:\n{serial}\n{}",
+        out.stderr
+    );
+    assert_eq!(out.code(), Some(0), "{serial}\n{}", out.stderr);
+    assert!(out.stderr.contains("powered off"), "{}", out.stderr);
+}
