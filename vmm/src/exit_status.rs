@@ -7,6 +7,7 @@
 //! | 0 | the guest rebooted or powered off on purpose (`reboot -f`, `poweroff -f`) |
 //! | 1 | the VMM failed (bad input, KVM error, device set-up); its log says why |
 //! | 3 | the guest crashed: a kernel panic (`panic=1 reboot=k`), a triple fault, or KVM's crash event |
+//! | 159 | a VMM thread made a syscall its seccomp filter forbids (128 + SIGSYS; see `seccomp`) |
 //!
 //! (2 is left to the argument parser, which uses it for usage errors.)
 
