@@ -30,6 +30,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "host tests"
 cargo build --release -p bulkhead-vmm
 export BULKHEAD_VMM="$root/target/release/bulkhead-vmm"
+# The shim and sandbox tests drive the real agent binary behind a stand-in VMM on the host.
+cargo build -p bulkhead-agent
+export BULKHEAD_AGENT_BIN="$root/target/debug/bulkhead-agent"
 cargo test --workspace --no-fail-fast
 
 step "end-to-end tests in the KVM host harness"
