@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
 use std::thread::JoinHandle;
 
 use crate::digest::{Digest, Hasher};
@@ -34,17 +34,35 @@ enum Msg {
 /// Reader side of a decompression thread.
 pub struct Decompressed {
     rx: Receiver<Msg>,
+    /// Consumed chunks go back to the thread for reuse (no re-zeroing).
+    recycle: Sender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
     digest: Option<Digest>,
     _thread: Option<JoinHandle<()>>,
 }
 
+/// Fills `buf` from `r` as far as it goes; returns the bytes read.
+fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 impl Decompressed {
-    /// Starts decompressing the blob file at `path` on a new thread.
-    pub fn spawn(path: &Path) -> io::Result<Decompressed> {
+    /// Starts decompressing the blob file at `path` on a new thread, which
+    /// may run up to `ahead` MiB in front of the reader.
+    pub fn spawn(path: &Path, ahead: usize) -> io::Result<Decompressed> {
         let file = File::open(path)?;
-        let (tx, rx) = sync_channel::<Msg>(4);
+        let (tx, rx) = sync_channel::<Msg>(ahead.max(1));
+        let (recycle, recycled) = channel::<Vec<u8>>();
         let thread = std::thread::Builder::new()
             .name("decompress".into())
             .spawn(move || {
@@ -57,19 +75,15 @@ impl Decompressed {
                 };
                 let mut h = Hasher::new();
                 loop {
-                    let mut buf = vec![0u8; CHUNK];
-                    let mut filled = 0;
-                    while filled < CHUNK {
-                        match r.read(&mut buf[filled..]) {
-                            Ok(0) => break,
-                            Ok(n) => filled += n,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => {
-                                let _ = tx.send(Msg::Err(e));
-                                return;
-                            }
+                    let mut buf = recycled.try_recv().unwrap_or_default();
+                    buf.resize(CHUNK, 0);
+                    let filled = match fill(&mut r, &mut buf) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let _ = tx.send(Msg::Err(e));
+                            return;
                         }
-                    }
+                    };
                     if filled == 0 {
                         let _ = tx.send(Msg::Done(h.finish()));
                         return;
@@ -83,6 +97,7 @@ impl Decompressed {
             })?;
         Ok(Decompressed {
             rx,
+            recycle,
             cur: Vec::new(),
             pos: 0,
             digest: None,
@@ -108,7 +123,10 @@ impl Read for Decompressed {
             }
             match self.rx.recv() {
                 Ok(Msg::Data(d)) => {
-                    self.cur = d;
+                    let old = std::mem::replace(&mut self.cur, d);
+                    if old.capacity() >= CHUNK {
+                        let _ = self.recycle.send(old);
+                    }
                     self.pos = 0;
                 }
                 Ok(Msg::Done(d)) => {
@@ -141,7 +159,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("b");
         std::fs::write(&p, compressed).unwrap();
-        let mut d = Decompressed::spawn(&p).unwrap();
+        let mut d = Decompressed::spawn(&p, 4).unwrap();
         let mut out = Vec::new();
         d.read_to_end(&mut out).unwrap();
         assert_eq!(out, plain);
@@ -163,7 +181,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("b");
         std::fs::write(&p, [0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
-        let mut d = Decompressed::spawn(&p).unwrap();
+        let mut d = Decompressed::spawn(&p, 4).unwrap();
         assert!(d.read_to_end(&mut Vec::new()).is_err());
     }
 }
