@@ -1,6 +1,7 @@
 //! Layer decompression: gzip, zstd or plain tar, detected by magic bytes,
 //! run on its own thread so that decompression and file writing overlap.
-//! The thread also hashes the uncompressed stream (the layer's diff_id).
+//! The reader side hashes the uncompressed stream (the layer's diff_id),
+//! which balances the work between the two threads.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -17,7 +18,7 @@ pub fn decompressor<'a, R: Read + Send + 'a>(r: R) -> io::Result<Box<dyn Read + 
     let mut br = BufReader::with_capacity(256 * 1024, r);
     let head = br.fill_buf()?;
     if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(br)))
+        Ok(Box::new(super::gzip::GzipMembers::new(br)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Ok(Box::new(zstd::stream::read::Decoder::with_buffer(br)?))
     } else {
@@ -27,7 +28,7 @@ pub fn decompressor<'a, R: Read + Send + 'a>(r: R) -> io::Result<Box<dyn Read + 
 
 enum Msg {
     Data(Vec<u8>),
-    Done(Digest),
+    Done,
     Err(io::Error),
 }
 
@@ -38,6 +39,7 @@ pub struct Decompressed {
     recycle: Sender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
+    hasher: Hasher,
     digest: Option<Digest>,
     _thread: Option<JoinHandle<()>>,
 }
@@ -73,7 +75,6 @@ impl Decompressed {
                         return;
                     }
                 };
-                let mut h = Hasher::new();
                 loop {
                     let mut buf = recycled.try_recv().unwrap_or_default();
                     buf.resize(CHUNK, 0);
@@ -85,11 +86,10 @@ impl Decompressed {
                         }
                     };
                     if filled == 0 {
-                        let _ = tx.send(Msg::Done(h.finish()));
+                        let _ = tx.send(Msg::Done);
                         return;
                     }
                     buf.truncate(filled);
-                    h.update(&buf);
                     if tx.send(Msg::Data(buf)).is_err() {
                         return;
                     }
@@ -100,6 +100,7 @@ impl Decompressed {
             recycle,
             cur: Vec::new(),
             pos: 0,
+            hasher: Hasher::new(),
             digest: None,
             _thread: Some(thread),
         })
@@ -124,13 +125,13 @@ impl Read for Decompressed {
             match self.rx.recv() {
                 Ok(Msg::Data(d)) => {
                     let old = std::mem::replace(&mut self.cur, d);
-                    if old.capacity() >= CHUNK {
+                    if old.capacity() == CHUNK {
                         let _ = self.recycle.send(old);
                     }
                     self.pos = 0;
                 }
-                Ok(Msg::Done(d)) => {
-                    self.digest = Some(d);
+                Ok(Msg::Done) => {
+                    self.digest = Some(std::mem::take(&mut self.hasher).finish());
                     return Ok(0);
                 }
                 Ok(Msg::Err(e)) => return Err(e),
@@ -145,6 +146,7 @@ impl Read for Decompressed {
         let avail = &self.cur[self.pos..];
         let n = avail.len().min(buf.len());
         buf[..n].copy_from_slice(&avail[..n]);
+        self.hasher.update(&avail[..n]);
         self.pos += n;
         Ok(n)
     }

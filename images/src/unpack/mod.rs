@@ -5,6 +5,7 @@
 mod apply;
 pub mod decompress;
 mod fsops;
+mod gzip;
 
 use std::fs;
 use std::io::Read;
