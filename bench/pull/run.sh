@@ -4,6 +4,9 @@
 #   B: skopeo copy + umoci raw unpack         (flattened rootfs on disk)
 #   C: ctr images pull (containerd 1.6, own root and state on a tmpfs,
 #      unpacked into its overlayfs snapshotter), when containerd is installed
+#   base: BASE_BULKHEAD=/path/to/an/older/bulkhead adds a column (A/B of builds)
+# Wall seconds and CPU seconds (user+sys of the commands; independent of
+# other load on the machine) are reported; the load average is printed per run.
 # usage: bench/pull/run.sh [RUNS] [SCALE]   (root; needs docker-registry, skopeo, umoci)
 set -euo pipefail
 RUNS=${1:-3}
@@ -66,36 +69,54 @@ TOML
 }
 
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-now() { date +%s.%N; }
-declare -a A B C
-for i in $(seq "$RUNS"); do
-  rm -rf "$WORK/s" "$WORK/u" "$WORK/oci" "$WORK/bundle"; cold
-  t0=$(now)
-  "$BULKHEAD" --root "$WORK/s" pull --plain-http "$REF" >/dev/null
-  "$BULKHEAD" --root "$WORK/s" image unpack "$REF" "$WORK/u" >/dev/null
-  t1=$(now); A+=("$(echo "$t1 - $t0" | bc)")
+daemon_ticks() { awk '{print $14 + $15}' "/proc/$CTRD_PID/stat"; }
+TIMEFORMAT='%R %U %S'
+# timed NAME CMD...: runs CMD (a shell snippet) and appends "wall cpu" to $WORK/t.NAME
+timed() {
+  local name=$1; shift
+  local t; t=$( { time bash -c "$*" >/dev/null 2>&1; } 2>&1 ) || { echo "$name failed" >&2; exit 1; }
+  echo "$t" | awk '{printf "%.2f %.2f\n", $1, $2 + $3}' >> "$WORK/t.$name"
+}
+last() { tail -1 "$WORK/t.$1" | awk '{printf "%s s (cpu %s s)", $1, $2}'; }
+bulkhead_run() { # BINARY
   rm -rf "$WORK/s" "$WORK/u"; cold
-  t0=$(now)
-  skopeo copy --quiet --src-tls-verify=false "docker://$REF" "oci:$WORK/oci:bench"
-  umoci raw unpack --image "$WORK/oci:bench" "$WORK/bundle" >/dev/null 2>&1
-  t1=$(now); B+=("$(echo "$t1 - $t0" | bc)")
+  timed "$2" "'$1' --root '$WORK/s' pull --plain-http '$REF' && '$1' --root '$WORK/s' image unpack '$REF' '$WORK/u'"
+  rm -rf "$WORK/s" "$WORK/u"
+}
+for i in $(seq "$RUNS"); do
+  bulkhead_run "$BULKHEAD" bulkhead
+  line="run $i: bulkhead $(last bulkhead)"
+  if [ -n "${BASE_BULKHEAD:-}" ]; then
+    bulkhead_run "$BASE_BULKHEAD" base
+    line="$line, base $(last base)"
+  fi
+  rm -rf "$WORK/oci" "$WORK/bundle"; cold
+  timed skopeo "skopeo copy --quiet --src-tls-verify=false 'docker://$REF' 'oci:$WORK/oci:bench' && umoci raw unpack --image '$WORK/oci:bench' '$WORK/bundle'"
   rm -rf "$WORK/oci" "$WORK/bundle"
-  line="run $i: bulkhead ${A[-1]} s, skopeo+umoci ${B[-1]} s"
+  line="$line, skopeo+umoci $(last skopeo)"
   if [ -n "$HAVE_CTR" ]; then
     start_containerd; cold   # containerd is up before the clock starts
-    t0=$(now)
-    ctr --address "$CTR_TMPFS/containerd.sock" images pull --plain-http "$REF" >/dev/null
-    t1=$(now); C+=("$(echo "$t1 - $t0" | bc)")
+    d0=$(daemon_ticks)
+    timed ctr "ctr --address '$CTR_TMPFS/containerd.sock' images pull --plain-http '$REF'"
+    d1=$(daemon_ticks)
+    # the daemon does the work: add its CPU time to the client's
+    awk -v d=$((d1 - d0)) -v hz="$(getconf CLK_TCK)" '{l=$0} END {split(l, f, " "); printf "%s %.2f\n", f[1], f[2] + d / hz}' "$WORK/t.ctr" > "$WORK/t.ctr.last"
+    sed -i '$d' "$WORK/t.ctr"; cat "$WORK/t.ctr.last" >> "$WORK/t.ctr"
     stop_containerd
-    line="$line, ctr ${C[-1]} s"
+    line="$line, ctr $(last ctr)"
   fi
   echo "$line (load $(cut -d' ' -f1-3 /proc/loadavg))"
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-MA=$(median "${A[@]}"); MB=$(median "${B[@]}")
-echo "median bulkhead pull+unpack: $MA s"
-echo "median skopeo copy+umoci raw unpack: $MB s (x$(echo "scale=2; $MB / $MA" | bc) vs bulkhead)"
-if [ -n "$HAVE_CTR" ]; then
-  MC=$(median "${C[@]}")
-  echo "median ctr images pull (root on tmpfs): $MC s (x$(echo "scale=2; $MC / $MA" | bc) vs bulkhead)"
-fi
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+med() { awk "{print \$$2}" "$WORK/t.$1" | median; }
+MA=$(med bulkhead 1); CA=$(med bulkhead 2)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+report() { # NAME LABEL
+  local w c; w=$(med "$1" 1); c=$(med "$1" 2)
+  echo "median $2: $w s wall (x$(ratio "$w" "$MA")), $c s cpu (x$(ratio "$c" "$CA"))"
+}
+echo "median bulkhead pull+unpack: $MA s wall, $CA s cpu"
+[ -n "${BASE_BULKHEAD:-}" ] && report base "base bulkhead pull+unpack"
+report skopeo "skopeo copy+umoci raw unpack"
+[ -n "$HAVE_CTR" ] && report ctr "ctr images pull (root on tmpfs)"
+exit 0
