@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes a deterministic ~400 MB (uncompressed) 6-layer OCI image layout.
 
-Layer 4 holds ~20k small files. Content is pseudo-random text-ish bytes so
-gzip compresses it about as much as real binaries (roughly 2:1).
+Layer 4 holds ~20k small files. Content mixes random bytes and repeated
+text so that gzip compresses it about as much as real images (~2.4:1).
 usage: gen_image.py LAYOUT_DIR [SCALE]
 """
 import gzip, hashlib, io, json, os, random, sys, tarfile
@@ -11,16 +11,20 @@ out = sys.argv[1]
 scale = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
 rng = random.Random(1234)
 os.makedirs(f"{out}/blobs/sha256", exist_ok=True)
-ALPHA = bytes(range(32, 96))  # 64 symbols: ~6 bits/byte -> gzip ~75%
+WORDS = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz_./") for _ in range(rng.randrange(2, 10)))
+         for _ in range(2000)]
+CORPUS = b" ".join(rng.choice(WORDS) for _ in range(6000))[:16384]
 
-def data(n):
-    # random over a small alphabet with repeats: realistic compression ratio
-    chunk = bytes(rng.choice(ALPHA) for _ in range(4096))
-    reps = []
-    while sum(map(len, reps)) < n:
-        off = rng.randrange(0, 2048)
-        reps.append(chunk[off:off + 2048] + rng.randbytes(512))
-    return b"".join(reps)[:n]
+def data(n, rnd=2600, blk=8192):
+    # each 8 KiB block: incompressible bytes (code, compressed assets) then
+    # text that gzip finds again in its window (strings, symbols): ~2.4:1
+    out, total = [], 0
+    while total < n:
+        off = rng.randrange(0, len(CORPUS) - (blk - rnd))
+        b = rng.randbytes(rnd) + CORPUS[off:off + blk - rnd]
+        out.append(b)
+        total += len(b)
+    return b"".join(out)[:n]
 
 def put(b):
     d = hashlib.sha256(b).hexdigest()
@@ -46,19 +50,19 @@ def layer(files):
     gz = gzip.compress(raw, compresslevel=6, mtime=0)
     return raw, gz
 
-big = data(int(24 << 20))
+big = data(int(32 << 20))
 def blob(n):
     off = rng.randrange(0, len(big) - n) if n < len(big) else 0
     return big[off:off + n]
 
 MB = 1 << 20
 specs = [
-    [(f"usr/lib/big{i}.so", blob(int(20 * MB * scale))) for i in range(4)],
-    [(f"opt/app/data{i}.bin", blob(int(15 * MB * scale))) for i in range(5)],
+    [(f"usr/lib/big{i}.so", blob(int(25 * MB * scale))) for i in range(4)],
+    [(f"opt/app/data{i}.bin", blob(int(16 * MB * scale))) for i in range(5)],
     [(f"usr/share/res{i}", blob(int(5 * MB * scale))) for i in range(10)],
     [(f"usr/share/small/d{i // 200}/f{i}.txt", blob(rng.randrange(500, 6000))) for i in range(int(20000 * scale))],
-    [(f"var/cache/c{i}", blob(int(6 * MB * scale))) for i in range(8)],
-    [(f"srv/www/page{i}.html", blob(int(2 * MB * scale))) for i in range(15)],
+    [(f"var/cache/c{i}", blob(int(8 * MB * scale))) for i in range(8)],
+    [(f"srv/www/page{i}.html", blob(int(3 * MB * scale))) for i in range(15)],
 ]
 layers, diffs = [], []
 for spec in specs:

@@ -14,6 +14,8 @@ use crate::pull::{layer_records, select_platform};
 use crate::store::{normalize_name, ImageRecord, Store};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// Largest JSON document (manifest.json, config) read into memory.
+const MAX_CONFIG: u64 = 16 << 20;
 
 /// Streams `src` into the store as blob `expected` (verified), unless present.
 fn copy_blob(store: &Store, mut src: impl Read, expected: &Digest) -> Result<()> {
@@ -180,7 +182,7 @@ pub fn docker_archive(store: &Store, file: &Path, name: Option<&str>) -> Result<
             match entry.header().entry_type() {
                 tar::EntryType::Regular => {
                     if path == "manifest.json"
-                        || path.ends_with(".json") && entry.size() < (16 << 20)
+                        || path.ends_with(".json") && entry.size() < MAX_CONFIG
                     {
                         let mut v = Vec::new();
                         entry.read_to_end(&mut v).map_err(bad)?;
@@ -224,9 +226,19 @@ pub fn docker_archive(store: &Store, file: &Path, name: Option<&str>) -> Result<
         }
         let mut out = Vec::new();
         for m in manifests {
-            let craw = small
-                .get(&clean(&m.config))
-                .ok_or_else(|| Error::Layout(format!("config {} missing", m.config)))?;
+            let mut ckey = clean(&m.config);
+            if let Some(t) = links.get(&ckey) {
+                ckey = t.clone();
+            }
+            // Docker 25+ keeps the config as `blobs/sha256/<hex>` (no .json).
+            let craw: Vec<u8> = match (small.get(&ckey), files.get(&ckey)) {
+                (Some(v), _) => v.clone(),
+                (None, Some((tmp, _, size))) if *size <= MAX_CONFIG => {
+                    fs::read(tmp).map_err(|e| Error::io("read image config", tmp, e))?
+                }
+                _ => return Err(Error::Layout(format!("config {} missing", m.config))),
+            };
+            let craw = &craw;
             let cd = Digest::of(craw);
             let config: ImageConfiguration = read_json(craw, "image config")?;
             let mut layer_descs = Vec::new();

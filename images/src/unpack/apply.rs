@@ -29,6 +29,7 @@ pub enum Mode {
 
 const WH_PREFIX: &[u8] = b".wh.";
 const WH_OPAQUE: &[u8] = b".wh..wh..opq";
+const COPY_BUF: usize = 256 * 1024;
 
 /// Counters shared across the layers of one image.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +45,11 @@ pub(crate) struct Applier<'a> {
     layer: String,
     written: HashSet<Vec<u8>>,
     dirs: Vec<(Vec<Vec<u8>>, u64)>,
-    cache: Option<(Vec<Vec<u8>>, Rc<OwnedFd>)>,
+    /// Directories already opened (and checked) along the last walked path:
+    /// `chain[i]` is the fd of the first `i + 1` components. A walk reuses
+    /// the common prefix instead of re-resolving from the root.
+    chain: Vec<(Vec<u8>, Rc<OwnedFd>)>,
+    buf: Vec<u8>,
     layer_stats: Stats,
     image_stats: &'a mut Stats,
     privileged: bool,
@@ -99,7 +104,8 @@ impl<'a> Applier<'a> {
             layer,
             written: HashSet::new(),
             dirs: Vec::new(),
-            cache: None,
+            chain: Vec::new(),
+            buf: vec![0u8; COPY_BUF],
             layer_stats: Stats::default(),
             image_stats,
             // SAFETY: geteuid never fails.
@@ -118,13 +124,18 @@ impl<'a> Applier<'a> {
     /// directories when `create`. Symlinks and non-directories on the way
     /// are refused.
     fn walk(&mut self, entry: &[u8], comps: &[Vec<u8>], create: bool) -> Result<Rc<OwnedFd>> {
-        if let Some((k, fd)) = &self.cache {
-            if k.as_slice() == comps {
-                return Ok(fd.clone());
-            }
-        }
-        let mut cur = self.root.clone();
-        for (i, c) in comps.iter().enumerate() {
+        let keep = self
+            .chain
+            .iter()
+            .zip(comps)
+            .take_while(|((name, _), c)| name == *c)
+            .count();
+        self.chain.truncate(keep);
+        let mut cur = match self.chain.last() {
+            Some((_, fd)) => fd.clone(),
+            None => self.root.clone(),
+        };
+        for (i, c) in comps.iter().enumerate().skip(keep) {
             let name = cname(c).map_err(|e| entry_err(entry, "bad path", e))?;
             let next = match fsops::open_child_dir(cur.as_fd_ref(), &name) {
                 Ok(fd) => fd,
@@ -144,23 +155,41 @@ impl<'a> Applier<'a> {
                         entry,
                         format!(
                             "path component {:?} is a symlink or not a directory",
-                            String::from_utf8_lossy(&join(&comps[..=i]))
+                            String::from_utf8_lossy(&join(comps.get(..=i).unwrap_or(comps)))
                         ),
                     ));
                 }
                 Err(e) => return Err(entry_err(entry, "open parent directory", e)),
             };
             cur = Rc::new(next);
+            self.chain.push((c.clone(), cur.clone()));
         }
-        self.cache = Some((comps.to_vec(), cur.clone()));
         Ok(cur)
     }
 
     /// Removes `name` in `parent` (recursively); drops the walk cache if a
     /// directory may have gone.
     fn remove(&mut self, entry: &[u8], parent: &OwnedFd, name: &CString) -> Result<()> {
-        self.cache = None;
+        self.chain.clear();
         fsops::remove_all(parent.as_fd_ref(), name).map_err(|e| entry_err(entry, "remove", e))
+    }
+
+    /// Runs `make`; if the name is taken, removes what is there (never
+    /// following a symlink) and runs `make` once more.
+    fn replacing<T>(
+        &mut self,
+        entry: &[u8],
+        parent: &OwnedFd,
+        name: &CString,
+        mut make: impl FnMut() -> io::Result<T>,
+    ) -> Result<io::Result<T>> {
+        match make() {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                self.remove(entry, parent, name)?;
+                Ok(make())
+            }
+            r => Ok(r),
+        }
     }
 
     fn count_entry(&mut self) -> Result<()> {
@@ -253,21 +282,23 @@ impl<'a> Applier<'a> {
 
         let pfd = self.walk(&raw, parent, true)?;
         let cname_ = cname(name).map_err(|e| entry_err(&raw, "bad path", e))?;
-        let existing =
-            fsops::lstat(pfd.as_fd_ref(), &cname_).map_err(|e| entry_err(&raw, "stat", e))?;
         let full = join(&comps);
+        // Creation is tried first; only a name that exists costs an lstat.
 
         match kind {
             EntryType::Directory => {
-                match existing {
-                    Some(st) if fsops::is_dir(&st) => {}
-                    Some(_) => {
-                        self.remove(&raw, &pfd, &cname_)?;
-                        fsops::mkdir(pfd.as_fd_ref(), &cname_, 0o700)
-                            .map_err(|e| entry_err(&raw, "mkdir", e))?;
+                match fsops::mkdir(pfd.as_fd_ref(), &cname_, 0o700) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                        let st = fsops::lstat(pfd.as_fd_ref(), &cname_)
+                            .map_err(|e| entry_err(&raw, "stat", e))?;
+                        if !st.as_ref().is_some_and(fsops::is_dir) {
+                            self.remove(&raw, &pfd, &cname_)?;
+                            fsops::mkdir(pfd.as_fd_ref(), &cname_, 0o700)
+                                .map_err(|e| entry_err(&raw, "mkdir", e))?;
+                        }
                     }
-                    None => fsops::mkdir(pfd.as_fd_ref(), &cname_, 0o700)
-                        .map_err(|e| entry_err(&raw, "mkdir", e))?,
+                    Err(e) => return Err(entry_err(&raw, "mkdir", e)),
                 }
                 let dfd = fsops::open_child_dir(pfd.as_fd_ref(), &cname_)
                     .map_err(|e| entry_err(&raw, "open directory", e))?;
@@ -279,10 +310,10 @@ impl<'a> Applier<'a> {
                 if kind == EntryType::GNUSparse {
                     return Err(hostile(&raw, "sparse files are not supported"));
                 }
-                if existing.is_some() {
-                    self.remove(&raw, &pfd, &cname_)?;
-                }
-                let mut f = fsops::create_file(pfd.as_fd_ref(), &cname_)
+                let mut f = self
+                    .replacing(&raw, &pfd, &cname_, || {
+                        fsops::create_file(pfd.as_fd_ref(), &cname_)
+                    })?
                     .map_err(|e| entry_err(&raw, "create file", e))?;
                 self.copy_data(&raw, entry, &mut f)?;
                 self.set_owner_mode_fd_raw(&raw, f.as_raw_fd(), uid, gid, mode)?;
@@ -297,11 +328,10 @@ impl<'a> Applier<'a> {
                     .into_owned();
                 let ctarget =
                     cname(&target).map_err(|e| entry_err(&raw, "bad symlink target", e))?;
-                if existing.is_some() {
-                    self.remove(&raw, &pfd, &cname_)?;
-                }
-                fsops::symlink(&ctarget, pfd.as_fd_ref(), &cname_)
-                    .map_err(|e| entry_err(&raw, "symlink", e))?;
+                self.replacing(&raw, &pfd, &cname_, || {
+                    fsops::symlink(&ctarget, pfd.as_fd_ref(), &cname_)
+                })?
+                .map_err(|e| entry_err(&raw, "symlink", e))?;
                 self.chown_at(&raw, &pfd, &cname_, uid, gid)?;
                 let _ = fsops::utimes_at(pfd.as_fd_ref(), &cname_, mtime);
             }
@@ -339,6 +369,8 @@ impl<'a> Applier<'a> {
                 if fsops::is_dir(&tst) {
                     return Err(hostile(&raw, "hard link to a directory"));
                 }
+                let existing = fsops::lstat(pfd.as_fd_ref(), &cname_)
+                    .map_err(|e| entry_err(&raw, "stat", e))?;
                 if let Some(st) = existing {
                     if st.st_dev == tst.st_dev && st.st_ino == tst.st_ino {
                         self.written.insert(full);
@@ -350,9 +382,6 @@ impl<'a> Applier<'a> {
                     .map_err(|e| entry_err(&raw, "hard link", e))?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                if existing.is_some() {
-                    self.remove(&raw, &pfd, &cname_)?;
-                }
                 let (ftype, dev) = match kind {
                     EntryType::Fifo => (libc::S_IFIFO, 0),
                     t => {
@@ -366,7 +395,10 @@ impl<'a> Applier<'a> {
                         (ft, libc::makedev(major, minor))
                     }
                 };
-                match fsops::mknod(pfd.as_fd_ref(), &cname_, ftype | mode, dev) {
+                let made = self.replacing(&raw, &pfd, &cname_, || {
+                    fsops::mknod(pfd.as_fd_ref(), &cname_, ftype | mode, dev)
+                })?;
+                match made {
                     Ok(()) => {}
                     Err(e) if !self.privileged && e.raw_os_error() == Some(libc::EPERM) => {
                         log::warn!("skipping device node {:?}: not privileged", fsops::os(&raw));
@@ -473,9 +505,21 @@ impl<'a> Applier<'a> {
         src: &mut R,
         dst: &mut std::fs::File,
     ) -> Result<()> {
-        let mut buf = vec![0u8; 256 * 1024];
+        let mut buf = std::mem::take(&mut self.buf);
+        let r = self.copy_with(raw, src, dst, &mut buf);
+        self.buf = buf;
+        r
+    }
+
+    fn copy_with<R: Read>(
+        &mut self,
+        raw: &[u8],
+        src: &mut R,
+        dst: &mut std::fs::File,
+        buf: &mut [u8],
+    ) -> Result<()> {
         loop {
-            let n = match src.read(&mut buf) {
+            let n = match src.read(buf) {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -1,11 +1,12 @@
 //! Layer decompression: gzip, zstd or plain tar, detected by magic bytes,
 //! run on its own thread so that decompression and file writing overlap.
-//! The thread also hashes the uncompressed stream (the layer's diff_id).
+//! The reader side hashes the uncompressed stream (the layer's diff_id),
+//! which balances the work between the two threads.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
 use std::thread::JoinHandle;
 
 use crate::digest::{Digest, Hasher};
@@ -17,7 +18,7 @@ pub fn decompressor<'a, R: Read + Send + 'a>(r: R) -> io::Result<Box<dyn Read + 
     let mut br = BufReader::with_capacity(256 * 1024, r);
     let head = br.fill_buf()?;
     if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(br)))
+        Ok(Box::new(super::gzip::GzipMembers::new(br)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Ok(Box::new(zstd::stream::read::Decoder::with_buffer(br)?))
     } else {
@@ -27,24 +28,43 @@ pub fn decompressor<'a, R: Read + Send + 'a>(r: R) -> io::Result<Box<dyn Read + 
 
 enum Msg {
     Data(Vec<u8>),
-    Done(Digest),
+    Done,
     Err(io::Error),
 }
 
 /// Reader side of a decompression thread.
 pub struct Decompressed {
     rx: Receiver<Msg>,
+    /// Consumed chunks go back to the thread for reuse (no re-zeroing).
+    recycle: Sender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
+    hasher: Hasher,
     digest: Option<Digest>,
     _thread: Option<JoinHandle<()>>,
 }
 
+/// Fills `buf` from `r` as far as it goes; returns the bytes read.
+fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 impl Decompressed {
-    /// Starts decompressing the blob file at `path` on a new thread.
-    pub fn spawn(path: &Path) -> io::Result<Decompressed> {
+    /// Starts decompressing the blob file at `path` on a new thread, which
+    /// may run up to `ahead` MiB in front of the reader.
+    pub fn spawn(path: &Path, ahead: usize) -> io::Result<Decompressed> {
         let file = File::open(path)?;
-        let (tx, rx) = sync_channel::<Msg>(4);
+        let (tx, rx) = sync_channel::<Msg>(ahead.max(1));
+        let (recycle, recycled) = channel::<Vec<u8>>();
         let thread = std::thread::Builder::new()
             .name("decompress".into())
             .spawn(move || {
@@ -55,27 +75,21 @@ impl Decompressed {
                         return;
                     }
                 };
-                let mut h = Hasher::new();
                 loop {
-                    let mut buf = vec![0u8; CHUNK];
-                    let mut filled = 0;
-                    while filled < CHUNK {
-                        match r.read(&mut buf[filled..]) {
-                            Ok(0) => break,
-                            Ok(n) => filled += n,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => {
-                                let _ = tx.send(Msg::Err(e));
-                                return;
-                            }
+                    let mut buf = recycled.try_recv().unwrap_or_default();
+                    buf.resize(CHUNK, 0);
+                    let filled = match fill(&mut r, &mut buf) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let _ = tx.send(Msg::Err(e));
+                            return;
                         }
-                    }
+                    };
                     if filled == 0 {
-                        let _ = tx.send(Msg::Done(h.finish()));
+                        let _ = tx.send(Msg::Done);
                         return;
                     }
                     buf.truncate(filled);
-                    h.update(&buf);
                     if tx.send(Msg::Data(buf)).is_err() {
                         return;
                     }
@@ -83,8 +97,10 @@ impl Decompressed {
             })?;
         Ok(Decompressed {
             rx,
+            recycle,
             cur: Vec::new(),
             pos: 0,
+            hasher: Hasher::new(),
             digest: None,
             _thread: Some(thread),
         })
@@ -108,11 +124,14 @@ impl Read for Decompressed {
             }
             match self.rx.recv() {
                 Ok(Msg::Data(d)) => {
-                    self.cur = d;
+                    let old = std::mem::replace(&mut self.cur, d);
+                    if old.capacity() == CHUNK {
+                        let _ = self.recycle.send(old);
+                    }
                     self.pos = 0;
                 }
-                Ok(Msg::Done(d)) => {
-                    self.digest = Some(d);
+                Ok(Msg::Done) => {
+                    self.digest = Some(std::mem::take(&mut self.hasher).finish());
                     return Ok(0);
                 }
                 Ok(Msg::Err(e)) => return Err(e),
@@ -127,6 +146,7 @@ impl Read for Decompressed {
         let avail = &self.cur[self.pos..];
         let n = avail.len().min(buf.len());
         buf[..n].copy_from_slice(&avail[..n]);
+        self.hasher.update(&avail[..n]);
         self.pos += n;
         Ok(n)
     }
@@ -141,7 +161,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("b");
         std::fs::write(&p, compressed).unwrap();
-        let mut d = Decompressed::spawn(&p).unwrap();
+        let mut d = Decompressed::spawn(&p, 4).unwrap();
         let mut out = Vec::new();
         d.read_to_end(&mut out).unwrap();
         assert_eq!(out, plain);
@@ -163,7 +183,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("b");
         std::fs::write(&p, [0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
-        let mut d = Decompressed::spawn(&p).unwrap();
+        let mut d = Decompressed::spawn(&p, 4).unwrap();
         assert!(d.read_to_end(&mut Vec::new()).is_err());
     }
 }

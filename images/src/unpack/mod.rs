@@ -5,6 +5,7 @@
 mod apply;
 pub mod decompress;
 mod fsops;
+mod gzip;
 
 use std::fs;
 use std::io::Read;
@@ -17,6 +18,9 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::store::{ImageRecord, LayerRecord, Store};
 use decompress::Decompressed;
+
+/// How far (MiB) a layer's decompressor may run ahead of the writer.
+const PREFETCH_MIB: usize = 64;
 
 /// Bounds against decompression bombs.
 #[derive(Clone, Debug)]
@@ -59,20 +63,24 @@ pub fn apply_layer(
     ap.apply(&mut archive)
 }
 
+/// Starts decompressing a stored layer blob; `ahead` MiB may be buffered.
+fn open_blob(store: &Store, layer: &LayerRecord, ahead: usize) -> Result<Decompressed> {
+    let blob = store.blob_path(&layer.digest);
+    if !blob.is_file() {
+        return Err(Error::BlobNotFound(layer.digest.to_string()));
+    }
+    Decompressed::spawn(&blob, ahead).map_err(|e| Error::io("open layer blob", &blob, e))
+}
+
 fn apply_blob(
-    store: &Store,
+    stream: Decompressed,
     layer: &LayerRecord,
     dest: &Path,
     mode: Mode,
     limits: &Limits,
     total: &mut Stats,
 ) -> Result<Stats> {
-    let blob = store.blob_path(&layer.digest);
-    if !blob.is_file() {
-        return Err(Error::BlobNotFound(layer.digest.to_string()));
-    }
     let root = fsops::open_dir_path(dest).map_err(|e| Error::io("open unpack target", dest, e))?;
-    let stream = Decompressed::spawn(&blob).map_err(|e| Error::io("open layer blob", &blob, e))?;
     let mut archive = tar::Archive::new(stream);
     let stats = {
         let mut ap = apply::Applier::new(root, mode, limits, layer.digest.to_string(), total);
@@ -140,7 +148,8 @@ fn ensure_layer(store: &Store, layer: &LayerRecord, limits: &Limits) -> Result<(
     fs::create_dir(&tmp).map_err(|e| Error::io("create temp layer directory", &tmp, e))?;
     let result = (|| {
         let mut total = Stats::default();
-        apply_blob(store, layer, &tmp, Mode::Overlay, limits, &mut total)?;
+        let stream = open_blob(store, layer, 4)?;
+        apply_blob(stream, layer, &tmp, Mode::Overlay, limits, &mut total)?;
         let fd = fsops::open_dir_path(&tmp).map_err(|e| Error::io("open layer", &tmp, e))?;
         fsops::syncfs(fd.as_raw_fd()).map_err(|e| Error::io("syncfs", &tmp, e))?;
         fs::rename(&tmp, &dst).map_err(|e| Error::io("rename layer into place", &dst, e))
@@ -172,8 +181,18 @@ pub fn unpack_image(
         ));
     }
     let mut total = Stats::default();
-    for layer in &rec.layers {
-        apply_blob(store, layer, dest, Mode::Flatten, limits, &mut total)?;
+    // Layers apply in order, but the next layer's decompression (and
+    // diff_id hashing) starts while the current one is being written.
+    let mut next = match rec.layers.first() {
+        Some(l) => Some(open_blob(store, l, PREFETCH_MIB)?),
+        None => None,
+    };
+    for (i, layer) in rec.layers.iter().enumerate() {
+        let Some(stream) = next.take() else { break };
+        if let Some(l) = rec.layers.get(i + 1) {
+            next = Some(open_blob(store, l, PREFETCH_MIB)?);
+        }
+        apply_blob(stream, layer, dest, Mode::Flatten, limits, &mut total)?;
     }
     let fd = fsops::open_dir_path(dest).map_err(|e| Error::io("open unpack target", dest, e))?;
     fsops::syncfs(fd.as_raw_fd()).map_err(|e| Error::io("syncfs", dest, e))?;
