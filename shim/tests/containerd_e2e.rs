@@ -98,6 +98,7 @@ fn ctr_run_in_a_vm() {
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let c = Containerd::start(&env, "agent_timeout_secs = 120\n");
+    let logs = LogCollector::start(&c.run_root);
     c.import_busybox();
 
     // Output and exit status pass through.
@@ -141,6 +142,7 @@ fn ctr_run_in_a_vm() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
     c.assert_clean();
+    eprintln!("{}", logs.dump());
 }
 
 #[test]
