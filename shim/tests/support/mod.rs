@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod scenarios;
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -211,7 +213,8 @@ impl Containerd {
             run_root,
             child: Some(child),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // The first start in a fresh harness VM reads everything over 9p: slow.
+        let deadline = Instant::now() + Duration::from_secs(90);
         while !c.socket.exists() {
             assert!(
                 Instant::now() < deadline,
