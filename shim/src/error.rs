@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::config::ConfigError;
 use crate::mounts::MountError;
+use crate::propagation::PropagationError;
 use crate::stdio::StdioError;
 
 #[derive(Debug, Error)]
@@ -34,6 +35,8 @@ pub enum ShimError {
     },
     #[error("preparing the container's filesystems")]
     Mount(#[source] MountError),
+    #[error("preparing the run root")]
+    RunRoot(#[source] PropagationError),
     #[error("connecting the process's stdio")]
     Stdio(#[source] StdioError),
     #[error("loading the configuration")]
@@ -58,7 +61,7 @@ impl ShimError {
             ShimError::AlreadyExists(_) => Code::ALREADY_EXISTS,
             ShimError::FailedPrecondition(_) | ShimError::Config(_) => Code::FAILED_PRECONDITION,
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
-            ShimError::Mount(_) | ShimError::Stdio(_) => Code::INTERNAL,
+            ShimError::Mount(_) | ShimError::Stdio(_) | ShimError::RunRoot(_) => Code::INTERNAL,
             ShimError::Sandbox { source, .. } => sandbox_code(source),
         }
     }

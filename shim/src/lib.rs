@@ -9,7 +9,8 @@
 //! - [`runtime`]: the VM, its containers and processes, and what each operation does;
 //! - [`translate`]: containerd's protobuf messages to and from domain values;
 //! - [`pod`]: grouping by sandbox id and VM configuration; [`mounts`]: container
-//!   filesystems in the shared directory; [`stdio`]: FIFO plumbing; [`process`]: process
+//!   filesystems in the shared directory; [`propagation`]: the run root as a shared mount
+//!   (so those filesystems reach virtiofsd); [`stdio`]: FIFO plumbing; [`process`]: process
 //!   state; [`events`]: task events; [`error`]: errors and their ttrpc codes;
 //!   [`config`]: `/etc/bulkhead/config.toml`.
 
@@ -20,6 +21,7 @@ pub mod events;
 pub mod mounts;
 pub mod pod;
 pub mod process;
+pub mod propagation;
 pub mod runtime;
 pub mod service;
 pub mod stdio;

@@ -24,6 +24,7 @@ use crate::events::{EventSink, TaskEvent};
 use crate::mounts::{self, ContainerFs};
 use crate::pod::{self, Role};
 use crate::process::{Exit, Process, Status, OUTPUT_DRAIN_LIMIT};
+use crate::propagation;
 use crate::stdio::{self, SandboxStreams, StdioPaths};
 use crate::translate::{CreateTask, ExecTask, KillTask, ProcessState};
 
@@ -162,6 +163,10 @@ impl Runtime {
                     size.vcpus,
                     size.memory_mib
                 );
+                let run_root = config.run_root.clone();
+                blocking(move || propagation::ensure_shared(&run_root))
+                    .await?
+                    .map_err(ShimError::RunRoot)?;
                 let sandbox = Sandbox::start(sc)
                     .await
                     .map_err(ShimError::sandbox(format!("starting the VM for {}", t.id)))?;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod scenarios;
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -211,7 +213,8 @@ impl Containerd {
             run_root,
             child: Some(child),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // The first start in a fresh harness VM reads everything over 9p: slow.
+        let deadline = Instant::now() + Duration::from_secs(90);
         while !c.socket.exists() {
             assert!(
                 Instant::now() < deadline,
@@ -297,7 +300,14 @@ impl Containerd {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        assert_eq!(self.mounts_below(&self.run_root), Vec::<String>::new());
+        // The run root itself stays a (shared) mount point: the shim makes it one once.
+        let run_root = self.run_root.to_string_lossy().into_owned();
+        let below: Vec<String> = self
+            .mounts_below(&self.run_root)
+            .into_iter()
+            .filter(|l| l.split(' ').nth(4) != Some(run_root.as_str()))
+            .collect();
+        assert_eq!(below, Vec::<String>::new());
         let left: Vec<_> = walk(&self.run_root);
         assert!(left.is_empty(), "left in the run root: {left:#?}");
     }
@@ -511,5 +521,77 @@ pub fn wait_for_status(c: &Containerd, task: &str, status: &str, limit: Duration
             "{task} not {status} after {limit:?}: {ps}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Copies the VM logs (`console.log`, `vmm.log`, `virtiofsd.log`) found below a run root
+/// into a directory of its own every 100 ms, so they survive the run directory's removal;
+/// [`LogCollector::dump`] prints them (after a failure).
+pub struct LogCollector {
+    dir: tempfile::TempDir,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogCollector {
+    pub fn start(run_root: &Path) -> LogCollector {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (root, dest, flag) = (
+            run_root.to_path_buf(),
+            dir.path().to_path_buf(),
+            stop.clone(),
+        );
+        let thread = std::thread::spawn(move || loop {
+            for f in walk(&root) {
+                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if name.ends_with(".log") {
+                    let sandbox = f
+                        .parent()
+                        .and_then(|p| p.file_name())
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default();
+                    let _ = std::fs::copy(&f, dest.join(format!("{sandbox}-{name}")));
+                }
+            }
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        });
+        LogCollector {
+            dir,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Everything collected so far, one file after another.
+    pub fn dump(&self) -> String {
+        let mut out = String::new();
+        let mut files: Vec<_> = std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            out.push_str(&format!("===== {} =====\n{text}\n", f.display()));
+        }
+        out
+    }
+}
+
+impl Drop for LogCollector {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if std::thread::panicking() {
+            eprintln!("VM logs:\n{}", self.dump());
+        }
     }
 }
