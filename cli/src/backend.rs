@@ -120,7 +120,11 @@ impl Backend {
             thread_pool_size: cfg.virtiofsd.thread_pool_size,
             ..Default::default()
         });
+        let started = std::time::Instant::now();
         let sandbox = Sandbox::start(sc).await.context("starting the microVM")?;
+        if crate::timings::enabled() {
+            record_boot(&sandbox, started.elapsed());
+        }
         Ok(Backend::Vm(Box::new(sandbox)))
     }
 
@@ -284,4 +288,25 @@ impl Backend {
         }
         Ok(())
     }
+}
+
+/// Splits the sandbox start into launch (virtiofsd), VMM start, kernel boot and agent
+/// start for the timing log, from the VMM's log and the guest console.
+fn record_boot(sandbox: &Sandbox, total: Duration) {
+    use crate::timings;
+    let dir = sandbox.run_dir();
+    // The VMM's age now, taken from the whole start: when it was launched.
+    let launch = timings::process_age(sandbox.vmm_pid()).and_then(|age| total.checked_sub(age));
+    let split = timings::split_boot(
+        total,
+        launch,
+        &timings::read_log(&dir.join("vmm.log")),
+        &timings::read_log(&dir.join("console.log")),
+    );
+    timings::mark_parts(&[
+        ("vm-launch", split.launch),
+        ("vmm-start", split.vmm_start),
+        ("kernel-boot", split.kernel_boot),
+        ("agent-ready", split.agent_ready),
+    ]);
 }
