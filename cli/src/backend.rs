@@ -16,7 +16,7 @@ use bulkhead_sandbox::{
 use tokio::net::UnixStream;
 use tokio::process::Child;
 
-use crate::config::{which, Config};
+use crate::config::Config;
 use crate::state::ContainerDir;
 
 pub enum Backend {
@@ -76,21 +76,22 @@ impl Backend {
                 kernel.display()
             );
         }
-        if !cfg.vm.initrd.exists() {
+        let initrd = cfg.initrd_path();
+        if !initrd.exists() {
             bail!(
-                "agent initramfs {} not found (see `bulkhead check`)",
-                cfg.vm.initrd.display()
+                "agent initramfs {} not found (build it with guest-agent/build-initramfs.sh; see `bulkhead check`)",
+                initrd.display()
             );
         }
-        let vmm = which(&cfg.vm.vmm).with_context(|| {
+        let vmm = cfg.vmm_path().with_context(|| {
             format!(
                 "VMM binary {} not found (see `bulkhead check`)",
                 cfg.vm.vmm.display()
             )
         })?;
-        let virtiofsd = which(&cfg.virtiofsd.binary).with_context(|| {
+        let virtiofsd = cfg.virtiofsd_path().with_context(|| {
             format!(
-                "virtiofsd {} not found (`cargo install --locked virtiofsd`; see `bulkhead check`)",
+                "virtiofsd {} not found (scripts/install-virtiofsd.sh; see `bulkhead check`)",
                 cfg.virtiofsd.binary.display()
             )
         })?;
@@ -100,7 +101,7 @@ impl Backend {
         let sandbox_id = req.id.get(..16).unwrap_or(req.id);
         let mut sc = SandboxConfig::new(sandbox_id, &vmm, &kernel);
         sc.run_root = run_root;
-        sc.initrd = Some(cfg.vm.initrd.clone());
+        sc.initrd = Some(initrd);
         sc.cmdline = (!cfg.vm.cmdline.is_empty()).then(|| cfg.vm.cmdline.clone());
         sc.size = vm_size(cfg, req.cpu_millis, req.memory_bytes);
         sc.agent_timeout = Duration::from_secs(cfg.vm.boot_timeout_secs);
