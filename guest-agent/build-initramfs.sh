@@ -60,5 +60,7 @@ if [ ! -e "$dest" ]; then
     install -m 0644 "$out" "$dest.tmp.$$"
     mv -f "$dest.tmp.$$" "$dest"
 fi
+# The name `bulkhead run` looks for by default (config vm.initrd): the newest build.
+ln -sfn "$hash.cpio" "$cache_dir/bulkhead-agent.cpio"
 log "initramfs: $(stat -c %s "$dest") bytes"
 echo "$dest"

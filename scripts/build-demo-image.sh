@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds the demo image `bulkhead/demo:latest` offline: Debian's busybox-static
-# (/bin/busybox, package busybox-static) with its applets, /etc/passwd and
-# /etc/group, as a one-layer OCI image layout, then imports it into the
+# (/bin/busybox, package busybox-static) with its applets, /etc/passwd,
+# /etc/group and /etc/os-release, as a one-layer OCI image layout, then imports it into the
 # bulkhead store.
 #
 # Usage: scripts/build-demo-image.sh [--no-import] [OUT_DIR]
@@ -48,6 +48,12 @@ root:x:0:
 nogroup:x:65534:
 GR
 echo bulkhead-demo > "$root/etc/hostname"
+cat > "$root/etc/os-release" <<'OS'
+NAME="Bulkhead demo"
+ID=bulkhead-demo
+PRETTY_NAME="Bulkhead demo image (busybox-static)"
+HOME_URL="https://busybox.net/"
+OS
 
 blobs="$work/layout/blobs/sha256"
 mkdir -p "$blobs"

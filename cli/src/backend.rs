@@ -16,7 +16,7 @@ use bulkhead_sandbox::{
 use tokio::net::UnixStream;
 use tokio::process::Child;
 
-use crate::config::{which, Config};
+use crate::config::Config;
 use crate::state::ContainerDir;
 
 pub enum Backend {
@@ -76,21 +76,22 @@ impl Backend {
                 kernel.display()
             );
         }
-        if !cfg.vm.initrd.exists() {
+        let initrd = cfg.initrd_path();
+        if !initrd.exists() {
             bail!(
-                "agent initramfs {} not found (see `bulkhead check`)",
-                cfg.vm.initrd.display()
+                "agent initramfs {} not found (build it with guest-agent/build-initramfs.sh; see `bulkhead check`)",
+                initrd.display()
             );
         }
-        let vmm = which(&cfg.vm.vmm).with_context(|| {
+        let vmm = cfg.vmm_path().with_context(|| {
             format!(
                 "VMM binary {} not found (see `bulkhead check`)",
                 cfg.vm.vmm.display()
             )
         })?;
-        let virtiofsd = which(&cfg.virtiofsd.binary).with_context(|| {
+        let virtiofsd = cfg.virtiofsd_path().with_context(|| {
             format!(
-                "virtiofsd {} not found (`cargo install --locked virtiofsd`; see `bulkhead check`)",
+                "virtiofsd {} not found (scripts/install-virtiofsd.sh; see `bulkhead check`)",
                 cfg.virtiofsd.binary.display()
             )
         })?;
@@ -100,7 +101,7 @@ impl Backend {
         let sandbox_id = req.id.get(..16).unwrap_or(req.id);
         let mut sc = SandboxConfig::new(sandbox_id, &vmm, &kernel);
         sc.run_root = run_root;
-        sc.initrd = Some(cfg.vm.initrd.clone());
+        sc.initrd = Some(initrd);
         sc.cmdline = (!cfg.vm.cmdline.is_empty()).then(|| cfg.vm.cmdline.clone());
         sc.size = vm_size(cfg, req.cpu_millis, req.memory_bytes);
         sc.agent_timeout = Duration::from_secs(cfg.vm.boot_timeout_secs);
@@ -120,7 +121,11 @@ impl Backend {
             thread_pool_size: cfg.virtiofsd.thread_pool_size,
             ..Default::default()
         });
+        let started = std::time::Instant::now();
         let sandbox = Sandbox::start(sc).await.context("starting the microVM")?;
+        if crate::timings::enabled() {
+            record_boot(&sandbox, started.elapsed());
+        }
         Ok(Backend::Vm(Box::new(sandbox)))
     }
 
@@ -284,4 +289,25 @@ impl Backend {
         }
         Ok(())
     }
+}
+
+/// Splits the sandbox start into launch (virtiofsd), VMM start, kernel boot and agent
+/// start for the timing log, from the VMM's log and the guest console.
+fn record_boot(sandbox: &Sandbox, total: Duration) {
+    use crate::timings;
+    let dir = sandbox.run_dir();
+    // The VMM's age now, taken from the whole start: when it was launched.
+    let launch = timings::process_age(sandbox.vmm_pid()).and_then(|age| total.checked_sub(age));
+    let split = timings::split_boot(
+        total,
+        launch,
+        &timings::read_log(&dir.join("vmm.log")),
+        &timings::read_log(&dir.join("console.log")),
+    );
+    timings::mark_parts(&[
+        ("vm-launch", split.launch),
+        ("vmm-start", split.vmm_start),
+        ("kernel-boot", split.kernel_boot),
+        ("agent-ready", split.agent_ready),
+    ]);
 }

@@ -13,6 +13,14 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/bulkhead/config.toml";
 /// `kernel = "auto"`: the newest `vmlinux` below this directory (the kernel build cache).
 pub const KERNEL_CACHE: &str = "/var/cache/bulkhead/kernel";
+/// The default initramfs: `guest-agent/build-initramfs.sh` keeps this name as a symlink to
+/// its newest content-addressed `<sha256>.cpio` in the same directory.
+pub const DEFAULT_INITRD: &str = "/var/cache/bulkhead/initramfs/bulkhead-agent.cpio";
+/// `virtiofsd.binary = "auto"` looks here after PATH (`scripts/install-virtiofsd.sh`
+/// installs `<cache>/virtiofsd-<version>/bin/virtiofsd`).
+pub const TOOL_CACHE: &str = "/var/cache/bulkhead";
+/// Where distributions put virtiofsd (outside PATH).
+const VIRTIOFSD_PLACES: &[&str] = &["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"];
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -35,7 +43,8 @@ pub struct VmConfig {
     pub kernel: String,
     /// Initramfs whose `/init` is `bulkhead-agent`.
     pub initrd: PathBuf,
-    /// The VMM binary (a bare name is looked up in PATH).
+    /// The VMM binary: "auto" (next to `bulkhead`, then PATH), a path, or a bare name
+    /// looked up in PATH.
     pub vmm: PathBuf,
     /// Kernel command line; empty keeps the VMM's default.
     pub cmdline: String,
@@ -52,6 +61,7 @@ pub struct VmConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VirtiofsdConfig {
+    /// "auto" (PATH, then the install cache), a path, or a bare name looked up in PATH.
     pub binary: PathBuf,
     /// never, auto, always.
     pub cache: String,
@@ -86,8 +96,8 @@ impl Default for VmConfig {
     fn default() -> Self {
         VmConfig {
             kernel: "auto".into(),
-            initrd: PathBuf::from("/var/cache/bulkhead/initramfs/bulkhead-agent.cpio"),
-            vmm: PathBuf::from("bulkhead-vmm"),
+            initrd: PathBuf::from(DEFAULT_INITRD),
+            vmm: PathBuf::from("auto"),
             cmdline: String::new(),
             vcpus: 1,
             memory_mib: 512,
@@ -100,7 +110,7 @@ impl Default for VmConfig {
 impl Default for VirtiofsdConfig {
     fn default() -> Self {
         VirtiofsdConfig {
-            binary: PathBuf::from("virtiofsd"),
+            binary: PathBuf::from("auto"),
             cache: "auto".into(),
             thread_pool_size: 1,
             sandbox: "namespace".into(),
@@ -225,6 +235,46 @@ impl Config {
         newest_kernel(Path::new(KERNEL_CACHE))
     }
 
+    /// The initramfs: the configured file; the default name, when it is missing (built
+    /// before the script kept the symlink), falls back to the newest `*.cpio` beside it.
+    pub fn initrd_path(&self) -> PathBuf {
+        let p = &self.vm.initrd;
+        if p.exists() || p != Path::new(DEFAULT_INITRD) {
+            return p.clone();
+        }
+        p.parent()
+            .and_then(newest_cpio)
+            .unwrap_or_else(|| p.clone())
+    }
+
+    /// The VMM binary; "auto": `bulkhead-vmm` next to this executable, then in PATH.
+    pub fn vmm_path(&self) -> Option<PathBuf> {
+        if self.vm.vmm != Path::new("auto") {
+            return which(&self.vm.vmm);
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("bulkhead-vmm")))
+            .filter(|p| p.is_file())
+            .or_else(|| which(Path::new("bulkhead-vmm")))
+    }
+
+    /// virtiofsd; "auto": PATH, then the newest `virtiofsd-*/bin/virtiofsd` of the tool
+    /// cache, then the distributions' places.
+    pub fn virtiofsd_path(&self) -> Option<PathBuf> {
+        if self.virtiofsd.binary != Path::new("auto") {
+            return which(&self.virtiofsd.binary);
+        }
+        which(Path::new("virtiofsd"))
+            .or_else(|| newest_in_cache(Path::new(TOOL_CACHE), "virtiofsd-", "bin/virtiofsd"))
+            .or_else(|| {
+                VIRTIOFSD_PLACES
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.is_file())
+            })
+    }
+
     /// Where containers keep their state.
     pub fn containers_dir(&self) -> PathBuf {
         self.run_root.join("containers")
@@ -245,6 +295,35 @@ fn newest_kernel(cache: &Path) -> Option<PathBuf> {
         .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
         .max()
         .map(|(_, p)| p)
+}
+
+/// The newest `*.cpio` file in `dir` (not following the default symlink's own name).
+fn newest_cpio(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cpio") && p.is_file())
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+}
+
+/// `<cache>/<prefix>*/<rel>` with the highest version-sorted directory name.
+fn newest_in_cache(cache: &Path, prefix: &str, rel: &str) -> Option<PathBuf> {
+    let mut found: Vec<(Vec<u64>, PathBuf)> = std::fs::read_dir(cache)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let version = name.strip_prefix(prefix)?;
+            let key = version.split('.').map(|n| n.parse().unwrap_or(0)).collect();
+            let p = e.path().join(rel);
+            p.is_file().then_some((key, p))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p)
 }
 
 /// Looks a bare program name up in PATH; paths with a slash are returned as they are.
@@ -293,6 +372,58 @@ mod tests {
         cfg.set("vm.kernel", "/k").unwrap();
         assert_eq!(cfg.kernel_path(), Some(PathBuf::from("/k")));
         assert!(cfg.set("vm.nope", "x").is_err());
+    }
+
+    #[test]
+    fn auto_virtiofsd_takes_the_highest_cached_version() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            newest_in_cache(dir.path(), "virtiofsd-", "bin/virtiofsd"),
+            None
+        );
+        for v in ["1.9.0", "1.14.0", "1.10.2"] {
+            let bin = dir.path().join(format!("virtiofsd-{v}/bin"));
+            std::fs::create_dir_all(&bin).unwrap();
+            std::fs::write(bin.join("virtiofsd"), "").unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("virtiofsd-2.0.0")).unwrap(); // no binary
+        assert_eq!(
+            newest_in_cache(dir.path(), "virtiofsd-", "bin/virtiofsd"),
+            Some(dir.path().join("virtiofsd-1.14.0/bin/virtiofsd"))
+        );
+    }
+
+    #[test]
+    fn initrd_falls_back_to_the_newest_cpio_only_for_the_default_name() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(newest_cpio(dir.path()), None);
+        for name in ["aaa.cpio", "bbb.cpio"] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::write(dir.path().join("zzz.txt"), "x").unwrap();
+        assert_eq!(newest_cpio(dir.path()), Some(dir.path().join("bbb.cpio")));
+        let mut cfg = Config::default();
+        cfg.vm.initrd = dir.path().join("missing.cpio");
+        assert_eq!(cfg.initrd_path(), dir.path().join("missing.cpio"));
+    }
+
+    #[test]
+    fn auto_vmm_is_found_next_to_the_binary_or_not_at_all() {
+        let cfg = Config::default();
+        let beside = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("bulkhead-vmm");
+        match cfg.vmm_path() {
+            Some(p) if p == beside => assert!(beside.is_file()),
+            Some(p) => assert!(!beside.is_file() && p.ends_with("bulkhead-vmm")),
+            None => assert!(!beside.is_file()),
+        }
+        let mut cfg = Config::default();
+        cfg.vm.vmm = "/nonexistent/vmm".into();
+        assert_eq!(cfg.vmm_path(), None);
     }
 
     #[test]

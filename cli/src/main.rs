@@ -10,6 +10,7 @@ mod spec;
 mod state;
 mod supervisor;
 mod term;
+mod timings;
 
 use clap::Parser;
 

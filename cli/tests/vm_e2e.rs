@@ -1,18 +1,23 @@
 //! `bulkhead` with `--isolation vm`: a real microVM (bulkhead-vmm, virtiofsd, guest kernel,
 //! agent initramfs). Runs only inside the KVM harness (`BULKHEAD_IN_HARNESS=1`, see
-//! docs/harness.md) with a configuration (`BULKHEAD_CONFIG`, or `BULKHEAD_KERNEL`,
-//! `BULKHEAD_INITRD`, `BULKHEAD_VMM`, `BULKHEAD_VIRTIOFSD`) whose kernel and initramfs
-//! exist; prints `SKIPPED: reason` otherwise:
+//! docs/harness.md) where `bulkhead check` finds the kernel, initramfs, VMM and virtiofsd
+//! (config defaults, or `BULKHEAD_KERNEL`, `BULKHEAD_INITRD`, `BULKHEAD_VMM`,
+//! `BULKHEAD_VIRTIOFSD`); prints `SKIPPED: reason` otherwise. Every test boots one or two
+//! VMs, which takes tens of seconds under the harness's nested emulation: run them one at
+//! a time:
 //!
 //! ```text
-//! cargo test -p bulkhead-cli --no-run
-//! BULKHEAD_KERNEL=... BULKHEAD_INITRD=... BULKHEAD_VMM=$PWD/target/debug/bulkhead-vmm \
-//!   tests/harness/run-in-kvm.sh cargo test -p bulkhead-cli --test vm_e2e
+//! cargo test -p bulkhead-cli --test vm_e2e --no-run      # prints target/debug/deps/vm_e2e-HASH
+//! tests/harness/run-in-kvm.sh target/debug/deps/vm_e2e-HASH --test-threads 1
 //! ```
 
 mod support;
 
-use support::{host_ready, skip, stderr, stdout, Env};
+use std::io::Read;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{host_ready, pty, skip, stderr, stdout, Env};
 
 /// The reason to skip, if any.
 fn vm_ready(env: &Env) -> Result<(), String> {
@@ -48,24 +53,74 @@ macro_rules! require_vm {
     };
 }
 
+/// The phases `--timings` printed, in milliseconds.
+fn timings(stderr: &str) -> Vec<(String, f64)> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("bulkhead timings:"))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_owned(), w.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
 #[test]
 fn vm_runs_the_guest_kernel_and_passes_exit_codes() {
     let env = Env::new("vm");
     require_vm!(env);
-    let o = env.run(&["run", "--rm", "bulkhead/demo", "uname", "-r"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let host = nix::sys::utsname::uname().unwrap();
-    let guest = stdout(&o);
-    assert!(!guest.trim().is_empty());
-    assert_ne!(
-        guest.trim(),
-        host.release().to_string_lossy(),
-        "uname -r shows the host kernel"
-    );
+    let o = env.run(&[
+        "run",
+        "--rm",
+        "--timings",
+        "bulkhead/demo",
+        "sh",
+        "-c",
+        "uname -r; exit 7",
+    ]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    let guest = stdout(&o).trim().to_owned();
+    assert!(!guest.is_empty());
     assert!(stderr(&o).contains("booting microVM"), "{}", stderr(&o));
 
-    let o = env.run(&["run", "--rm", "-q", "bulkhead/demo", "sh", "-c", "exit 7"]);
-    assert_eq!(o.status.code(), Some(7));
+    // The same image as a plain container runs on the host kernel.
+    let host_env = Env::new("container");
+    let c = host_env.run(&["run", "--rm", "-q", "bulkhead/demo", "uname", "-r"]);
+    assert_eq!(c.status.code(), Some(0), "{}", stderr(&c));
+    let host = nix::sys::utsname::uname().unwrap();
+    assert_eq!(stdout(&c).trim(), host.release().to_string_lossy());
+    assert_ne!(guest, stdout(&c).trim(), "uname -r shows the host kernel");
+
+    // The timing log has every phase of the boot and the run, and they add up.
+    let t = timings(&stderr(&o));
+    let names: Vec<&str> = t.iter().map(|(n, _)| n.as_str()).collect();
+    for phase in [
+        "image",
+        "vm-launch",
+        "vmm-start",
+        "kernel-boot",
+        "agent-ready",
+        "rootfs",
+        "container-create",
+        "container-start",
+        "run",
+        "exit",
+        "total",
+    ] {
+        assert!(names.contains(&phase), "no {phase} in {t:?}");
+    }
+    let get = |n: &str| t.iter().find(|(p, _)| p == n).map(|(_, v)| *v).unwrap();
+    assert!(get("kernel-boot") > 0.0 && get("vmm-start") > 0.0, "{t:?}");
+    let sum: f64 = t.iter().filter(|(n, _)| n != "total").map(|(_, v)| v).sum();
+    assert!(sum <= get("total") + 1.0, "{t:?}");
+    env.assert_clean();
+    host_env.assert_clean();
+}
+
+#[test]
+fn vm_run_options_and_sizing() {
+    let env = Env::new("vm");
+    require_vm!(env);
     let o = env.run(&[
         "run",
         "--rm",
@@ -80,62 +135,69 @@ fn vm_runs_the_guest_kernel_and_passes_exit_codes() {
         "1",
         "--memory",
         "256m",
+        "--hostname",
+        "guest1",
         "bulkhead/demo",
         "sh",
         "-c",
-        "echo \"$FOO|$(pwd)|$(id -u)\"",
+        "echo \"$FOO|$(pwd)|$(id -u)|$(hostname)|$(nproc)\"; grep MemTotal /proc/meminfo",
     ]);
-    assert_eq!(stdout(&o), "bar|/tmp|65534\n");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let mut lines = out.lines();
+    // --cpus 1: one vCPU of overhead + 1, capped at the host's CPUs.
+    let host_cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(
+        lines.next(),
+        Some(format!("bar|/tmp|65534|guest1|{}", host_cpus.min(2)).as_str())
+    );
+    // --memory 256m: 128 MiB of guest overhead + 256 MiB; the guest kernel keeps some.
+    let kib: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {out:?}"));
+    assert!(
+        (300 * 1024..=384 * 1024).contains(&kib),
+        "MemTotal {kib} kB"
+    );
     env.assert_clean();
 }
 
 #[test]
-fn vm_volumes_over_virtio_fs() {
+fn vm_volumes_over_virtio_fs_and_an_unchanged_image() {
     let env = Env::new("vm");
     require_vm!(env);
-    let vol = tempfile::tempdir().unwrap();
-    std::fs::write(vol.path().join("in"), "hello").unwrap();
-    let rw = format!("{}:/data", vol.path().display());
+    let rw = tempfile::tempdir().unwrap();
+    let ro = tempfile::tempdir().unwrap();
+    std::fs::write(rw.path().join("in"), "hello").unwrap();
+    std::fs::write(ro.path().join("keep"), "ro").unwrap();
+    let rw_arg = format!("{}:/data", rw.path().display());
+    let ro_arg = format!("{}:/ro:ro", ro.path().display());
+    let script = "cat /data/in; echo; cat /ro/keep; echo; echo out > /data/out; \
+                  if echo no > /ro/x; then echo ro-writable; else echo ro-refused; fi; \
+                  echo x > /bin/added && echo added";
     let o = env.run(&[
         "run",
         "--rm",
         "-q",
         "-v",
-        &rw,
+        &rw_arg,
+        "-v",
+        &ro_arg,
         "bulkhead/demo",
         "sh",
         "-c",
-        "cat /data/in && echo out > /data/out",
+        script,
     ]);
-    assert_eq!(stdout(&o), "hello");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "hello\nro\nro-refused\nadded\n");
     assert_eq!(
-        std::fs::read_to_string(vol.path().join("out")).unwrap(),
+        std::fs::read_to_string(rw.path().join("out")).unwrap(),
         "out\n"
     );
-    let ro = format!("{}:/data:ro", vol.path().display());
-    let o = env.run(&[
-        "run",
-        "--rm",
-        "-q",
-        "-v",
-        &ro,
-        "bulkhead/demo",
-        "sh",
-        "-c",
-        "echo no > /data/x",
-    ]);
-    assert_ne!(o.status.code(), Some(0));
+    assert!(!ro.path().join("x").exists());
     // Writes in the container never change the image.
-    let o = env.run(&[
-        "run",
-        "--rm",
-        "-q",
-        "bulkhead/demo",
-        "sh",
-        "-c",
-        "echo x > /bin/added",
-    ]);
-    assert_eq!(o.status.code(), Some(0));
     let o = env.run(&[
         "run",
         "--rm",
@@ -145,7 +207,30 @@ fn vm_volumes_over_virtio_fs() {
         "-e",
         "/bin/added",
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    env.assert_clean();
+}
+
+#[test]
+fn vm_sigterm_to_run_reaches_the_container() {
+    let env = Env::new("vm");
+    require_vm!(env);
+    let script = "trap 'echo got-TERM; exit 5' TERM; echo ready; while true; do sleep 0.1; done";
+    let mut child = env
+        .cmd(&["run", "--rm", "-q", "bulkhead/demo", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    out.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"ready\n");
+    // SAFETY: kill with our child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "got-TERM\n");
+    assert_eq!(child.wait().unwrap().code(), Some(5));
     env.assert_clean();
 }
 
@@ -168,12 +253,70 @@ fn vm_detached_lifecycle_leaves_nothing() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let ps = stdout(&env.run(&["ps"]));
     assert!(ps.contains("vm1") && ps.contains("vm"), "{ps}");
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["inspect", "vm1"]))).unwrap();
+    let vmm_pid = v[0]["vmm_pid"].as_u64().expect("inspect shows the VMM pid") as i32;
+    assert!(std::path::Path::new(&format!("/proc/{vmm_pid}")).exists());
+    assert_eq!(env.sandboxes_left().len(), 1);
+
     let o = env.run(&["exec", "vm1", "sh", "-c", "echo $((2+3)); exit 4"]);
     assert_eq!((stdout(&o).as_str(), o.status.code()), ("5\n", Some(4)));
+    let o = env.run(&[
+        "exec",
+        "-e",
+        "X=1",
+        "-w",
+        "/etc",
+        "-u",
+        "nobody",
+        "vm1",
+        "sh",
+        "-c",
+        "echo $X$(pwd)$(id -u)",
+    ]);
+    assert_eq!(stdout(&o), "1/etc65534\n");
+    // A write through exec is seen by the container's other processes.
+    env.run(&["exec", "vm1", "sh", "-c", "echo shared > /tmp/f"]);
+    assert_eq!(
+        stdout(&env.run(&["exec", "vm1", "cat", "/tmp/f"])),
+        "shared\n"
+    );
+
+    let o = env.run(&["rm", "vm1"]);
+    assert_ne!(o.status.code(), Some(0), "rm of a running container");
     let o = env.run(&["stop", "vm1"]);
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(stdout(&env.run(&["logs", "vm1"])), "hello\nbye\n");
+    let ps = stdout(&env.run(&["ps", "-a"]));
+    assert!(ps.contains("exited (3)"), "{ps}");
+    // The VM is gone with the container, before rm.
+    assert!(!std::path::Path::new(&format!("/proc/{vmm_pid}")).exists());
     let o = env.run(&["rm", "vm1"]);
     assert_eq!(o.status.code(), Some(0));
+    env.assert_clean();
+
+    // rm -f of a running microVM container.
+    let o = env.run(&[
+        "run",
+        "-d",
+        "-q",
+        "--name",
+        "vm2",
+        "bulkhead/demo",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = env.run(&["rm", "-f", "vm2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    env.assert_clean();
+}
+
+#[test]
+fn vm_interactive_terminal() {
+    let env = Env::new("vm");
+    require_vm!(env);
+    let cmd = env.cmd(&["run", "-it", "--rm", "-q", "bulkhead/demo", "sh"]);
+    pty::interactive_session(cmd, Duration::from_secs(300));
     env.assert_clean();
 }

@@ -2,12 +2,11 @@
 //! what it found and, when it fails, what to do; a verdict per isolation mode closes.
 //! `--json` for machines. Exit status 0 when microVMs can run, 1 otherwise.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::Ctx;
-use crate::config::which;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -145,9 +144,9 @@ fn cpu(kvm_ok: bool) -> Check {
     }
 }
 
-fn program(name: &'static str, path: &Path, fix: &str) -> Check {
+fn program(name: &'static str, path: &Path, found: Option<PathBuf>, fix: &str) -> Check {
     let c = check(name, true, false);
-    match which(path) {
+    match found {
         Some(p) => c(Outcome::Ok, p.display().to_string(), None),
         None => c(
             Outcome::Fail,
@@ -237,10 +236,10 @@ pub fn report(ctx: &Ctx) -> Report {
         root(),
         kvm,
         cpu(kvm_ok),
-        program("vmm", &cfg.vm.vmm, "build it (cargo build --release -p bulkhead-vmm) and put it in PATH, or set vm.vmm / BULKHEAD_VMM"),
-        program("virtiofsd", &cfg.virtiofsd.binary, "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd, or set virtiofsd.binary / BULKHEAD_VIRTIOFSD"),
+        program("vmm", &cfg.vm.vmm, cfg.vmm_path(), "build it (cargo build --release -p bulkhead-vmm: found next to bulkhead) or put it in PATH, or set vm.vmm / BULKHEAD_VMM"),
+        program("virtiofsd", &cfg.virtiofsd.binary, cfg.virtiofsd_path(), "scripts/install-virtiofsd.sh, or set virtiofsd.binary / BULKHEAD_VIRTIOFSD"),
         file("guest-kernel", cfg.kernel_path().as_deref(), "build it with kernel-config/build-kernel.sh, or set vm.kernel / BULKHEAD_KERNEL"),
-        file("initramfs", Some(&cfg.vm.initrd), "build the agent initramfs (static bulkhead-agent as /init), or set vm.initrd / BULKHEAD_INITRD"),
+        file("initramfs", Some(&cfg.initrd_path()), "build the agent initramfs with guest-agent/build-initramfs.sh, or set vm.initrd / BULKHEAD_INITRD"),
         cgroups(),
         overlay(),
     ];

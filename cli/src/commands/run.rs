@@ -69,6 +69,10 @@ pub struct Args {
     /// Print no progress messages.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Print how long each phase took (image, VMM start, kernel boot, agent, container
+    /// start, run, exit) on stderr at the end [env: BULKHEAD_TIMINGS=1].
+    #[arg(long)]
+    pub timings: bool,
     /// The image (name or digest).
     pub image: String,
     /// Command and arguments [default: the image's entrypoint and cmd].
@@ -117,6 +121,9 @@ fn env_entry(e: &str) -> anyhow::Result<String> {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
+    if args.timings || std::env::var("BULKHEAD_TIMINGS").as_deref() == Ok("1") {
+        crate::timings::enable();
+    }
     let isolation = match args.isolation {
         Some(i) => i,
         None if ctx.cfg.container.isolation == "container" => Isolation::Container,
@@ -227,6 +234,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
         report,
     ));
     rt.shutdown_background();
+    crate::timings::report();
     result
 }
 

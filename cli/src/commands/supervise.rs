@@ -31,6 +31,9 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
     // SAFETY: setting a signal disposition to SIG_IGN.
     unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
 
+    if std::env::var("BULKHEAD_TIMINGS").as_deref() == Ok("1") {
+        crate::timings::enable();
+    }
     let containers = ctx.containers();
     let dir = containers.dir(&args.id);
     let store = ctx.store()?;
@@ -38,6 +41,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
     let rt = super::runtime()?;
     let result = rt.block_on(supervisor::supervise(&ctx.cfg, &store, dir, None, report));
     rt.shutdown_background();
+    // Into supervisor.log.
+    crate::timings::report();
     match result {
         Ok(code) => {
             log::info!("container {} exited with status {code}", args.id);

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::rootfs;
 use crate::state::{now, process_start_time, ContainerDir, Status};
 use crate::term;
+use crate::timings;
 
 /// Where progress and readiness go.
 pub enum Reporter {
@@ -158,7 +159,9 @@ pub async fn supervise(
                 streams.push((k, backend.open_stdio(&init, k).await?));
             }
         }
+        timings::mark("container-create");
         backend.start(&id).await.context("starting the container")?;
+        timings::mark("container-start");
         anyhow::Ok(streams)
     }
     .await;
@@ -270,6 +273,7 @@ pub async fn supervise(
             255
         }
     };
+    timings::mark("run");
     let _ = exit_tx.send(Some(status));
     // The init's end closes the streams (its pid namespace is gone); give them a moment.
     for o in outputs {
@@ -304,6 +308,7 @@ pub async fn supervise(
     } else {
         let _ = rootfs::unmount(&dir.rootfs());
     }
+    timings::mark("exit");
     Ok(status)
 }
 

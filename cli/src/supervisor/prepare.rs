@@ -14,6 +14,7 @@ use crate::rootfs;
 use crate::spec::{self, SpecInput, Volume};
 use crate::state::{ContainerDir, Isolation, State};
 use crate::supervisor::Reporter;
+use crate::timings;
 
 /// What was set up, for the run and the teardown.
 pub struct Prepared {
@@ -73,6 +74,7 @@ pub async fn prepare(
             .await
             .context("unpacking layers")??
     };
+    timings::mark("image");
 
     let mut cpu_millis = rc.cpu_millis;
     let mut memory_bytes = rc.memory_bytes;
@@ -81,6 +83,7 @@ pub async fn prepare(
             let target = dir.rootfs();
             rootfs::mount_overlay(&lowers, &dir.upper(), &dir.work(), &target)?;
             mounts.0.push(target.clone());
+            timings::mark("rootfs");
             if memory_bytes.is_some() && !host_controller("memory") {
                 log::warn!("the memory controller is not available in this host's cgroup v2 hierarchy: --memory is not enforced");
                 report.progress("warning: --memory is not enforced (no cgroup v2 memory controller on this host)");
@@ -93,6 +96,7 @@ pub async fn prepare(
                 cpu_millis = None;
             }
             let backend = Backend::start_host(dir, &cfg.log_level).await?;
+            timings::mark("agent-start");
             let cg = PathBuf::from(format!("/bulkhead/{}", state.id));
             (
                 backend,
@@ -159,6 +163,9 @@ pub async fn prepare(
         volumes,
     };
     let spec = spec::build(&image, &input, &users, &runtime_rootfs)?;
+    if state.isolation == Isolation::Vm {
+        timings::mark("rootfs");
+    }
     Ok(Prepared {
         backend,
         spec,

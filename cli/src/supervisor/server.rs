@@ -27,6 +27,10 @@ pub struct Server {
 }
 
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        // VM mode has no host agent that made the socket directory already.
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let _ = std::fs::remove_file(path);
     let l = UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
     // Only root talks to the supervisor.

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod pty;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -79,8 +81,9 @@ impl Env {
             .tempdir_in(base)
             .or_else(|_| tempfile::tempdir())
             .unwrap();
+        // Boots under the harness's nested emulation take tens of seconds.
         let cfg = format!(
-            "store_root = {:?}\nrun_root = {:?}\nlog_level = \"info\"\n[container]\nisolation = {:?}\nstop_timeout_secs = 10\n",
+            "store_root = {:?}\nrun_root = {:?}\nlog_level = \"info\"\n[vm]\nboot_timeout_secs = 300\n[container]\nisolation = {:?}\nstop_timeout_secs = 10\n",
             store(),
             dir.path().join("run"),
             isolation
@@ -126,18 +129,46 @@ impl Env {
             .collect()
     }
 
-    /// Mounts below the run root.
+    /// Entries of a directory of the run root (missing: none).
+    fn entries(&self, sub: &str) -> Vec<String> {
+        std::fs::read_dir(self.run_root().join(sub))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Per-container socket directories (`containers/.s/<id>`) still present.
+    pub fn sockets_left(&self) -> Vec<String> {
+        self.entries("containers/.s")
+    }
+
+    /// VM sandbox run directories (sockets, consoles, shared dir) still present.
+    pub fn sandboxes_left(&self) -> Vec<String> {
+        self.entries("sandboxes")
+    }
+
+    /// The one-time shared bind of `<run_root>/sandboxes` (see docs/cli.md, "Mount
+    /// propagation"): host set-up, not a container's.
+    fn sandboxes_mount(&self) -> PathBuf {
+        self.run_root().join("sandboxes")
+    }
+
+    /// Mounts below the run root (except the sandboxes directory's own shared bind).
     pub fn mounts_left(&self) -> Vec<String> {
         let root = self.run_root();
+        let own = self.sandboxes_mount();
         std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .lines()
             .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-            .filter(|m| Path::new(m).starts_with(&root))
+            .filter(|m| Path::new(m).starts_with(&root) && Path::new(m) != own)
             .collect()
     }
 
-    /// Processes whose command line mentions this test's directory (supervisors, agents).
+    /// Processes whose command line mentions this test's directory (supervisors, agents,
+    /// VMMs and virtiofsd: their sockets live below it).
     pub fn processes_left(&self) -> Vec<String> {
         let needle = self.dir.path().to_string_lossy().into_owned();
         std::fs::read_dir("/proc")
@@ -156,16 +187,20 @@ impl Env {
             if self.containers_left().is_empty()
                 && self.mounts_left().is_empty()
                 && self.processes_left().is_empty()
+                && self.sockets_left().is_empty()
+                && self.sandboxes_left().is_empty()
             {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         panic!(
-            "left behind: containers {:?}, mounts {:?}, processes {:?}",
+            "left behind: containers {:?}, mounts {:?}, processes {:?}, socket dirs {:?}, sandboxes {:?}",
             self.containers_left(),
             self.mounts_left(),
-            self.processes_left()
+            self.processes_left(),
+            self.sockets_left(),
+            self.sandboxes_left()
         );
     }
 }
@@ -178,6 +213,10 @@ impl Drop for Env {
             let mut args = vec!["rm", "-f"];
             args.extend(left.iter().map(String::as_str));
             let _ = self.cmd(&args).output();
+        }
+        let own = self.sandboxes_mount();
+        if own.exists() {
+            let _ = nix::mount::umount2(&own, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }
