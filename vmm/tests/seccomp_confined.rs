@@ -7,6 +7,9 @@
 //!
 //! A syscall missing from a list makes these fail with status 159 and the syscall's number.
 
+mod common;
+
+use common::{enter_protected_mode, kvm_available, Sink, CODE_ADDR};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -24,62 +27,6 @@ use bulkhead_vmm::vstate::vm::Vm;
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::tempdir::TempDir;
-
-const CODE_ADDR: u64 = 0x1000;
-
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn kvm_available() -> bool {
-    if std::path::Path::new("/dev/kvm").exists() {
-        true
-    } else {
-        eprintln!("SKIP: /dev/kvm is absent");
-        false
-    }
-}
-
-/// Flat 32-bit protected mode, no paging, and an empty IDT so that any exception ends in a
-/// triple fault.
-fn enter_protected_mode(vcpu: &Vcpu, entry: u64) {
-    let fd = vcpu.fd();
-    let mut sregs = fd.get_sregs().unwrap();
-    for seg in [
-        &mut sregs.cs,
-        &mut sregs.ds,
-        &mut sregs.es,
-        &mut sregs.fs,
-        &mut sregs.gs,
-        &mut sregs.ss,
-    ] {
-        seg.base = 0;
-        seg.limit = 0xffff_ffff;
-        seg.g = 1;
-        seg.db = 1;
-        seg.present = 1;
-        seg.s = 1;
-        seg.type_ = 0x3;
-    }
-    sregs.cs.type_ = 0xb;
-    sregs.cs.selector = 0x10;
-    sregs.cr0 |= 1;
-    sregs.idt.base = 0;
-    sregs.idt.limit = 0;
-    fd.set_sregs(&sregs).unwrap();
-    let mut regs = fd.get_regs().unwrap();
-    regs.rip = entry;
-    regs.rflags = 2;
-    fd.set_regs(&regs).unwrap();
-}
 
 #[test]
 fn vcpu_thread_runs_its_guest_under_the_strict_filter() {

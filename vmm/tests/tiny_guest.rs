@@ -3,7 +3,9 @@
 //! VMM's own VM, buses, devices and exit handling. These run even on hosts whose KVM cannot
 //! boot Linux (nested PVM); they skip, saying so, where `/dev/kvm` is absent.
 
-use std::io::Write;
+mod common;
+
+use common::{enter_protected_mode, kvm_available, Sink, CODE_ADDR};
 use std::sync::{Arc, Mutex};
 
 use bulkhead_vmm::arch::x86_64::layout;
@@ -15,59 +17,6 @@ use bulkhead_vmm::vstate::vcpu::{handle_exit, Buses, ExitAction, Vcpu};
 use bulkhead_vmm::vstate::vm::Vm;
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{Bytes, GuestAddress};
-
-const CODE_ADDR: u64 = 0x1000;
-
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn kvm_available() -> bool {
-    if std::path::Path::new("/dev/kvm").exists() {
-        true
-    } else {
-        eprintln!("SKIP: /dev/kvm is absent");
-        false
-    }
-}
-
-/// Flat 32-bit protected mode, no paging: the state PVH enters the kernel in.
-fn enter_protected_mode(vcpu: &Vcpu, entry: u64) {
-    let fd = vcpu.fd();
-    let mut sregs = fd.get_sregs().unwrap();
-    for seg in [
-        &mut sregs.cs,
-        &mut sregs.ds,
-        &mut sregs.es,
-        &mut sregs.fs,
-        &mut sregs.gs,
-        &mut sregs.ss,
-    ] {
-        seg.base = 0;
-        seg.limit = 0xffff_ffff;
-        seg.g = 1;
-        seg.db = 1;
-        seg.present = 1;
-        seg.s = 1;
-        seg.type_ = 0x3; // data read/write, accessed
-    }
-    sregs.cs.type_ = 0xb; // code execute/read, accessed
-    sregs.cs.selector = 0x10;
-    sregs.cr0 |= 1;
-    fd.set_sregs(&sregs).unwrap();
-    let mut regs = fd.get_regs().unwrap();
-    regs.rip = entry;
-    regs.rflags = 2;
-    fd.set_regs(&regs).unwrap();
-}
 
 #[test]
 fn tiny_guest_drives_serial_virtio_mmio_and_reset() {

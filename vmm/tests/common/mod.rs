@@ -1,0 +1,69 @@
+//! Helpers shared by the tiny-guest tests: a console sink, the `/dev/kvm` check, and the
+//! register state for flat 32-bit protected mode (what PVH enters the kernel in).
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use bulkhead_vmm::vstate::vcpu::Vcpu;
+
+/// Guest address the tiny guests' code is written to.
+pub const CODE_ADDR: u64 = 0x1000;
+
+/// A console output that keeps what the guest printed.
+#[derive(Clone, Default)]
+pub struct Sink(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether `/dev/kvm` exists; prints why a test skips when it does not.
+pub fn kvm_available() -> bool {
+    if std::path::Path::new("/dev/kvm").exists() {
+        true
+    } else {
+        eprintln!("SKIP: /dev/kvm is absent");
+        false
+    }
+}
+
+/// Flat 32-bit protected mode, no paging, and an empty IDT so that any exception ends in a
+/// triple fault; execution starts at `entry`.
+pub fn enter_protected_mode(vcpu: &Vcpu, entry: u64) {
+    let fd = vcpu.fd();
+    let mut sregs = fd.get_sregs().unwrap();
+    for seg in [
+        &mut sregs.cs,
+        &mut sregs.ds,
+        &mut sregs.es,
+        &mut sregs.fs,
+        &mut sregs.gs,
+        &mut sregs.ss,
+    ] {
+        seg.base = 0;
+        seg.limit = 0xffff_ffff;
+        seg.g = 1;
+        seg.db = 1;
+        seg.present = 1;
+        seg.s = 1;
+        seg.type_ = 0x3; // data read/write, accessed
+    }
+    sregs.cs.type_ = 0xb; // code execute/read, accessed
+    sregs.cs.selector = 0x10;
+    sregs.cr0 |= 1;
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0;
+    fd.set_sregs(&sregs).unwrap();
+    let mut regs = fd.get_regs().unwrap();
+    regs.rip = entry;
+    regs.rflags = 2;
+    fd.set_regs(&regs).unwrap();
+}
