@@ -239,6 +239,50 @@ async fn agent_runs_containers_in_a_real_guest() {
     );
     step("remove tty", sandbox.remove_container("tty")).await;
 
+    // A create that fails inside libcontainer (a terminal without devpts) leaves no cgroup
+    // behind: a container that sees the guest's cgroup tree finds only its own.
+    let c = container(
+        "nopts",
+        &rootfs,
+        &["sh"],
+        SpecOptions {
+            terminal: true,
+            pid_namespace: true,
+            no_devpts: true,
+            ..Default::default()
+        },
+    );
+    let err = sandbox.create_container(&c).await.unwrap_err();
+    eprintln!("terminal without devpts refused: {err}");
+    let c = container(
+        "cgls",
+        &rootfs,
+        &["sh", "-c", "cd /sys/fs/cgroup/bulkhead && echo */"],
+        SpecOptions {
+            guest_cgroups: true,
+            ..Default::default()
+        },
+    );
+    step("create cgls", sandbox.create_container(&c)).await;
+    let out = step(
+        "cgls stdout",
+        sandbox.open_stdio(&init("cgls"), StreamKind::Stdout),
+    )
+    .await;
+    step("start cgls", sandbox.start_container("cgls")).await;
+    assert_eq!(
+        read_all(out).await,
+        "cgls/\n",
+        "container cgroups left behind"
+    );
+    assert_eq!(
+        step("wait cgls", sandbox.wait(&init("cgls")))
+            .await
+            .exit_status,
+        0
+    );
+    step("remove cgls", sandbox.remove_container("cgls")).await;
+
     // memory.max 16 MiB and a shell doubling a string: the OOM killer, an OOM event.
     let limit = 16 << 20;
     let c = container(
