@@ -146,11 +146,21 @@ async fn agent_runs_containers_in_a_real_guest() {
     step("start out", sandbox.start_container("out")).await;
     assert_eq!(read_all(out).await, "to-stdout\n");
     assert_eq!(read_all(err).await, "to-stderr\n");
-    assert_eq!(
-        step("wait out", sandbox.wait(&init("out")))
-            .await
-            .exit_status,
-        3
+    let exit = step("wait out", sandbox.wait(&init("out"))).await;
+    assert_eq!(exit.exit_status, 3);
+    // The guest's wall clock (kvm-clock, no RTC) agrees with the host's.
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let skew = Duration::from_nanos((host_now - exit.exited_at_unix_nanos).unsigned_abs());
+    eprintln!(
+        "guest exit time {} ns, host now {host_now} ns",
+        exit.exited_at_unix_nanos
+    );
+    assert!(
+        skew < Duration::from_secs(300),
+        "guest clock off by {skew:?}"
     );
     eprintln!("first container, create to exit: {:?}", started.elapsed());
     step("remove out", sandbox.remove_container("out")).await;
@@ -333,8 +343,17 @@ async fn agent_runs_containers_in_a_real_guest() {
     );
     step("remove after", sandbox.remove_container("after")).await;
 
-    // DestroySandbox: the VM powers off (status 0) and nothing is left.
+    // The VMM complained about nothing (no seccomp trap, device error, thread left with
+    // capabilities).
     let run_dir = sandbox.run_dir().to_path_buf();
+    let vmm_log = std::fs::read_to_string(run_dir.join("vmm.log")).unwrap();
+    let complaints: Vec<&str> = vmm_log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(complaints.is_empty(), "VMM log: {complaints:#?}");
+
+    // DestroySandbox: the VM powers off (status 0) and nothing is left.
     let exit = step("destroy", sandbox.destroy()).await;
     assert_eq!(exit, VmExit::Shutdown);
     assert!(!run_dir.exists(), "{} is left", run_dir.display());
