@@ -6,7 +6,8 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::digest::{Digest, Hasher};
@@ -26,6 +27,29 @@ pub fn decompressor<'a, R: Read + Send + 'a>(r: R) -> io::Result<Box<dyn Read + 
     }
 }
 
+/// Chunk buffers shared by the decompressors of one unpack, so that a
+/// layer reuses the pages its predecessor touched.
+#[derive(Clone, Default)]
+pub struct Pool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Pool {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut v| v.pop())
+            .unwrap_or_default()
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        if buf.capacity() == CHUNK {
+            if let Ok(mut v) = self.0.lock() {
+                v.push(buf);
+            }
+        }
+    }
+}
+
 enum Msg {
     Data(Vec<u8>),
     Done,
@@ -35,8 +59,8 @@ enum Msg {
 /// Reader side of a decompression thread.
 pub struct Decompressed {
     rx: Receiver<Msg>,
-    /// Consumed chunks go back to the thread for reuse (no re-zeroing).
-    recycle: Sender<Vec<u8>>,
+    /// Consumed chunks go back to the pool for reuse (no new pages).
+    pool: Pool,
     cur: Vec<u8>,
     pos: usize,
     hasher: Hasher,
@@ -61,10 +85,10 @@ fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 impl Decompressed {
     /// Starts decompressing the blob file at `path` on a new thread, which
     /// may run up to `ahead` MiB in front of the reader.
-    pub fn spawn(path: &Path, ahead: usize) -> io::Result<Decompressed> {
+    pub fn spawn(path: &Path, ahead: usize, pool: Pool) -> io::Result<Decompressed> {
         let file = File::open(path)?;
         let (tx, rx) = sync_channel::<Msg>(ahead.max(1));
-        let (recycle, recycled) = channel::<Vec<u8>>();
+        let thread_pool = pool.clone();
         let thread = std::thread::Builder::new()
             .name("decompress".into())
             .spawn(move || {
@@ -76,7 +100,7 @@ impl Decompressed {
                     }
                 };
                 loop {
-                    let mut buf = recycled.try_recv().unwrap_or_default();
+                    let mut buf = thread_pool.take();
                     buf.resize(CHUNK, 0);
                     let filled = match fill(&mut r, &mut buf) {
                         Ok(n) => n,
@@ -97,7 +121,7 @@ impl Decompressed {
             })?;
         Ok(Decompressed {
             rx,
-            recycle,
+            pool,
             cur: Vec::new(),
             pos: 0,
             hasher: Hasher::new(),
@@ -125,9 +149,7 @@ impl Read for Decompressed {
             match self.rx.recv() {
                 Ok(Msg::Data(d)) => {
                     let old = std::mem::replace(&mut self.cur, d);
-                    if old.capacity() == CHUNK {
-                        let _ = self.recycle.send(old);
-                    }
+                    self.pool.give(old);
                     self.pos = 0;
                 }
                 Ok(Msg::Done) => {
@@ -161,7 +183,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("b");
         std::fs::write(&p, compressed).unwrap();
-        let mut d = Decompressed::spawn(&p, 4).unwrap();
+        let mut d = Decompressed::spawn(&p, 4, Pool::default()).unwrap();
         let mut out = Vec::new();
         d.read_to_end(&mut out).unwrap();
         assert_eq!(out, plain);
@@ -183,7 +205,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("b");
         std::fs::write(&p, [0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
-        let mut d = Decompressed::spawn(&p, 4).unwrap();
+        let mut d = Decompressed::spawn(&p, 4, Pool::default()).unwrap();
         assert!(d.read_to_end(&mut Vec::new()).is_err());
     }
 }

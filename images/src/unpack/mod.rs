@@ -17,10 +17,10 @@ pub use apply::{Mode, Stats};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::store::{ImageRecord, LayerRecord, Store};
-use decompress::Decompressed;
+use decompress::{Decompressed, Pool};
 
 /// How far (MiB) a layer's decompressor may run ahead of the writer.
-const PREFETCH_MIB: usize = 64;
+const PREFETCH_MIB: usize = 32;
 
 /// Bounds against decompression bombs.
 #[derive(Clone, Debug)]
@@ -64,12 +64,18 @@ pub fn apply_layer(
 }
 
 /// Starts decompressing a stored layer blob; `ahead` MiB may be buffered.
-fn open_blob(store: &Store, layer: &LayerRecord, ahead: usize) -> Result<Decompressed> {
+fn open_blob(
+    store: &Store,
+    layer: &LayerRecord,
+    ahead: usize,
+    pool: &Pool,
+) -> Result<Decompressed> {
     let blob = store.blob_path(&layer.digest);
     if !blob.is_file() {
         return Err(Error::BlobNotFound(layer.digest.to_string()));
     }
-    Decompressed::spawn(&blob, ahead).map_err(|e| Error::io("open layer blob", &blob, e))
+    Decompressed::spawn(&blob, ahead, pool.clone())
+        .map_err(|e| Error::io("open layer blob", &blob, e))
 }
 
 fn apply_blob(
@@ -148,7 +154,7 @@ fn ensure_layer(store: &Store, layer: &LayerRecord, limits: &Limits) -> Result<(
     fs::create_dir(&tmp).map_err(|e| Error::io("create temp layer directory", &tmp, e))?;
     let result = (|| {
         let mut total = Stats::default();
-        let stream = open_blob(store, layer, 4)?;
+        let stream = open_blob(store, layer, 4, &Pool::default())?;
         apply_blob(stream, layer, &tmp, Mode::Overlay, limits, &mut total)?;
         let fd = fsops::open_dir_path(&tmp).map_err(|e| Error::io("open layer", &tmp, e))?;
         fsops::syncfs(fd.as_raw_fd()).map_err(|e| Error::io("syncfs", &tmp, e))?;
@@ -183,14 +189,15 @@ pub fn unpack_image(
     let mut total = Stats::default();
     // Layers apply in order, but the next layer's decompression (and
     // diff_id hashing) starts while the current one is being written.
+    let pool = Pool::default();
     let mut next = match rec.layers.first() {
-        Some(l) => Some(open_blob(store, l, PREFETCH_MIB)?),
+        Some(l) => Some(open_blob(store, l, PREFETCH_MIB, &pool)?),
         None => None,
     };
     for (i, layer) in rec.layers.iter().enumerate() {
         let Some(stream) = next.take() else { break };
         if let Some(l) = rec.layers.get(i + 1) {
-            next = Some(open_blob(store, l, PREFETCH_MIB)?);
+            next = Some(open_blob(store, l, PREFETCH_MIB, &pool)?);
         }
         apply_blob(stream, layer, dest, Mode::Flatten, limits, &mut total)?;
     }
