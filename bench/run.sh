@@ -7,14 +7,16 @@
 # Usage: bench/run.sh [--rounds N] [--no-build]     (default 10 rounds; as root)
 #   Builds bulkhead + bulkhead-vmm (release) and the demo image layout outside, then
 #   enters tests/harness/run-in-kvm.sh once (directly on hosts with vmx/svm).
-#   Results: target/bench-run/{runs.tsv,summary.txt}.
+#   Results: target/bench-run/{runs.tsv,summary.txt}. BULKHEAD_BIN=PATH uses another build
+#   (with --no-build).
 # Internal: bench/run.sh --inside N OUT_DIR
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 target="${CARGO_TARGET_DIR:-$root/target}"
-bulkhead="$target/release/bulkhead"
+# BULKHEAD_BIN=path: another bulkhead build (its bulkhead-vmm is the one next to it).
+bulkhead="${BULKHEAD_BIN:-$target/release/bulkhead}"
 image="bulkhead/demo:latest"
 layout="${BULKHEAD_CACHE:-/var/cache/bulkhead}/demo-image"
 
@@ -66,6 +68,7 @@ done
 if [ "$build" = 1 ]; then
     cargo build --release -p bulkhead-cli -p bulkhead-vmm
 fi
+echo "bench: $bulkhead, VMM: $("$bulkhead" check --json | python3 -c 'import json,sys; print([c["detail"] for c in json.load(sys.stdin)["checks"] if c["name"]=="vmm"][0])')" >&2
 BULKHEAD="$bulkhead" scripts/build-demo-image.sh --no-import "$layout" >&2
 out="$target/bench-run"
 rm -rf "$out"

@@ -93,10 +93,9 @@ fn format_line(name: &str, d: Duration) -> String {
     format!("{PREFIX} {name:<16} {:>9.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Prints the log on stderr (and into the log file of a detached supervisor).
+/// Prints the log on stderr (a detached supervisor's stderr is its `supervisor.log`).
 pub fn report() {
     for line in lines() {
-        log::info!("{line}");
         eprintln!("{line}");
     }
 }
