@@ -135,17 +135,27 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// Removes what a dead shim left for container `id`. Blocking.
 pub fn clean_up(config: &ShimConfig, namespace: &str, id: &str, role: &Role) -> Result<(), String> {
     let run_dir = pod::run_dir(config, namespace, role.sandbox_id());
-    let target = match role {
+    match role {
         Role::Owner { .. } => {
-            let killed = kill_processes_using(&run_dir, Duration::from_secs(5));
+            // containerd gives this action 5 s in all. A SIGKILLed VMM can take a while to
+            // end (the kernel tears its guest memory down first), and nothing needs it gone
+            // before the mounts are detached and the files removed: kill, clean, then wait.
+            let killed = kill_processes_using(&run_dir);
+            let removed = crate::mounts::remove(&run_dir).map_err(|e| error_chain(&e));
             if !killed.is_empty() {
-                log::info!("killed {killed:?} left over from {}", run_dir.display());
+                let left = wait_gone(&killed, Duration::from_secs(3));
+                log::info!(
+                    "killed {killed:?} left over from {} ({} still ending)",
+                    run_dir.display(),
+                    left.len()
+                );
             }
-            run_dir
+            removed
         }
-        Role::Member { .. } => run_dir.join("shared").join(id),
-    };
-    crate::mounts::remove(&target).map_err(|e| error_chain(&e))
+        Role::Member { .. } => {
+            crate::mounts::remove(&run_dir.join("shared").join(id)).map_err(|e| error_chain(&e))
+        }
+    }
 }
 
 /// Whether a command line (NUL-separated arguments) names a path inside `dir`.
@@ -163,8 +173,8 @@ pub fn cmdline_refers_to(cmdline: &[u8], dir: &Path) -> bool {
 }
 
 /// SIGKILLs every process whose command line names a path inside `dir` (the VMM and
-/// virtiofsd of a sandbox), and waits until they are gone, at most `limit`.
-pub fn kill_processes_using(dir: &Path, limit: Duration) -> Vec<i32> {
+/// virtiofsd of a sandbox); returns their pids.
+pub fn kill_processes_using(dir: &Path) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut killed = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -191,11 +201,19 @@ pub fn kill_processes_using(dir: &Path, limit: Duration) -> Vec<i32> {
             }
         }
     }
+    killed
+}
+
+/// Waits until none of `pids` runs, at most `limit`; returns those still running.
+pub fn wait_gone(pids: &[i32], limit: Duration) -> Vec<i32> {
     let deadline = Instant::now() + limit;
-    while Instant::now() < deadline && killed.iter().any(|pid| alive(*pid)) {
+    loop {
+        let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
-    killed
 }
 
 /// Whether `pid` still runs (a zombie has exited).

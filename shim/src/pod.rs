@@ -142,7 +142,25 @@ pub fn run_root(config: &ShimConfig, namespace: &str) -> PathBuf {
 
 /// The run directory of sandbox `sandbox_id` (what `Sandbox::start` creates).
 pub fn run_dir(config: &ShimConfig, namespace: &str, sandbox_id: &str) -> PathBuf {
-    run_root(config, namespace).join(sandbox_id)
+    run_root(config, namespace).join(vm_name(sandbox_id))
+}
+
+/// Longest sandbox id used as it is for the VM's name (its run directory).
+const VM_NAME_MAX: usize = 32;
+
+/// The VM's name: its run directory and the sandbox id the agent sees. The unix sockets
+/// inside the run directory must fit in 108 bytes, and CRI's sandbox ids alone are 64
+/// characters: a longer id becomes its first 15 characters, `-` and 16 hex digits of its
+/// FNV-1a hash (32 in all; ids are container-id characters, so ASCII).
+pub fn vm_name(sandbox_id: &str) -> String {
+    if sandbox_id.len() <= VM_NAME_MAX {
+        return sandbox_id.to_owned();
+    }
+    let hash = sandbox_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let head: String = sandbox_id.chars().take(15).collect();
+    format!("{head}-{hash:016x}")
 }
 
 /// The sandbox configuration of a new VM.
@@ -153,7 +171,7 @@ pub fn sandbox_config(
     size: VmSize,
     hostname: Option<String>,
 ) -> SandboxConfig {
-    let mut c = SandboxConfig::new(sandbox_id, &config.vmm, &config.kernel);
+    let mut c = SandboxConfig::new(&vm_name(sandbox_id), &config.vmm, &config.kernel);
     c.run_root = run_root(config, namespace);
     c.initrd = config.initrd.clone();
     c.cmdline = config.kernel_cmdline.clone();
@@ -313,6 +331,35 @@ mod tests {
         };
         let size = vm_size(&limited, &config, 8);
         assert_eq!((size.vcpus, size.memory_mib), (2, 128 + 64));
+    }
+
+    #[test]
+    fn long_sandbox_ids_get_short_distinct_vm_names() {
+        assert_eq!(vm_name("pod1"), "pod1");
+        let cri = "1b5b8bb3c5e939714b1eeb8ab27a0e0de24125ca0c04663b26e0809caea0b87a";
+        let other = "1b5b8bb3c5e939714b1eeb8ab27a0e0de24125ca0c04663b26e0809caea0b87b";
+        assert_eq!(vm_name(cri).len(), VM_NAME_MAX);
+        assert!(vm_name(cri).starts_with("1b5b8bb3c5e9397-"));
+        assert_ne!(vm_name(cri), vm_name(other));
+        assert_eq!(vm_name(cri), vm_name(cri));
+        // The default run root leaves room for the VMM's guest-initiated sockets.
+        let config = ShimConfig::default();
+        let sock = run_dir(&config, "k8s.io", cri).join("vsock.sock_4294967295");
+        assert!(sock.as_os_str().len() < 108, "{}", sock.display());
+        assert_eq!(
+            sandbox_config(
+                &config,
+                "k8s.io",
+                cri,
+                VmSize {
+                    vcpus: 1,
+                    memory_mib: 256
+                },
+                None
+            )
+            .id,
+            vm_name(cri)
+        );
     }
 
     #[test]

@@ -67,6 +67,12 @@ pub fn add_blob(layout: &Path, file: &Path) -> (String, u64) {
 
 /// An OCI archive with one layer: `/bin/busybox` and its applets as symlinks.
 pub fn busybox_image(dir: &Path) -> PathBuf {
+    image_archive(&dir.join("busybox"), IMAGE, &["/bin/sh"])
+}
+
+/// A busybox OCI archive named `name` whose default command is `cmd` (built in `dir`).
+pub fn image_archive(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let rootfs = dir.join("image-rootfs");
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
     for d in ["etc", "proc", "sys", "dev", "tmp", "root"] {
@@ -94,7 +100,8 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/bin"],"Cmd":["/bin/sh"]}},"rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#
+            r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/bin"],"Cmd":{}}},"rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#,
+            serde_json::to_string(cmd).unwrap()
         ),
     )
     .unwrap();
@@ -111,7 +118,7 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
     std::fs::write(
         layout.join("index.json"),
         format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{manifest_size},"annotations":{{"io.containerd.image.name":"{IMAGE}","org.opencontainers.image.ref.name":"e2e"}}}}]}}"#
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{manifest_size},"annotations":{{"io.containerd.image.name":"{name}"}}}}]}}"#
         ),
     )
     .unwrap();
@@ -147,6 +154,17 @@ pub struct Containerd {
 impl Containerd {
     /// `env`: extra environment for containerd (and so for the shims it starts).
     pub fn start(env: &[(&str, &str)], shim_config: &str) -> Containerd {
+        Containerd::start_with(env, shim_config, None)
+    }
+
+    /// With `cri_sandbox_image`: the CRI plugin on, as ECOSYSTEM.md says it must be set
+    /// here (restricted oom_score_adj, a local sandbox image, runtime handler `bulkhead`,
+    /// no CNI configuration: host-network pods only).
+    pub fn start_with(
+        env: &[(&str, &str)],
+        shim_config: &str,
+        cri_sandbox_image: Option<&str>,
+    ) -> Containerd {
         let dir = tempfile::tempdir().unwrap();
         // Everything on a tmpfs: in the harness /tmp is an overlay over 9p, where overlayfs
         // cannot stack (containerd's snapshots, the shim's rootfs mounts) and unix sockets
@@ -162,11 +180,28 @@ impl Containerd {
         std::fs::create_dir_all(&root).unwrap();
         let socket = dir.path().join("containerd.sock");
         let config = dir.path().join("config.toml");
+        let plugins = match cri_sandbox_image {
+            None => "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_owned(),
+            Some(image) => {
+                let cni = dir.path().join("cni");
+                std::fs::create_dir_all(&cni).unwrap();
+                format!(
+                    "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+                     sandbox_image = \"{image}\"\n\
+                     restrict_oom_score_adj = true\n\
+                     [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+                     bin_dir = \"/usr/lib/cni\"\n  conf_dir = {cni:?}\n\
+                     [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
+                     runtime_type = \"io.containerd.runc.v2\"\n\
+                     [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.bulkhead]\n\
+                     runtime_type = \"{RUNTIME}\"\n"
+                )
+            }
+        };
         std::fs::write(
             &config,
             format!(
-                "version = 2\nroot = {root:?}\nstate = {state:?}\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                "version = 2\nroot = {root:?}\nstate = {state:?}\n{plugins}\
                  [grpc]\n  address = {socket:?}\n\
                  [ttrpc]\n  address = \"{}\"\n",
                 socket.with_extension("ttrpc").display()
@@ -179,10 +214,16 @@ impl Containerd {
             format!("run_root = {run_root:?}\nlog_level = \"debug\"\n{shim_config}"),
         )
         .unwrap();
-        let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-bulkhead-v2"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
+        // The shim reaches containerd's PATH through a directory of its own holding a
+        // symlink: this build's binary, or BULKHEAD_SHIM_BIN (a release build starts much
+        // faster in the harness, where containerd's 5 s for `delete` are tight).
+        let shim_bin = std::env::var_os("BULKHEAD_SHIM_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-bulkhead-v2")));
+        let shim_dir = dir.path().join("bin");
+        std::fs::create_dir_all(&shim_dir).unwrap();
+        std::os::unix::fs::symlink(&shim_bin, shim_dir.join("containerd-shim-bulkhead-v2"))
+            .unwrap();
         let path = format!(
             "{}:{}",
             shim_dir.display(),
@@ -246,6 +287,22 @@ impl Containerd {
     pub fn import_busybox(&self) {
         let archive = busybox_image(self.dir.path());
         check(self.ctr().args(["images", "import"]).arg(&archive));
+    }
+
+    /// Imports an image into another containerd namespace (CRI's is `k8s.io`).
+    pub fn import_into(&self, namespace: &str, archive: &Path) {
+        check(
+            Command::new("ctr")
+                .arg("--address")
+                .arg(&self.socket)
+                .args(["--namespace", namespace, "images", "import"])
+                .arg(archive),
+        );
+    }
+
+    /// The test's own directory (on the tmpfs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Processes whose command line names our run root (VMMs, virtiofsd) or a shim of our
@@ -466,11 +523,16 @@ pub fn agent_binary() -> Option<PathBuf> {
 
 /// A containerd whose "VMs" run the real agent on the host (`tests/fake-vm/vmm`).
 pub fn host_agent_containerd(agent: &Path) -> Containerd {
+    host_agent_containerd_with(agent, None)
+}
+
+/// [`host_agent_containerd`], with the CRI plugin when `cri_sandbox_image` is given.
+pub fn host_agent_containerd_with(agent: &Path, cri_sandbox_image: Option<&str>) -> Containerd {
     // The host's cgroup v2 hierarchy lacks the cpu controller here (hybrid cgroups): ctr's
     // default cpu shares would fail in the host "guest"; a real guest has it.
     let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-vm");
     let vmm = fake.join("vmm");
-    Containerd::start(
+    Containerd::start_with(
         &[
             ("BULKHEAD_VMM", vmm.to_str().unwrap()),
             ("BULKHEAD_KERNEL", "/nonexistent-kernel"),
@@ -478,6 +540,7 @@ pub fn host_agent_containerd(agent: &Path) -> Containerd {
             ("BULKHEAD_VIRTIOFSD", ""),
         ],
         &format!("kernel_cmdline = \"agent={}\"\n", agent.display()),
+        cri_sandbox_image,
     )
 }
 
