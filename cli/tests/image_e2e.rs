@@ -353,22 +353,24 @@ fn skopeo_push(layout: &Path, dest: &str) {
     assert!(o.status.success(), "skopeo: {}", err_str(&o));
 }
 
-/// 100 MiB of pseudo-random bytes (xorshift; incompressible enough for a transfer test).
+/// 100 MiB from /dev/urandom and its sha256, both by the host's optimised tools (a debug
+/// build hashing 100 MiB under the harness's emulation takes minutes).
 fn random_file(path: &Path) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let mut seed = now.as_nanos() as u64 ^ u64::from(std::process::id());
-    seed |= 1;
-    let mut buf = vec![0u8; BIG];
-    for chunk in buf.chunks_exact_mut(8) {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        chunk.copy_from_slice(&seed.to_le_bytes());
-    }
-    fs::write(path, &buf).unwrap();
-    Digest::of(&buf).hex().to_owned()
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c {BIG} /dev/urandom > \"$1\" && sha256sum \"$1\""
+        ))
+        .arg("sh")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "random file: {}", err_str(&o));
+    assert_eq!(fs::metadata(path).unwrap().len(), BIG as u64);
+    let sum = out_str(&o);
+    let hex = sum.split_whitespace().next().unwrap_or_default().to_owned();
+    assert_eq!(hex.len(), 64, "{sum}");
+    hex
 }
 
 #[test]
