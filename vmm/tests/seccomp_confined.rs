@@ -9,23 +9,16 @@
 
 mod common;
 
-use common::{enter_protected_mode, kvm_available, Sink, CODE_ADDR};
+use common::{kvm_available, TinyVm};
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead_vmm::arch::x86_64::layout;
-use bulkhead_vmm::device_manager::{LegacyDevices, MmioSlots};
-use bulkhead_vmm::devices::legacy::ConsoleOutput;
-use bulkhead_vmm::devices::virtio::rng::Rng;
 use bulkhead_vmm::exit_status::GuestExit;
 use bulkhead_vmm::seccomp::{SeccompFilters, SeccompMode};
-use bulkhead_vmm::vstate::memory::create_guest_memory;
-use bulkhead_vmm::vstate::vcpu::{vcpu_events, Buses, Vcpu, VcpuEvent};
-use bulkhead_vmm::vstate::vm::Vm;
-use linux_loader::cmdline::Cmdline;
-use vm_memory::{Bytes, GuestAddress};
+use bulkhead_vmm::vstate::vcpu::{vcpu_events, VcpuEvent};
 use vmm_sys_util::tempdir::TempDir;
 
 #[test]
@@ -44,33 +37,15 @@ fn vcpu_thread_runs_its_guest_under_the_strict_filter() {
     code.extend_from_slice(&1u32.to_le_bytes());
     code.extend_from_slice(&[0x0f, 0x0b]); // ud2: no IDT, so a triple fault
 
-    let mem = create_guest_memory(64).unwrap();
-    mem.write_slice(&code, GuestAddress(CODE_ADDR)).unwrap();
-    let vm = Vm::new().unwrap();
-    vm.register_memory(&mem).unwrap();
-    vm.setup_irqchip().unwrap();
-    let sink = Sink::default();
-    let mut buses = Buses::default();
-    let legacy = LegacyDevices::attach(
-        &vm,
-        &mut buses,
-        ConsoleOutput::new(Some(Box::new(sink.clone()))).unwrap(),
-    )
-    .unwrap();
-    let mut cmdline = Cmdline::new(2048).unwrap();
-    let mut slots = MmioSlots::new();
-    slots
-        .attach(
-            &vm,
-            &mem,
-            &mut buses,
-            &mut cmdline,
-            "virtio-rng",
-            Arc::new(Mutex::new(Rng::new().unwrap())),
-        )
-        .unwrap();
-    let vcpu = Vcpu::new(&vm, 0).unwrap();
-    enter_protected_mode(&vcpu, CODE_ADDR);
+    let TinyVm {
+        _mem,
+        vm: _,
+        sink,
+        buses,
+        legacy,
+        cmdline: _,
+        vcpu,
+    } = TinyVm::new(&code);
 
     let filters = SeccompFilters::compile(SeccompMode::Strict).unwrap();
     let buses = Arc::new(buses);

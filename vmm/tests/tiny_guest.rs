@@ -5,18 +5,10 @@
 
 mod common;
 
-use common::{enter_protected_mode, kvm_available, Sink, CODE_ADDR};
-use std::sync::{Arc, Mutex};
+use common::{kvm_available, TinyVm};
 
 use bulkhead_vmm::arch::x86_64::layout;
-use bulkhead_vmm::device_manager::{LegacyDevices, MmioSlots};
-use bulkhead_vmm::devices::legacy::ConsoleOutput;
-use bulkhead_vmm::devices::virtio::rng::Rng;
-use bulkhead_vmm::vstate::memory::create_guest_memory;
-use bulkhead_vmm::vstate::vcpu::{handle_exit, Buses, ExitAction, Vcpu};
-use bulkhead_vmm::vstate::vm::Vm;
-use linux_loader::cmdline::Cmdline;
-use vm_memory::{Bytes, GuestAddress};
+use bulkhead_vmm::vstate::vcpu::{handle_exit, ExitAction};
 
 #[test]
 fn tiny_guest_drives_serial_virtio_mmio_and_reset() {
@@ -38,35 +30,15 @@ fn tiny_guest_drives_serial_virtio_mmio_and_reset() {
     code.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64]); // mov al, 0xfe; out 0x64, al
     code.push(0xf4); // hlt (never reached: the test stops at the reset)
 
-    let mem = create_guest_memory(64).unwrap();
-    mem.write_slice(&code, GuestAddress(CODE_ADDR)).unwrap();
-    let vm = Vm::new().unwrap();
-    vm.register_memory(&mem).unwrap();
-    vm.setup_irqchip().unwrap();
-
-    let sink = Sink::default();
-    let mut buses = Buses::default();
-    let legacy = LegacyDevices::attach(
-        &vm,
-        &mut buses,
-        ConsoleOutput::new(Some(Box::new(sink.clone()))).unwrap(),
-    )
-    .unwrap();
-    let mut cmdline = Cmdline::new(2048).unwrap();
-    let mut slots = MmioSlots::new();
-    slots
-        .attach(
-            &vm,
-            &mem,
-            &mut buses,
-            &mut cmdline,
-            "virtio-rng",
-            Arc::new(Mutex::new(Rng::new().unwrap())),
-        )
-        .unwrap();
-
-    let mut vcpu = Vcpu::new(&vm, 0).unwrap();
-    enter_protected_mode(&vcpu, CODE_ADDR);
+    let TinyVm {
+        _mem,
+        vm: _,
+        sink,
+        buses,
+        legacy,
+        cmdline,
+        mut vcpu,
+    } = TinyVm::new(&code);
 
     let mut exits = 0;
     loop {

@@ -6,7 +6,14 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use bulkhead_vmm::vstate::vcpu::Vcpu;
+use bulkhead_vmm::device_manager::{LegacyDevices, MmioSlots};
+use bulkhead_vmm::devices::legacy::ConsoleOutput;
+use bulkhead_vmm::devices::virtio::rng::Rng;
+use bulkhead_vmm::vstate::memory::create_guest_memory;
+use bulkhead_vmm::vstate::vcpu::{Buses, Vcpu};
+use bulkhead_vmm::vstate::vm::Vm;
+use linux_loader::cmdline::Cmdline;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Guest address the tiny guests' code is written to.
 pub const CODE_ADDR: u64 = 0x1000;
@@ -66,4 +73,57 @@ pub fn enter_protected_mode(vcpu: &Vcpu, entry: u64) {
     regs.rip = entry;
     regs.rflags = 2;
     fd.set_regs(&regs).unwrap();
+}
+
+/// A tiny guest wired the way the VMM wires a real one: 64 MiB of memory holding `code` at
+/// [`CODE_ADDR`], the in-kernel irqchip, COM1 and the i8042 writing to a [`Sink`], virtio-rng
+/// in the first virtio-mmio slot, and vCPU 0 in protected mode at the code.
+pub struct TinyVm {
+    pub _mem: GuestMemoryMmap,
+    pub vm: Vm,
+    pub sink: Sink,
+    pub buses: Buses,
+    pub legacy: LegacyDevices,
+    pub cmdline: Cmdline,
+    pub vcpu: Vcpu,
+}
+
+impl TinyVm {
+    pub fn new(code: &[u8]) -> Self {
+        let mem = create_guest_memory(64).unwrap();
+        mem.write_slice(code, GuestAddress(CODE_ADDR)).unwrap();
+        let vm = Vm::new().unwrap();
+        vm.register_memory(&mem).unwrap();
+        vm.setup_irqchip().unwrap();
+        let sink = Sink::default();
+        let mut buses = Buses::default();
+        let legacy = LegacyDevices::attach(
+            &vm,
+            &mut buses,
+            ConsoleOutput::new(Some(Box::new(sink.clone()))).unwrap(),
+        )
+        .unwrap();
+        let mut cmdline = Cmdline::new(2048).unwrap();
+        MmioSlots::new()
+            .attach(
+                &vm,
+                &mem,
+                &mut buses,
+                &mut cmdline,
+                "virtio-rng",
+                Arc::new(Mutex::new(Rng::new().unwrap())),
+            )
+            .unwrap();
+        let vcpu = Vcpu::new(&vm, 0).unwrap();
+        enter_protected_mode(&vcpu, CODE_ADDR);
+        TinyVm {
+            _mem: mem,
+            vm,
+            sink,
+            buses,
+            legacy,
+            cmdline,
+            vcpu,
+        }
+    }
 }
