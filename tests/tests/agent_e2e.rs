@@ -361,3 +361,44 @@ async fn agent_runs_containers_in_a_real_guest() {
     assert!(left.is_empty(), "left behind: {left:#?}");
     std::fs::remove_dir(&run_root).unwrap();
 }
+
+/// A sandbox dropped without DestroySandbox (the shim or CLI failing half-way) still takes
+/// its VM, virtiofsd, sockets and directory with it, even with a container running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_sandbox_leaves_nothing() {
+    const NAME: &str = "a_dropped_sandbox_leaves_nothing";
+    if !require_linux_kvm(NAME) {
+        return;
+    }
+    let artifacts = match GuestArtifacts::locate() {
+        Ok(a) => a,
+        Err(reason) => return skip(NAME, &reason),
+    };
+    let run_root = PathBuf::from(format!("/tmp/bulkhead-agent-drop-{}", std::process::id()));
+    std::fs::create_dir_all(&run_root).unwrap();
+    let sandbox = match Sandbox::start(artifacts.sandbox_config("dropped", &run_root)).await {
+        Ok(s) => s,
+        Err(e) => panic!("sandbox start: {}", error_chain(&e)),
+    };
+    let vmm_pid = sandbox.vmm_pid();
+    {
+        let _console = ConsoleOnPanic(sandbox.run_dir().to_path_buf());
+        let rootfs_host = sandbox.shared_dir().join("busybox");
+        busybox_rootfs(&rootfs_host).unwrap();
+        let rootfs = sandbox.guest_path(&rootfs_host).unwrap();
+        let c = container("busy", &rootfs, &["sleep", "600"], SpecOptions::default());
+        step("create busy", sandbox.create_container(&c)).await;
+        step("start busy", sandbox.start_container("busy")).await;
+    }
+    // Drop kills without waiting: give the processes time to finish dying (the VMM tears
+    // down its guest memory first) and to be reaped.
+    drop(sandbox);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut left = leftovers(&run_root, vmm_pid);
+    while !left.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = leftovers(&run_root, vmm_pid);
+    }
+    assert!(left.is_empty(), "left behind: {left:#?}");
+    std::fs::remove_dir(&run_root).unwrap();
+}
