@@ -4,6 +4,7 @@
 
 pub mod boot;
 pub mod cpio;
+pub mod guest;
 pub mod initramfs;
 pub mod kvm;
 pub mod launch;
