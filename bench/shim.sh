@@ -155,8 +155,8 @@ pss() { # PID... -> total PSS in KiB
 pids_of() { # WORD WORD -> pids whose command line holds both
     local p
     for p in /proc/[0-9]*; do
-        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "$1" \
-            && tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "$2" && echo "${p#/proc/}"
+        { tr '\0' ' ' <"$p/cmdline" | grep -q -- "$1" \
+            && tr '\0' ' ' <"$p/cmdline" | grep -q -- "$2" && echo "${p#/proc/}"; } 2>/dev/null
     done
     return 0
 }
