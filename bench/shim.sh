@@ -55,7 +55,8 @@ cleanup() {
         ctr --address "$sock" -n "$ns" containers rm "$id" >/dev/null 2>&1
     done
     [ -n "$cpid" ] && kill "$cpid" && wait "$cpid"
-    grep -o " $work[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l
+    # Below $work first (containerd's snapshots, the run root), then $work itself.
+    grep -o " $work/[^ ]*" /proc/self/mountinfo | sort -ru | xargs -r -n1 umount -l 2>/dev/null
     umount -l "$work"
 }
 trap cleanup EXIT
@@ -77,7 +78,7 @@ run_root = "$work/bulkhead-run"
 kernel = "$BULKHEAD_KERNEL"
 initrd = "$BULKHEAD_INITRD"
 vmm = "$BULKHEAD_VMM"
-agent_timeout_secs = 120
+agent_timeout_secs = 300
 log_level = "warn"
 [virtiofsd]
 binary = "$BULKHEAD_VIRTIOFSD"
@@ -154,8 +155,8 @@ pss() { # PID... -> total PSS in KiB
 pids_of() { # WORD WORD -> pids whose command line holds both
     local p
     for p in /proc/[0-9]*; do
-        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "$1" \
-            && tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "$2" && echo "${p#/proc/}"
+        { tr '\0' ' ' <"$p/cmdline" | grep -q -- "$1" \
+            && tr '\0' ' ' <"$p/cmdline" | grep -q -- "$2" && echo "${p#/proc/}"; } 2>/dev/null
     done
     return 0
 }

@@ -269,6 +269,11 @@ impl Runtime {
         fs: &ContainerFs,
     ) -> Result<Arc<Process>> {
         let spec_json = serde_json::to_vec(spec).map_err(|e| ShimError::Spec(e.to_string()))?;
+        log::debug!(
+            "create {}: the spec for the agent: {}",
+            t.id,
+            String::from_utf8_lossy(&spec_json)
+        );
         let config = ContainerConfig {
             id: t.id.clone(),
             exec_id: String::new(),
