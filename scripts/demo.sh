@@ -18,7 +18,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 target="${CARGO_TARGET_DIR:-$root/target}"
-bulkhead="$target/release/bulkhead"
+# BULKHEAD_BIN=path: another bulkhead build (with --no-build; its bulkhead-vmm is the
+# one next to it).
+bulkhead="${BULKHEAD_BIN:-$target/release/bulkhead}"
 image="bulkhead/demo:latest"
 layout="${BULKHEAD_CACHE:-/var/cache/bulkhead}/demo-image"
 # shellcheck disable=SC2016 # expanded in the container
