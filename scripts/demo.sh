@@ -106,7 +106,7 @@ col() { # MODE TITLE
 col vm "microVM (--isolation vm)" >"$out/vm.col"
 col container "plain container (--isolation container)" >"$out/container.col"
 echo
-pr -m -t -w 110 "$out/vm.col" "$out/container.col"
+paste -d '\t' "$out/vm.col" "$out/container.col" | awk -F'\t' '{ printf "%-56s %s\n", $1, $2 }'
 echo
 echo "The microVM ran in $where; the plain container on this host's kernel."
 if [ -f "$out/container-in-harness.wall" ]; then
