@@ -29,6 +29,8 @@ const OOM_POLL: Duration = Duration::from_millis(200);
 const OOM_QUEUE: usize = 256;
 /// How long RemoveContainer waits for killed processes to be reaped.
 const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How long a failed CreateContainer waits for its dead init to leave the new cgroup.
+const FAILED_CGROUP_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Process {
     pub pid: Pid,
@@ -200,6 +202,8 @@ impl Sandbox {
             (Some(io), StdioSetup::Pipes(child))
         };
 
+        let new_cgroup = cgroup_stats::cgroup_dir(&cgroup_path);
+        let new_cgroup = (!new_cgroup.exists()).then_some(new_cgroup);
         let guard = self.reaper.spawn_guard();
         let created = match self
             .runtime
@@ -210,6 +214,9 @@ impl Sandbox {
                 drop(guard);
                 if let Err(cleanup) = self.runtime.delete(&id) {
                     debug!("cleanup after failed create of {id}: {cleanup}");
+                }
+                if let Some(dir) = new_cgroup {
+                    remove_failed_cgroup(&dir);
                 }
                 return Err(create_err(e));
             }
@@ -452,6 +459,33 @@ impl Sandbox {
         };
         let proc_ = self.process(&p).map_err(|_| AttachStatus::NotFound)?;
         proc_.io.claim(header.stream)
+    }
+}
+
+/// Removes the cgroup that a failed CreateContainer made. libcontainer's own clean-up
+/// cannot: the dead init process keeps the cgroup populated until it is reaped, and the
+/// reaper waits for the spawn guard that creation holds. Once the guard is dropped the
+/// reaper takes the zombie within milliseconds; only "busy" is retried.
+fn remove_failed_cgroup(dir: &Path) {
+    let deadline = std::time::Instant::now() + FAILED_CGROUP_WAIT;
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e)
+                if e.raw_os_error() == Some(libc::EBUSY)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => {
+                warn!(
+                    "cannot remove cgroup {} of a failed container: {e}",
+                    dir.display()
+                );
+                return;
+            }
+        }
     }
 }
 

@@ -1,6 +1,11 @@
 //! The virtiofsd child process that exports a sandbox's `shared/` directory to the VMM over
 //! vhost-user: its command line, waiting until its socket exists, SIGKILL + reap on stop or
 //! drop.
+//!
+//! virtiofsd with `--sandbox=namespace` forks: the process we start only waits, and a child
+//! (PID 1 of a new pid namespace) serves and holds the socket. The child inherits the
+//! process group we start virtiofsd in, so stop and drop kill the whole group, and stop
+//! waits until the group is gone.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -116,10 +121,15 @@ pub enum VirtiofsdError {
     },
 }
 
+/// How long `stop` waits for virtiofsd's forked children after killing its process group.
+const GROUP_EXIT_WAIT: Duration = Duration::from_secs(5);
+
 /// A running virtiofsd, killed and reaped on [`VirtiofsdProcess::stop`] or drop.
 #[derive(Debug)]
 pub struct VirtiofsdProcess {
     child: Option<Child>,
+    /// Its process group (its pid: it is spawned as a group leader).
+    group: Option<i32>,
     socket: PathBuf,
     log: PathBuf,
 }
@@ -149,8 +159,10 @@ impl VirtiofsdProcess {
                 binary: options.binary.clone(),
                 source,
             })?;
+        let group = child.id().and_then(|pid| i32::try_from(pid).ok());
         let mut this = VirtiofsdProcess {
             child: Some(child),
+            group,
             socket: socket.to_path_buf(),
             log: log.to_path_buf(),
         };
@@ -195,14 +207,48 @@ impl VirtiofsdProcess {
         console::tail(&self.log, lines)
     }
 
-    /// Kills and reaps virtiofsd (it has nothing to flush: the guest's writes already went
-    /// to the host files) and removes its socket.
+    /// Kills virtiofsd and the children it forked (it has nothing to flush: the guest's
+    /// writes already went to the host files), reaps it, waits until its process group is
+    /// gone, and removes its socket.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.start_kill();
+            if let Some(group) = self.group {
+                kill_group(group);
+            }
             let _ = child.wait().await;
         }
+        if let Some(group) = self.group.take() {
+            wait_group_gone(group, GROUP_EXIT_WAIT).await;
+        }
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+fn kill_group(group: i32) {
+    // SAFETY: kill(2) with a negative pid signals that process group; no memory involved.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+}
+
+/// Waits until no process of `group` exists any more (zombies included), reaping those that
+/// became our children (when this process is a child subreaper).
+async fn wait_group_gone(group: i32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        // SAFETY: waitpid with WNOHANG on our own children of that group; the status
+        // pointer may be null.
+        while unsafe { libc::waitpid(-group, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        // SAFETY: signal 0 only checks for existence.
+        let gone = unsafe { libc::kill(-group, 0) } == -1
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            return;
+        }
+        if Instant::now() >= deadline {
+            log::warn!("virtiofsd process group {group} still exists {limit:?} after SIGKILL");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -210,6 +256,9 @@ impl Drop for VirtiofsdProcess {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.start_kill();
+            if let Some(group) = self.group.take() {
+                kill_group(group);
+            }
             // Reap now if it is already gone; otherwise tokio's orphan reaper collects it.
             let _ = child.try_wait();
         }
@@ -269,6 +318,27 @@ mod tests {
         fsd.stop().await;
         assert!(!Path::new(&format!("/proc/{pid}")).exists());
         assert!(!socket.exists());
+    }
+
+    #[tokio::test]
+    async fn stop_also_ends_the_children_it_forked() {
+        let dir = tempfile::tempdir().unwrap();
+        // Like virtiofsd --sandbox=namespace: the started process only waits for a forked
+        // child that holds the socket.
+        let opts = fake(
+            dir.path(),
+            "sock=${1#--socket-path=}\nsleep 600 &\necho $! > \"$0.child\"\ntouch \"$sock\"\nwait",
+        );
+        let socket = dir.path().join("fs.sock");
+        let log = dir.path().join("virtiofsd.log");
+        let mut fsd = VirtiofsdProcess::start(&opts, &socket, dir.path(), &log)
+            .await
+            .unwrap();
+        let child = std::fs::read_to_string(dir.path().join("fake-virtiofsd.child")).unwrap();
+        let child = Path::new("/proc").join(child.trim());
+        assert!(child.exists());
+        fsd.stop().await;
+        assert!(!child.exists(), "the forked child survived");
     }
 
     #[tokio::test]

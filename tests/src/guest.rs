@@ -87,7 +87,7 @@ impl GuestArtifacts {
 /// Builds a busybox root filesystem at `root`: the binary in `bin/`, one symlink per
 /// applet, and the usual empty mount points.
 pub fn busybox_rootfs(root: &Path) -> std::io::Result<()> {
-    for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
+    for d in ["bin", "proc", "sys/fs/cgroup", "dev", "tmp", "etc", "root"] {
         std::fs::create_dir_all(root.join(d))?;
     }
     std::fs::copy(BUSYBOX, root.join("bin/busybox"))?;
@@ -138,6 +138,10 @@ pub struct SpecOptions {
     pub pid_namespace: bool,
     /// cgroup v2 `memory.max` in bytes.
     pub memory_limit: Option<u64>,
+    /// No devpts at /dev/pts (a terminal cannot be set up then).
+    pub no_devpts: bool,
+    /// The guest's whole cgroup2 hierarchy at /sys/fs/cgroup (no cgroup namespace).
+    pub guest_cgroups: bool,
 }
 
 /// An OCI runtime spec for a busybox command (read-only root, /proc, a tmpfs /dev with
@@ -155,16 +159,26 @@ pub fn spec_json(args: &[&str], options: SpecOptions) -> Vec<u8> {
         Some(limit) => format!(r#","resources":{{"memory":{{"limit":{limit}}}}}"#),
         None => String::new(),
     };
+    let mut mounts = vec![
+        r#"{"destination":"/proc","type":"proc","source":"proc"}"#,
+        r#"{"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]}"#,
+        r#"{"destination":"/tmp","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=1777"]}"#,
+    ];
+    if !options.no_devpts {
+        mounts.push(
+            r#"{"destination":"/dev/pts","type":"devpts","source":"devpts",
+                "options":["nosuid","noexec","newinstance","ptmxmode=0666","mode=0620"]}"#,
+        );
+    }
+    if options.guest_cgroups {
+        mounts.push(r#"{"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup"}"#);
+    }
     format!(
         r#"{{"ociVersion":"1.0.2","process":{},"root":{{"path":"rootfs","readonly":true}},
-            "hostname":"e2e-container",
-            "mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},
-                      {{"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]}},
-                      {{"destination":"/dev/pts","type":"devpts","source":"devpts",
-                        "options":["nosuid","noexec","newinstance","ptmxmode=0666","mode=0620"]}},
-                      {{"destination":"/tmp","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=1777"]}}],
+            "hostname":"e2e-container","mounts":[{}],
             "linux":{{"namespaces":[{}]{resources}}}}}"#,
         process_json(args, options.terminal),
+        mounts.join(","),
         namespaces.join(",")
     )
     .into_bytes()
@@ -234,6 +248,7 @@ mod tests {
                 terminal: true,
                 pid_namespace: true,
                 memory_limit: Some(16 << 20),
+                ..Default::default()
             },
         );
         let text = String::from_utf8(spec).unwrap();
@@ -247,6 +262,8 @@ mod tests {
         let plain = String::from_utf8(spec_json(&["true"], SpecOptions::default())).unwrap();
         assert!(!plain.contains("pid"));
         assert!(!plain.contains("resources"));
+        assert!(plain.contains("devpts"));
+        assert!(!plain.contains("cgroup"));
     }
 
     #[test]

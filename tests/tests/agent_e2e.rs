@@ -146,11 +146,21 @@ async fn agent_runs_containers_in_a_real_guest() {
     step("start out", sandbox.start_container("out")).await;
     assert_eq!(read_all(out).await, "to-stdout\n");
     assert_eq!(read_all(err).await, "to-stderr\n");
-    assert_eq!(
-        step("wait out", sandbox.wait(&init("out")))
-            .await
-            .exit_status,
-        3
+    let exit = step("wait out", sandbox.wait(&init("out"))).await;
+    assert_eq!(exit.exit_status, 3);
+    // The guest's wall clock (kvm-clock, no RTC) agrees with the host's.
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let skew = Duration::from_nanos((host_now - exit.exited_at_unix_nanos).unsigned_abs());
+    eprintln!(
+        "guest exit time {} ns, host now {host_now} ns",
+        exit.exited_at_unix_nanos
+    );
+    assert!(
+        skew < Duration::from_secs(300),
+        "guest clock off by {skew:?}"
     );
     eprintln!("first container, create to exit: {:?}", started.elapsed());
     step("remove out", sandbox.remove_container("out")).await;
@@ -239,6 +249,50 @@ async fn agent_runs_containers_in_a_real_guest() {
     );
     step("remove tty", sandbox.remove_container("tty")).await;
 
+    // A create that fails inside libcontainer (a terminal without devpts) leaves no cgroup
+    // behind: a container that sees the guest's cgroup tree finds only its own.
+    let c = container(
+        "nopts",
+        &rootfs,
+        &["sh"],
+        SpecOptions {
+            terminal: true,
+            pid_namespace: true,
+            no_devpts: true,
+            ..Default::default()
+        },
+    );
+    let err = sandbox.create_container(&c).await.unwrap_err();
+    eprintln!("terminal without devpts refused: {err}");
+    let c = container(
+        "cgls",
+        &rootfs,
+        &["sh", "-c", "cd /sys/fs/cgroup/bulkhead && echo */"],
+        SpecOptions {
+            guest_cgroups: true,
+            ..Default::default()
+        },
+    );
+    step("create cgls", sandbox.create_container(&c)).await;
+    let out = step(
+        "cgls stdout",
+        sandbox.open_stdio(&init("cgls"), StreamKind::Stdout),
+    )
+    .await;
+    step("start cgls", sandbox.start_container("cgls")).await;
+    assert_eq!(
+        read_all(out).await,
+        "cgls/\n",
+        "container cgroups left behind"
+    );
+    assert_eq!(
+        step("wait cgls", sandbox.wait(&init("cgls")))
+            .await
+            .exit_status,
+        0
+    );
+    step("remove cgls", sandbox.remove_container("cgls")).await;
+
     // memory.max 16 MiB and a shell doubling a string: the OOM killer, an OOM event.
     let limit = 16 << 20;
     let c = container(
@@ -289,12 +343,62 @@ async fn agent_runs_containers_in_a_real_guest() {
     );
     step("remove after", sandbox.remove_container("after")).await;
 
-    // DestroySandbox: the VM powers off (status 0) and nothing is left.
+    // The VMM complained about nothing (no seccomp trap, device error, thread left with
+    // capabilities).
     let run_dir = sandbox.run_dir().to_path_buf();
+    let vmm_log = std::fs::read_to_string(run_dir.join("vmm.log")).unwrap();
+    let complaints: Vec<&str> = vmm_log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(complaints.is_empty(), "VMM log: {complaints:#?}");
+
+    // DestroySandbox: the VM powers off (status 0) and nothing is left.
     let exit = step("destroy", sandbox.destroy()).await;
     assert_eq!(exit, VmExit::Shutdown);
     assert!(!run_dir.exists(), "{} is left", run_dir.display());
     let left = leftovers(&run_root, vmm_pid);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+    std::fs::remove_dir(&run_root).unwrap();
+}
+
+/// A sandbox dropped without DestroySandbox (the shim or CLI failing half-way) still takes
+/// its VM, virtiofsd, sockets and directory with it, even with a container running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_sandbox_leaves_nothing() {
+    const NAME: &str = "a_dropped_sandbox_leaves_nothing";
+    if !require_linux_kvm(NAME) {
+        return;
+    }
+    let artifacts = match GuestArtifacts::locate() {
+        Ok(a) => a,
+        Err(reason) => return skip(NAME, &reason),
+    };
+    let run_root = PathBuf::from(format!("/tmp/bulkhead-agent-drop-{}", std::process::id()));
+    std::fs::create_dir_all(&run_root).unwrap();
+    let sandbox = match Sandbox::start(artifacts.sandbox_config("dropped", &run_root)).await {
+        Ok(s) => s,
+        Err(e) => panic!("sandbox start: {}", error_chain(&e)),
+    };
+    let vmm_pid = sandbox.vmm_pid();
+    {
+        let _console = ConsoleOnPanic(sandbox.run_dir().to_path_buf());
+        let rootfs_host = sandbox.shared_dir().join("busybox");
+        busybox_rootfs(&rootfs_host).unwrap();
+        let rootfs = sandbox.guest_path(&rootfs_host).unwrap();
+        let c = container("busy", &rootfs, &["sleep", "600"], SpecOptions::default());
+        step("create busy", sandbox.create_container(&c)).await;
+        step("start busy", sandbox.start_container("busy")).await;
+    }
+    // Drop kills without waiting: give the processes time to finish dying (the VMM tears
+    // down its guest memory first) and to be reaped.
+    drop(sandbox);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut left = leftovers(&run_root, vmm_pid);
+    while !left.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = leftovers(&run_root, vmm_pid);
+    }
     assert!(left.is_empty(), "left behind: {left:#?}");
     std::fs::remove_dir(&run_root).unwrap();
 }

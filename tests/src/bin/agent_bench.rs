@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bulkhead_e2e::guest::{busybox_rootfs, median, spec_json, GuestArtifacts, SpecOptions};
+use bulkhead_e2e::guest::{
+    busybox_rootfs, leftovers, median, spec_json, GuestArtifacts, SpecOptions,
+};
 use bulkhead_sandbox::{ContainerConfig, ProcessRef, Sandbox, StdioConfig, VmExit};
 
 struct Args {
@@ -109,11 +111,16 @@ async fn one_vm(
         sandbox.remove_container(&id).await.context("remove")?;
         figures.remove.push(t.elapsed());
     }
+    let vmm_pid = sandbox.vmm_pid();
     let t = Instant::now();
     let exit = sandbox.destroy().await.context("destroy")?;
     figures.destroy.push(t.elapsed());
     if exit != VmExit::Shutdown {
         bail!("the VM ended with {exit:?}");
+    }
+    let left = leftovers(run_root, vmm_pid);
+    if !left.is_empty() {
+        bail!("left behind after destroy: {left:#?}");
     }
     let mut sorted = csw.clone();
     eprintln!(

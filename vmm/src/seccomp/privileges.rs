@@ -138,6 +138,32 @@ pub fn drop_privileges(identity: Identity) -> Result<(), PrivilegeError> {
             .map_err(|e| PrivilegeError::SetGid(gid, e))?;
     }
     drop_bounding_set()?;
+    clear_ambient()?;
+    if let Some(uid) = identity.uid {
+        // SAFETY: setresuid with plain integers.
+        check(unsafe { libc::setresuid(uid, uid, uid) }.into())
+            .map_err(|e| PrivilegeError::SetUid(uid, e))?;
+    }
+    clear_capabilities_and_set_no_new_privs()?;
+    // Capabilities belong to threads: one started during set-up keeps what it had. The
+    // process-wide seccomp filter still confines it; say which threads those are.
+    for name in threads_with_capabilities() {
+        log::warn!("confinement: thread {name:?} was started before the privilege drop and keeps its capabilities");
+    }
+    Ok(())
+}
+
+/// Give up every capability of the calling thread only (bounding set, ambient, effective,
+/// permitted, inheritable) and set its `no_new_privs`, without changing identity. For helper
+/// threads started during set-up, before [`drop_privileges`]: capabilities belong to threads,
+/// so such a thread would otherwise keep them.
+pub fn drop_thread_privileges() -> Result<(), PrivilegeError> {
+    drop_bounding_set()?;
+    clear_ambient()?;
+    clear_capabilities_and_set_no_new_privs()
+}
+
+fn clear_ambient() -> Result<(), PrivilegeError> {
     // SAFETY: prctl with integer arguments.
     let rc = unsafe {
         libc::prctl(
@@ -148,12 +174,10 @@ pub fn drop_privileges(identity: Identity) -> Result<(), PrivilegeError> {
             0,
         )
     };
-    check(rc.into()).map_err(PrivilegeError::Ambient)?;
-    if let Some(uid) = identity.uid {
-        // SAFETY: setresuid with plain integers.
-        check(unsafe { libc::setresuid(uid, uid, uid) }.into())
-            .map_err(|e| PrivilegeError::SetUid(uid, e))?;
-    }
+    check(rc.into()).map_err(PrivilegeError::Ambient)
+}
+
+fn clear_capabilities_and_set_no_new_privs() -> Result<(), PrivilegeError> {
     capset_empty().map_err(PrivilegeError::Capset)?;
     let left = capget().map_err(PrivilegeError::Capset)?;
     if left
@@ -164,13 +188,7 @@ pub fn drop_privileges(identity: Identity) -> Result<(), PrivilegeError> {
     }
     // SAFETY: prctl with integer arguments.
     let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    check(rc.into()).map_err(PrivilegeError::NoNewPrivs)?;
-    // Capabilities belong to threads: one started during set-up keeps what it had. The
-    // process-wide seccomp filter still confines it; say which threads those are.
-    for name in threads_with_capabilities() {
-        log::warn!("confinement: thread {name:?} was started before the privilege drop and keeps its capabilities");
-    }
-    Ok(())
+    check(rc.into()).map_err(PrivilegeError::NoNewPrivs)
 }
 
 /// Names of the process's threads that still hold effective or permitted capabilities.

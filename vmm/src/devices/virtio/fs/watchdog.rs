@@ -4,12 +4,16 @@
 //! Socket timeouts (SO_RCVTIMEO) do not work here: the `vhost` crate treats the resulting
 //! EAGAIN as "retry" and reads again, forever. So one long-lived thread per connection,
 //! started with the device (before any seccomp filter is installed), waits for "armed"
-//! deadlines over a channel; the request side only sends messages (futex calls).
+//! deadlines over a channel; the request side only sends messages (futex calls). The thread
+//! gives up its own capabilities first (it only needs shutdown(2)): capabilities belong to
+//! threads, and the VMM's privilege drop comes later, on the main thread.
 
 use std::os::fd::RawFd;
-use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, sync_channel, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use crate::seccomp::privileges::{drop_thread_privileges, PrivilegeError};
 
 enum Msg {
     Arm(Instant, &'static str),
@@ -26,9 +30,16 @@ impl Watchdog {
     /// Watch `fd` (which must stay open as long as this lives) with `timeout` per armed span.
     pub(super) fn spawn(fd: RawFd, timeout: Duration) -> std::io::Result<Self> {
         let (tx, rx) = channel::<Msg>();
+        let (ready_tx, ready_rx) = sync_channel::<Result<(), PrivilegeError>>(1);
         thread::Builder::new()
             .name("vhost-user-watchdog".into())
             .spawn(move || {
+                let dropped = drop_thread_privileges();
+                let failed = dropped.is_err();
+                let _ = ready_tx.send(dropped);
+                if failed {
+                    return;
+                }
                 while let Ok(msg) = rx.recv() {
                     let Msg::Arm(mut deadline, mut what) = msg else {
                         continue;
@@ -53,7 +64,11 @@ impl Watchdog {
                     }
                 }
             })?;
-        Ok(Self { tx, timeout })
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self { tx, timeout }),
+            Ok(Err(e)) => Err(std::io::Error::other(e)),
+            Err(_) => Err(std::io::Error::other("the watchdog thread ended at start")),
+        }
     }
 
     /// Arm the deadline for the requests of `what`, until the returned guard is dropped.
@@ -96,6 +111,17 @@ mod tests {
         let waited = start.elapsed();
         assert!(waited >= Duration::from_millis(200), "{waited:?}");
         assert!(waited < Duration::from_secs(2), "{waited:?}");
+    }
+
+    #[test]
+    fn the_watchdog_thread_holds_no_capabilities() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let _dog = Watchdog::spawn(ours.as_raw_fd(), Duration::from_secs(1)).unwrap();
+        let privileged = crate::seccomp::privileges::threads_with_capabilities();
+        assert!(
+            !privileged.iter().any(|t| t == "vhost-user-watc"),
+            "{privileged:?}"
+        );
     }
 
     #[test]
