@@ -18,7 +18,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 target="${CARGO_TARGET_DIR:-$root/target}"
-bulkhead="$target/release/bulkhead"
+# BULKHEAD_BIN=path: another bulkhead build (with --no-build; its bulkhead-vmm is the
+# one next to it).
+bulkhead="${BULKHEAD_BIN:-$target/release/bulkhead}"
 image="bulkhead/demo:latest"
 layout="${BULKHEAD_CACHE:-/var/cache/bulkhead}/demo-image"
 # shellcheck disable=SC2016 # expanded in the container
@@ -104,7 +106,7 @@ col() { # MODE TITLE
 col vm "microVM (--isolation vm)" >"$out/vm.col"
 col container "plain container (--isolation container)" >"$out/container.col"
 echo
-pr -m -t -w 110 "$out/vm.col" "$out/container.col"
+paste -d '\t' "$out/vm.col" "$out/container.col" | awk -F'\t' '{ printf "%-56s %s\n", $1, $2 }'
 echo
 echo "The microVM ran in $where; the plain container on this host's kernel."
 if [ -f "$out/container-in-harness.wall" ]; then
