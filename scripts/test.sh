@@ -28,8 +28,11 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "host tests"
-cargo build --release -p bulkhead-vmm
+cargo build --release -p bulkhead-vmm -p containerd-shim-bulkhead-v2
 export BULKHEAD_VMM="$root/target/release/bulkhead-vmm"
+# containerd gives a dead shim's `delete` 5 s in all; a debug build spends most of that
+# just starting inside the harness VM (TCG), so the containerd tests use the release shim.
+export BULKHEAD_SHIM_BIN="$root/target/release/containerd-shim-bulkhead-v2"
 # The shim and sandbox tests drive the real agent binary behind a stand-in VMM on the host.
 cargo build -p bulkhead-agent
 export BULKHEAD_AGENT_BIN="$root/target/debug/bulkhead-agent"

@@ -14,6 +14,7 @@
 //! - [`sandbox`]: the lifecycle; [`error`]: errors that name their phase.
 
 pub mod agent;
+pub mod child_fds;
 pub mod console;
 pub mod error;
 pub mod hybrid_vsock;

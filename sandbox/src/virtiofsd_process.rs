@@ -17,6 +17,7 @@ use thiserror::Error;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
+use crate::child_fds::close_inherited_fds;
 use crate::console;
 
 /// How virtiofsd confines itself.
@@ -147,13 +148,15 @@ impl VirtiofsdProcess {
             path: log.to_path_buf(),
             source,
         })?;
-        let child = Command::new(&options.binary)
+        let mut command = Command::new(&options.binary);
+        command
             .args(options.args(socket, shared_dir))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))
             .process_group(0)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        let child = close_inherited_fds(&mut command)
             .spawn()
             .map_err(|source| VirtiofsdError::Spawn {
                 binary: options.binary.clone(),

@@ -16,6 +16,7 @@ use thiserror::Error;
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
+use crate::child_fds::close_inherited_fds;
 use crate::console;
 
 /// VMM exit status: the guest rebooted or powered off.
@@ -196,13 +197,15 @@ impl VmmProcess {
             path: config.vmm_log.clone(),
             source,
         })?;
-        let mut child = Command::new(&config.binary)
+        let mut command = Command::new(&config.binary);
+        command
             .args(config.args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .process_group(0)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        let mut child = close_inherited_fds(&mut command)
             .spawn()
             .map_err(|source| VmmError::Spawn {
                 binary: config.binary.clone(),

@@ -83,6 +83,7 @@ impl Shim for BulkheadShim {
     }
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<api::DeleteResponse> {
+        delete_progress(&format!("delete {} in {}", self.id, self.namespace));
         let config = self.config.clone().unwrap_or_default();
         let spec = pod::read_spec(&self.bundle).ok();
         let annotations = spec.as_ref().map(pod::annotations).unwrap_or_default();
@@ -132,6 +133,15 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// One line on stderr with the wall-clock time: containerd shows a failed `delete`'s
+/// stderr in its log, which is how a slow or stuck clean-up can be told apart.
+fn delete_progress(what: &str) {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    eprintln!("{}.{:03} {what}", now.as_secs(), now.subsec_millis());
+}
+
 /// Removes what a dead shim left for container `id`. Blocking.
 pub fn clean_up(config: &ShimConfig, namespace: &str, id: &str, role: &Role) -> Result<(), String> {
     let run_dir = pod::run_dir(config, namespace, role.sandbox_id());
@@ -140,7 +150,9 @@ pub fn clean_up(config: &ShimConfig, namespace: &str, id: &str, role: &Role) -> 
             // containerd gives this action 5 s in all. A SIGKILLed VMM can take a while to
             // end (the kernel tears its guest memory down first), and nothing needs it gone
             // before the mounts are detached and the files removed: kill, clean, then wait.
+            delete_progress(&format!("killing what uses {}", run_dir.display()));
             let killed = kill_processes_using(&run_dir);
+            delete_progress(&format!("killed {killed:?}; removing mounts and files"));
             let removed = crate::mounts::remove(&run_dir).map_err(|e| error_chain(&e));
             if !killed.is_empty() {
                 let left = wait_gone(&killed, Duration::from_secs(3));

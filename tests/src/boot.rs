@@ -46,6 +46,20 @@ pub fn report_value<'a>(output: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
+/// The last `n` lines of `output`, with a note of how many came before: what a failure
+/// message should show of a long serial log (CI output keeps only part of it).
+pub fn tail(output: &str, n: usize) -> String {
+    let lines: Vec<&str> = output.lines().collect();
+    let skipped = lines.len().saturating_sub(n);
+    let mut text = if skipped > 0 {
+        format!("[... {skipped} earlier lines ...]\n")
+    } else {
+        String::new()
+    };
+    text.push_str(&lines[skipped..].join("\n"));
+    text
+}
+
 /// Whether `hwrng=` reported 16 bytes as 32 hex digits.
 pub fn hwrng_ok(output: &str) -> bool {
     report_value(output, "hwrng")
@@ -55,6 +69,12 @@ pub fn hwrng_ok(output: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_lines_and_counts_the_rest() {
+        assert_eq!(tail("a\nb\nc", 2), "[... 1 earlier lines ...]\nb\nc");
+        assert_eq!(tail("a\nb", 5), "a\nb");
+    }
 
     #[test]
     fn parses_report_lines() {

@@ -364,9 +364,18 @@ impl Containerd {
             .into_iter()
             .filter(|l| l.split(' ').nth(4) != Some(run_root.as_str()))
             .collect();
-        assert_eq!(below, Vec::<String>::new());
+        assert_eq!(
+            below,
+            Vec::<String>::new(),
+            "mounts left; containerd log:\n{}",
+            self.log()
+        );
         let left: Vec<_> = walk(&self.run_root);
-        assert!(left.is_empty(), "left in the run root: {left:#?}");
+        assert!(
+            left.is_empty(),
+            "left in the run root: {left:#?}\ncontainerd log:\n{}",
+            self.log()
+        );
     }
 }
 
