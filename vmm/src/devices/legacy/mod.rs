@@ -1,4 +1,4 @@
-//! Legacy devices: the 8250 serial console and the i8042 controller's reset line.
+//! Legacy devices: the 8250 serial console and the i8042 controller (reset line, CTR).
 
 mod console_output;
 mod i8042;
