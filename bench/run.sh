@@ -32,9 +32,21 @@ if [ "${1:-}" = --inside ]; then
         local t0 t1 err rc=0
         err="$out/last.err"
         t0="$(date +%s%N)"
-        # A run that hangs is ended (SIGTERM, which bulkhead passes on, then teardown).
+        # A run that hangs is ended (SIGTERM, which bulkhead passes on, then teardown);
+        # just before, its sandbox logs (guest console, VMM, virtiofsd) are kept in OUT.
+        (
+            trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+            sleep 290 &
+            nap=$!
+            wait "$nap"
+            mkdir -p "$out/hung-$1-$2"
+            find "$base/run" -name '*.log' -exec cp --parents -t "$out/hung-$1-$2" {} + 2>/dev/null
+        ) &
+        local keeper=$!
         timeout 300 "$bulkhead" run --rm -q --isolation "$1" --timings "$image" true \
             2>"$err" || rc=$?
+        kill "$keeper" 2>/dev/null || true
+        wait "$keeper" 2>/dev/null || true
         t1="$(date +%s%N)"
         if [ "$rc" != 0 ]; then
             echo "bench: $1 round $2 failed (status $rc):" >&2

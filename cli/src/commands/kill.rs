@@ -36,38 +36,21 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let containers = ctx.containers();
     let rt = super::runtime()?;
-    let mut failed = 0;
-    for c in &args.containers {
-        let r = (|| {
-            let s = containers.find(c)?;
-            if !s.is_running() {
-                bail!("container {c} is not running");
-            }
-            let sock = containers.dir(&s.id).control_socket();
-            rt.block_on(control::call_ok(
-                &sock,
-                &Request::Kill {
-                    exec_id: String::new(),
-                    signal: args.signal,
-                },
-            ))?;
-            anyhow::Ok(())
-        })();
-        match r {
-            Ok(()) => println!("{c}"),
-            Err(e) => {
-                eprintln!("bulkhead: {e:#}");
-                failed += 1;
-            }
+    super::for_each_container(&args.containers, "signalled", |c| {
+        let s = containers.find(c)?;
+        if !s.is_running() {
+            bail!("container {c} is not running");
         }
-    }
-    if failed > 0 {
-        bail!(
-            "{failed} of {} containers not signalled",
-            args.containers.len()
-        );
-    }
-    Ok(())
+        let sock = containers.dir(&s.id).control_socket();
+        rt.block_on(control::call_ok(
+            &sock,
+            &Request::Kill {
+                exec_id: String::new(),
+                signal: args.signal,
+            },
+        ))?;
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -186,6 +186,30 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 /// A runtime for the container commands: one thread (the supervisor's children get their
 /// parent-death signal from the thread that spawned them, which must live as long as the
 /// process).
+/// Applies `action` to each named container the way `docker` does: prints the name of
+/// each one done, reports each failure on stderr and goes on, and fails at the end if any
+/// failed (`"{failed} of {total} containers not {verb}"`).
+pub fn for_each_container(
+    names: &[String],
+    verb: &str,
+    mut action: impl FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for name in names {
+        match action(name) {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("bulkhead: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} containers not {verb}", names.len());
+    }
+    Ok(())
+}
+
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

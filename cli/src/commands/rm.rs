@@ -85,21 +85,7 @@ fn remove_one(ctx: &Ctx, containers: &Containers, c: &str, force: bool) -> anyho
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let containers = ctx.containers();
-    let mut failed = 0;
-    for c in &args.containers {
-        match remove_one(ctx, &containers, c, args.force) {
-            Ok(()) => println!("{c}"),
-            Err(e) => {
-                eprintln!("bulkhead: {e:#}");
-                failed += 1;
-            }
-        }
-    }
-    if failed > 0 {
-        bail!(
-            "{failed} of {} containers not removed",
-            args.containers.len()
-        );
-    }
-    Ok(())
+    super::for_each_container(&args.containers, "removed", |c| {
+        remove_one(ctx, &containers, c, args.force)
+    })
 }

@@ -34,37 +34,20 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let timeout = args.time.unwrap_or(ctx.cfg.container.stop_timeout_secs);
     let containers = ctx.containers();
     let rt = super::runtime()?;
-    let mut failed = 0;
-    for c in &args.containers {
-        let r = (|| {
-            let s = containers.find(c)?;
-            if s.is_running() {
-                let sock = containers.dir(&s.id).control_socket();
-                rt.block_on(control::call_ok(
-                    &sock,
-                    &Request::Stop {
-                        timeout_secs: timeout,
-                    },
-                ))?;
-                if !wait_supervisor(&s, Duration::from_secs(60)) {
-                    bail!("container {c} stopped but its supervisor did not finish within 60 s");
-                }
-            }
-            anyhow::Ok(())
-        })();
-        match r {
-            Ok(()) => println!("{c}"),
-            Err(e) => {
-                eprintln!("bulkhead: {e:#}");
-                failed += 1;
+    super::for_each_container(&args.containers, "stopped", |c| {
+        let s = containers.find(c)?;
+        if s.is_running() {
+            let sock = containers.dir(&s.id).control_socket();
+            rt.block_on(control::call_ok(
+                &sock,
+                &Request::Stop {
+                    timeout_secs: timeout,
+                },
+            ))?;
+            if !wait_supervisor(&s, Duration::from_secs(60)) {
+                bail!("container {c} stopped but its supervisor did not finish within 60 s");
             }
         }
-    }
-    if failed > 0 {
-        bail!(
-            "{failed} of {} containers not stopped",
-            args.containers.len()
-        );
-    }
-    Ok(())
+        Ok(())
+    })
 }
