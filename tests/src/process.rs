@@ -24,6 +24,47 @@ pub enum ProcessError {
     /// Waiting for or killing the child failed.
     #[error("cannot wait for the child")]
     Wait(#[source] std::io::Error),
+    /// SIGKILL did not end the child in time: a thread is stuck in the kernel.
+    #[error("pid {pid} did not end within {limit:?} of SIGKILL; its threads:\n{threads}")]
+    Unkillable {
+        /// The child.
+        pid: u32,
+        /// How long it was given.
+        limit: Duration,
+        /// [`thread_report`] of the child.
+        threads: String,
+    },
+}
+
+/// One line per thread of `pid`: name, state, kernel wait channel and kernel stack (the
+/// stack needs root). What to look at when a VMM neither answers nor dies; none of it
+/// takes the process's memory lock, so it works when `/proc/PID/smaps` would block.
+pub fn thread_report(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("  (no /proc/{pid}/task)");
+    };
+    let mut out = String::new();
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let get = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let stat = get("stat");
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("?");
+        let stack: Vec<String> = get("stack")
+            .lines()
+            .map(|l| l.split_whitespace().nth(1).unwrap_or(l).to_string())
+            .collect();
+        out.push_str(&format!(
+            "  tid {} {} state {state} wchan {} stack [{}]\n",
+            task.file_name().to_string_lossy(),
+            get("comm").trim(),
+            get("wchan").trim(),
+            stack.join(" < ")
+        ));
+    }
+    out
 }
 
 /// Result of [`run_with_timeout`].
@@ -199,10 +240,22 @@ impl WatchedChild {
         Ok(status)
     }
 
-    /// Kills the child (SIGKILL) and reaps it.
+    /// Kills the child (SIGKILL) and reaps it. A child that SIGKILL does not end within
+    /// 30 s (a thread stuck in the kernel) is an error describing its threads, not a hang.
     pub fn kill(&mut self) -> Result<(), ProcessError> {
+        const LIMIT: Duration = Duration::from_secs(30);
         let _ = self.child.kill();
-        self.child.wait().map_err(ProcessError::Wait)?;
+        let deadline = Instant::now() + LIMIT;
+        while self.child.try_wait().map_err(ProcessError::Wait)?.is_none() {
+            if Instant::now() >= deadline {
+                return Err(ProcessError::Unkillable {
+                    pid: self.pid(),
+                    limit: LIMIT,
+                    threads: thread_report(self.pid()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         self.drain(Duration::from_millis(200));
         Ok(())
     }
@@ -273,6 +326,20 @@ fn pump<R: Read + Send + 'static>(pipe: R, stream: Stream, start: Instant, tx: m
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_report_names_each_thread_and_its_state() {
+        let report = thread_report(std::process::id());
+        assert!(report.lines().count() >= 1, "{report}");
+        assert!(report.contains("state "), "{report}");
+        assert!(thread_report(u32::MAX).contains("no /proc"));
+    }
+
+    #[test]
+    fn kill_reaps_a_sleeping_child() {
+        let mut child = WatchedChild::spawn(Command::new("sleep").arg("30")).unwrap();
+        child.kill().unwrap();
+    }
 
     #[test]
     fn captures_output_and_status() {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bulkhead_e2e::memory::{vmm_memory, VmmMemory};
+use bulkhead_e2e::process::thread_report;
 use bulkhead_e2e::{
     kernel_dir, qemu_microvm_command, vmm_binary, vmm_command, BootSpec, TestInitramfs,
     WatchedChild, INIT_READY_MARKER,
@@ -248,18 +249,39 @@ fn one_boot(
 ) -> Result<(f64, Result<VmmMemory>)> {
     let mut child = WatchedChild::spawn(cmd)?;
     let Some(line) = child.wait_for_stdout(INIT_READY_MARKER, args.timeout) else {
-        let _ = child.kill();
+        let threads = thread_report(child.pid());
+        let killed = child.kill();
         let t = child.transcript();
         let tail: Vec<&str> = t.lines().rev().take(15).collect();
         bail!(
-            "no marker within {:?}; last output:\n  {}",
+            "no marker within {:?}; threads then:\n{threads}last output:\n  {}\nkill: {killed:?}",
             args.timeout,
             tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
         );
     };
-    let mem = vmm_memory(child.pid(), u64::from(spec.memory_mib)).map_err(anyhow::Error::from);
+    let mem = memory_within(
+        child.pid(),
+        u64::from(spec.memory_mib),
+        Duration::from_secs(30),
+    );
     child.kill()?;
     Ok((line.at.as_secs_f64() * 1000.0, mem))
+}
+
+/// [`vmm_memory`], given up after `limit`: reading `/proc/PID/smaps` waits for the
+/// process's memory lock, which a thread stuck in the kernel can hold forever.
+fn memory_within(pid: u32, guest_mib: u64, limit: Duration) -> Result<VmmMemory> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(vmm_memory(pid, guest_mib));
+    });
+    match rx.recv_timeout(limit) {
+        Ok(mem) => mem.map_err(anyhow::Error::from),
+        Err(_) => bail!(
+            "reading /proc/{pid}/smaps blocked for {limit:?}; threads:\n{}",
+            thread_report(pid)
+        ),
+    }
 }
 
 fn median_f(v: &[f64]) -> f64 {
