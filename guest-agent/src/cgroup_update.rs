@@ -17,19 +17,19 @@ use crate::cgroup_stats::{cgroup_dir, CGROUP_ROOT};
 
 #[derive(Debug, Error)]
 pub enum UpdateError {
-    #[error("cannot build the OCI resources: {0}")]
+    #[error("cannot build the OCI resources")]
     Spec(#[source] oci_spec::OciSpecError),
-    #[error("cannot open cgroup {path}: {source}")]
+    #[error("cannot open cgroup {path}")]
     Open {
         path: PathBuf,
         #[source]
-        source: V2ManagerError,
+        source: Box<V2ManagerError>,
     },
-    #[error("cannot apply the limits to cgroup {path}: {source}")]
+    #[error("cannot apply the limits to cgroup {path}")]
     Apply {
         path: PathBuf,
         #[source]
-        source: V2ManagerError,
+        source: Box<V2ManagerError>,
     },
 }
 
@@ -90,7 +90,7 @@ pub fn apply(cgroup_path: &Path, update: &ResourceUpdate) -> Result<(), UpdateEr
         Manager::new(PathBuf::from(CGROUP_ROOT), cgroup_path.to_owned()).map_err(|source| {
             UpdateError::Open {
                 path: dir.clone(),
-                source,
+                source: Box::new(source),
             }
         })?;
     let opt = ControllerOpt {
@@ -99,9 +99,10 @@ pub fn apply(cgroup_path: &Path, update: &ResourceUpdate) -> Result<(), UpdateEr
         oom_score_adj: None,
         freezer_state: None,
     };
-    manager
-        .apply(&opt)
-        .map_err(|source| UpdateError::Apply { path: dir, source })
+    manager.apply(&opt).map_err(|source| UpdateError::Apply {
+        path: dir,
+        source: Box::new(source),
+    })
 }
 
 #[cfg(test)]

@@ -225,7 +225,11 @@ pub fn pause_and_resume(s: &Setup) {
     std::thread::sleep(Duration::from_millis(500));
     let frozen = read_counter(c, "ticker");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(read_counter(c, "ticker"), frozen, "the counter moved while paused");
+    assert_eq!(
+        read_counter(c, "ticker"),
+        frozen,
+        "the counter moved while paused"
+    );
     let again = run(c.ctr().args(["tasks", "pause", "ticker"]));
     assert!(!again.status.success(), "a paused task paused again");
     let exec = run(c
@@ -252,7 +256,10 @@ pub fn pause_and_resume(s: &Setup) {
 
     // A paused container can still be killed and deleted.
     check(c.ctr().args(["tasks", "pause", "ticker"]));
-    check(c.ctr().args(["tasks", "kill", "--signal", "SIGKILL", "ticker"]));
+    check(
+        c.ctr()
+            .args(["tasks", "kill", "--signal", "SIGKILL", "ticker"]),
+    );
     wait_for_status(c, "ticker", "STOPPED", Duration::from_secs(10));
     check(c.ctr().args(["tasks", "delete", "ticker"]));
     check(c.ctr().args(["containers", "delete", "ticker"]));
