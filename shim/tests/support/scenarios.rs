@@ -198,7 +198,8 @@ fn counter_passes(c: &Containerd, id: &str, after: u64, limit: Duration) -> u64 
 }
 
 /// Pause freezes the container (PAUSED, a counter it writes stops, exec refused), resume
-/// thaws it (RUNNING, the counter moves again); a second pause of a paused task is refused.
+/// thaws it (RUNNING, the counter moves again); a second pause of a paused task is refused;
+/// one TaskPaused and one TaskResumed reach containerd.
 pub fn pause_and_resume(s: &Setup) {
     let c = &s.c;
     check(&mut s.ctr_run(&[
@@ -212,6 +213,18 @@ pub fn pause_and_resume(s: &Setup) {
     wait_for_status(c, "ticker", "RUNNING", Duration::from_secs(10));
     let first = counter_passes(c, "ticker", 0, Duration::from_secs(30));
     counter_passes(c, "ticker", first, Duration::from_secs(30));
+
+    // `ctr events` into a file: TaskPaused and TaskResumed are checked at the end.
+    let events_file = c.dir().join("pause-events.txt");
+    let mut events = c
+        .ctr()
+        .arg("events")
+        .stdout(std::fs::File::create(&events_file).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // `ctr events` subscribes asynchronously: give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
 
     let out = run(c.ctr().args(["tasks", "pause", "ticker"]));
     assert!(
@@ -253,6 +266,16 @@ pub fn pause_and_resume(s: &Setup) {
     counter_passes(c, "ticker", frozen.unwrap_or(0), Duration::from_secs(30));
     let again = run(c.ctr().args(["tasks", "resume", "ticker"]));
     assert!(!again.status.success(), "a running task resumed");
+    let _ = events.kill();
+    let _ = events.wait();
+    let events = std::fs::read_to_string(&events_file).unwrap_or_default();
+    for topic in ["/tasks/paused", "/tasks/resumed"] {
+        assert_eq!(
+            events.lines().filter(|l| l.contains(topic)).count(),
+            1,
+            "one {topic} event expected:\n{events}"
+        );
+    }
 
     // A paused container can still be killed and deleted.
     check(c.ctr().args(["tasks", "pause", "ticker"]));
