@@ -342,6 +342,7 @@ fn a_cri_pod_with_the_host_agent() {
         return skip("the host's cgroup v2 hierarchy has no cpu controller (CRI sets CPU shares)");
     }
     let mut c = host_agent_containerd_with(&agent, Some(PAUSE));
+    let _logs = LogCollector::start(&c.run_root);
     prepare(&mut c);
     cri_pod(&c, "fake-vmm.py");
 }
