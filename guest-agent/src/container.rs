@@ -55,6 +55,8 @@ pub enum ContainerError {
     Console(#[source] io::Error),
     #[error("libcontainer: {0}")]
     Libcontainer(#[from] LibcontainerError),
+    #[error(transparent)]
+    Update(#[from] crate::cgroup_update::UpdateError),
 }
 
 /// How a new process gets its stdio.
@@ -180,6 +182,19 @@ impl Runtime {
     pub fn start(&self, id: &str) -> Result<(), ContainerError> {
         let mut c = Container::load(self.state_root.join(id))?;
         c.start()?;
+        Ok(())
+    }
+
+    /// Freezes the container's cgroup (libcontainer: cgroup v2 freezer, waits until the
+    /// kernel reports it frozen).
+    pub fn pause(&self, id: &str) -> Result<(), ContainerError> {
+        Container::load(self.state_root.join(id))?.pause()?;
+        Ok(())
+    }
+
+    /// Thaws a paused container's cgroup.
+    pub fn resume(&self, id: &str) -> Result<(), ContainerError> {
+        Container::load(self.state_root.join(id))?.resume()?;
         Ok(())
     }
 

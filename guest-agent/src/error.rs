@@ -32,6 +32,10 @@ pub enum AgentError {
     },
     #[error("container {0} is not running")]
     NotRunning(String),
+    #[error("container {0} is not paused")]
+    NotPaused(String),
+    #[error("container {0} is paused")]
+    Paused(String),
     #[error("container {0} was already started")]
     AlreadyStarted(String),
     #[error("process {exec_id:?} of container {container_id} has already exited")]
@@ -53,6 +57,24 @@ pub enum AgentError {
     },
     #[error("cannot exec in container {id}")]
     Exec {
+        id: String,
+        #[source]
+        source: ContainerError,
+    },
+    #[error("cannot pause container {id}")]
+    Pause {
+        id: String,
+        #[source]
+        source: ContainerError,
+    },
+    #[error("cannot resume container {id}")]
+    Resume {
+        id: String,
+        #[source]
+        source: ContainerError,
+    },
+    #[error("cannot update the resources of container {id}")]
+    Update {
         id: String,
         #[source]
         source: ContainerError,
@@ -94,6 +116,8 @@ impl AgentError {
             }
             AgentError::ContainerExists(_) | AgentError::ExecExists { .. } => Code::ALREADY_EXISTS,
             AgentError::NotRunning(_)
+            | AgentError::NotPaused(_)
+            | AgentError::Paused(_)
             | AgentError::AlreadyStarted(_)
             | AgentError::ProcessExited { .. } => Code::FAILED_PRECONDITION,
             AgentError::Create { source, .. } | AgentError::Exec { source, .. } => match source {

@@ -4,6 +4,7 @@
 //! and PID 1 duties, and runs [`run`].
 
 pub mod cgroup_stats;
+pub mod cgroup_update;
 pub mod config;
 pub mod container;
 pub mod error;

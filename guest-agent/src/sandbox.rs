@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bulkhead_protocol::resources::ResourceUpdate;
 use bulkhead_protocol::stdio::{AttachStatus, StdioHeader};
 use bulkhead_protocol::types::{
     ContainerConfig, ContainerStats, ExecConfig, ProcessExit, ProcessRef, SandboxConfig, WinSize,
@@ -18,6 +19,7 @@ use nix::unistd::Pid;
 use tokio::sync::{mpsc, Mutex as AsyncMutex};
 
 use crate::cgroup_stats;
+use crate::cgroup_update;
 use crate::container::{Runtime, StdioSetup};
 use crate::error::AgentError;
 use crate::process_io::{Claim, ProcessIo};
@@ -48,8 +50,11 @@ struct ContainerEntry {
     init_exec_id: String,
     init: Arc<Process>,
     execs: HashMap<String, Arc<Process>>,
+    /// The OCI `cgroupsPath` and the directory it names.
+    cgroup_path: PathBuf,
     cgroup_dir: PathBuf,
     started: bool,
+    paused: bool,
     oom_kills_seen: u64,
 }
 
@@ -242,8 +247,10 @@ impl Sandbox {
                     exit,
                 }),
                 execs: HashMap::new(),
+                cgroup_path: created.cgroup_path,
                 cgroup_dir,
                 started: false,
+                paused: false,
                 oom_kills_seen,
             },
         );
@@ -283,6 +290,10 @@ impl Sandbox {
                 .ok_or_else(|| AgentError::ContainerNotFound(id.clone()))?;
             if !c.started || c.init.exited() {
                 return Err(AgentError::NotRunning(id));
+            }
+            // A process joining a frozen cgroup would freeze inside libcontainer's build.
+            if c.paused {
+                return Err(AgentError::Paused(id));
             }
             if exec_id == c.init_exec_id || c.execs.contains_key(&exec_id) {
                 return Err(AgentError::ExecExists {
@@ -403,6 +414,80 @@ impl Sandbox {
             .map(|c| c.cgroup_dir.clone())
             .ok_or_else(|| AgentError::ContainerNotFound(id.to_owned()))?;
         Ok(cgroup_stats::read_stats(&dir))
+    }
+
+    /// Freezes every process of a running container.
+    pub fn pause_container(&self, id: &str) -> Result<(), AgentError> {
+        self.with_running(id, |c| {
+            if c.paused {
+                Err(AgentError::Paused(id.to_owned()))
+            } else {
+                Ok(())
+            }
+        })?;
+        self.runtime.pause(id).map_err(|source| AgentError::Pause {
+            id: id.to_owned(),
+            source,
+        })?;
+        self.set_paused(id, true);
+        info!("paused container {id}");
+        Ok(())
+    }
+
+    /// Thaws a paused container.
+    pub fn resume_container(&self, id: &str) -> Result<(), AgentError> {
+        self.with_running(id, |c| {
+            if c.paused {
+                Ok(())
+            } else {
+                Err(AgentError::NotPaused(id.to_owned()))
+            }
+        })?;
+        self.runtime
+            .resume(id)
+            .map_err(|source| AgentError::Resume {
+                id: id.to_owned(),
+                source,
+            })?;
+        self.set_paused(id, false);
+        info!("resumed container {id}");
+        Ok(())
+    }
+
+    /// Applies new cgroup limits to a created or running container.
+    pub fn update_container(&self, id: &str, update: &ResourceUpdate) -> Result<(), AgentError> {
+        let cgroup_path = lock(&self.containers)
+            .get(id)
+            .map(|c| c.cgroup_path.clone())
+            .ok_or_else(|| AgentError::ContainerNotFound(id.to_owned()))?;
+        cgroup_update::apply(&cgroup_path, update).map_err(|e| AgentError::Update {
+            id: id.to_owned(),
+            source: e.into(),
+        })?;
+        info!("updated the resources of container {id}: {update:?}");
+        Ok(())
+    }
+
+    /// Runs `check` on a started container whose init still runs.
+    fn with_running(
+        &self,
+        id: &str,
+        check: impl FnOnce(&ContainerEntry) -> Result<(), AgentError>,
+    ) -> Result<(), AgentError> {
+        let containers = lock(&self.containers);
+        let c = containers
+            .get(id)
+            .ok_or_else(|| AgentError::ContainerNotFound(id.to_owned()))?;
+        if !c.started || c.init.exited() {
+            return Err(AgentError::NotRunning(id.to_owned()));
+        }
+        check(c)
+    }
+
+    fn set_paused(&self, id: &str, paused: bool) {
+        if let Some(c) = lock(&self.containers).get_mut(id) {
+            c.paused = paused;
+        }
     }
 
     /// Kills every process of the container, waits for them, deletes it.

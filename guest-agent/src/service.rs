@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bulkhead_protocol::proto;
+use bulkhead_protocol::resources::UpdateRequest;
 use bulkhead_protocol::ttrpc_api;
 use bulkhead_protocol::types::{
     validate_container_id, validate_signal, ContainerConfig, ExecConfig, ProcessRef, SandboxConfig,
@@ -221,6 +222,43 @@ impl ttrpc_api::Agent for AgentService {
             .stats(&req.container_id)
             .map_err(|e| fail("StatsContainer", e))?;
         Ok((&stats).into())
+    }
+
+    async fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: proto::PauseContainerRequest,
+    ) -> ttrpc::Result<proto::Empty> {
+        validate_container_id(&req.container_id).map_err(|e| fail("PauseContainer", e.into()))?;
+        self.sandbox
+            .pause_container(&req.container_id)
+            .map_err(|e| fail("PauseContainer", e))?;
+        Ok(proto::Empty::new())
+    }
+
+    async fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: proto::ResumeContainerRequest,
+    ) -> ttrpc::Result<proto::Empty> {
+        validate_container_id(&req.container_id).map_err(|e| fail("ResumeContainer", e.into()))?;
+        self.sandbox
+            .resume_container(&req.container_id)
+            .map_err(|e| fail("ResumeContainer", e))?;
+        Ok(proto::Empty::new())
+    }
+
+    async fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: proto::UpdateContainerRequest,
+    ) -> ttrpc::Result<proto::Empty> {
+        let update =
+            UpdateRequest::try_from(&req).map_err(|e| fail("UpdateContainer", e.into()))?;
+        self.sandbox
+            .update_container(&update.container_id, &update.resources)
+            .map_err(|e| fail("UpdateContainer", e))?;
+        Ok(proto::Empty::new())
     }
 
     async fn get_oom_event(

@@ -3,8 +3,10 @@
 use thiserror::Error;
 
 /// Version of the agent wire protocol (proto messages, RPC semantics and the
-/// stdio header). Bump on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// stdio header). Bump on any incompatible change and on added RPCs: the check
+/// is equality, so a host never talks to an agent lacking an RPC it may call.
+/// 2: PauseContainer, ResumeContainer, UpdateContainer.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error("agent protocol version mismatch: ours is {ours}, the peer speaks {theirs}")]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bulkhead_protocol::client::{client_from_socket, handshake, AgentVersion};
 use bulkhead_protocol::proto;
+use bulkhead_protocol::resources::{ResourceUpdate, UpdateRequest};
 use bulkhead_protocol::stdio::{AttachStatus, StdioHeader, StreamKind};
 use bulkhead_protocol::ttrpc_api::AgentClient;
 use bulkhead_protocol::types::{
@@ -307,6 +308,51 @@ impl AgentConn {
             .await
             .map_err(|e| SandboxError::from_rpc(Phase::OomEvent, e))?;
         Ok(resp.container_id)
+    }
+
+    /// Freezes every process of a running container.
+    pub async fn pause_container(&self, container_id: &str) -> Result<(), SandboxError> {
+        validate_container_id(container_id).map_err(SandboxError::InvalidArgument)?;
+        let mut req = proto::PauseContainerRequest::new();
+        req.container_id = container_id.to_owned();
+        self.client
+            .pause_container(self.ctx(), &req)
+            .await
+            .map_err(|e| SandboxError::from_rpc(Phase::Pause, e))?;
+        Ok(())
+    }
+
+    /// Thaws a paused container.
+    pub async fn resume_container(&self, container_id: &str) -> Result<(), SandboxError> {
+        validate_container_id(container_id).map_err(SandboxError::InvalidArgument)?;
+        let mut req = proto::ResumeContainerRequest::new();
+        req.container_id = container_id.to_owned();
+        self.client
+            .resume_container(self.ctx(), &req)
+            .await
+            .map_err(|e| SandboxError::from_rpc(Phase::Resume, e))?;
+        Ok(())
+    }
+
+    /// Applies new cgroup limits to a container (unset fields keep their value).
+    pub async fn update_container(
+        &self,
+        container_id: &str,
+        resources: &ResourceUpdate,
+    ) -> Result<(), SandboxError> {
+        let update = UpdateRequest {
+            container_id: container_id.to_owned(),
+            resources: resources.clone(),
+        };
+        validate_container_id(container_id).map_err(SandboxError::InvalidArgument)?;
+        resources
+            .validate()
+            .map_err(SandboxError::InvalidArgument)?;
+        self.client
+            .update_container(self.ctx(), &proto::UpdateContainerRequest::from(&update))
+            .await
+            .map_err(|e| SandboxError::from_rpc(Phase::Update, e))?;
+        Ok(())
     }
 
     pub async fn remove_container(&self, container_id: &str) -> Result<(), SandboxError> {

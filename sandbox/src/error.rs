@@ -36,6 +36,9 @@ pub enum Phase {
     ContainerRemove,
     Stdio,
     Destroy,
+    Pause,
+    Resume,
+    Update,
 }
 
 impl fmt::Display for Phase {
@@ -60,6 +63,9 @@ impl fmt::Display for Phase {
             Phase::ContainerRemove => "removing the container",
             Phase::Stdio => "attaching stdio",
             Phase::Destroy => "destroying the sandbox",
+            Phase::Pause => "pausing the container",
+            Phase::Resume => "resuming the container",
+            Phase::Update => "updating the container's resources",
         })
     }
 }

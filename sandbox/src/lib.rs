@@ -32,6 +32,7 @@ pub use virtiofsd_process::{FsCache, FsSandbox, VirtiofsdOptions};
 pub use vmm_process::VmExit;
 
 /// The protocol crate's types used in this crate's API.
+pub use bulkhead_protocol::resources::ResourceUpdate;
 pub use bulkhead_protocol::stdio::StreamKind;
 pub use bulkhead_protocol::types::{
     ContainerConfig, ContainerStats, DnsConfig, ExecConfig, ProcessRef, StdioConfig, WinSize,

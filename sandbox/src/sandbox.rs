@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bulkhead_protocol::resources::ResourceUpdate;
 use bulkhead_protocol::stdio::StreamKind;
 use bulkhead_protocol::types::{
     ContainerConfig, ContainerStats, DnsConfig, ExecConfig, ProcessRef,
@@ -338,6 +339,23 @@ impl Sandbox {
 
     pub async fn next_oom_event(&self) -> Result<String, SandboxError> {
         self.check(self.agent.next_oom_event()).await
+    }
+
+    pub async fn pause_container(&self, container_id: &str) -> Result<(), SandboxError> {
+        self.check(self.agent.pause_container(container_id)).await
+    }
+
+    pub async fn resume_container(&self, container_id: &str) -> Result<(), SandboxError> {
+        self.check(self.agent.resume_container(container_id)).await
+    }
+
+    pub async fn update_container(
+        &self,
+        container_id: &str,
+        resources: &ResourceUpdate,
+    ) -> Result<(), SandboxError> {
+        self.check(self.agent.update_container(container_id, resources))
+            .await
     }
 
     pub async fn remove_container(&self, container_id: &str) -> Result<(), SandboxError> {

@@ -8,8 +8,10 @@
 //! - [`service`]: the Task service (ttrpc), a thin layer over [`runtime`];
 //! - [`runtime`]: the VM, its containers and processes, and what each operation does;
 //! - [`translate`]: containerd's protobuf messages to and from domain values;
+//!   [`resources`]: the OCI resources of an Update;
 //! - [`pod`]: grouping by sandbox id and VM configuration; [`mounts`]: container
-//!   filesystems in the shared directory; [`propagation`]: the run root as a shared mount
+//!   filesystems in the shared directory; [`guest_spec`]: host-only spec fields (LSM
+//!   labels) removed for the guest; [`propagation`]: the run root as a shared mount
 //!   (so those filesystems reach virtiofsd); [`stdio`]: FIFO plumbing; [`process`]: process
 //!   state; [`events`]: task events; [`error`]: errors and their ttrpc codes;
 //!   [`config`]: `/etc/bulkhead/config.toml`.
@@ -18,10 +20,12 @@ pub mod bootstrap;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod guest_spec;
 pub mod mounts;
 pub mod pod;
 pub mod process;
 pub mod propagation;
+pub mod resources;
 pub mod runtime;
 pub mod service;
 pub mod stdio;

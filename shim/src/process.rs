@@ -21,6 +21,8 @@ pub enum Status {
     Created,
     Running,
     Stopped,
+    /// Reported for the init of a paused container (the process record stays Running).
+    Paused,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

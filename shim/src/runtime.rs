@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulkhead_sandbox::{
-    ContainerConfig, ContainerStats, ExecConfig, ProcessRef, Sandbox, StdioConfig, WinSize,
+    ContainerConfig, ContainerStats, ExecConfig, ProcessRef, ResourceUpdate, Sandbox, StdioConfig,
+    WinSize,
 };
 use containerd_shim::asynchronous::ExitSignal;
 use tokio::task::JoinHandle;
@@ -21,6 +22,7 @@ use tokio::task::JoinHandle;
 use crate::config::ShimConfig;
 use crate::error::{Result, ShimError};
 use crate::events::{EventSink, TaskEvent};
+use crate::guest_spec;
 use crate::mounts::{self, ContainerFs};
 use crate::pod::{self, Role};
 use crate::process::{Exit, Process, Status, OUTPUT_DRAIN_LIMIT};
@@ -70,6 +72,8 @@ struct Container {
     vm: Arc<Vm>,
     init: Arc<Process>,
     execs: HashMap<String, Arc<Process>>,
+    /// Frozen in the guest (Pause); cleared by Resume.
+    paused: bool,
 }
 
 #[derive(Default)]
@@ -141,6 +145,14 @@ impl Runtime {
             return Err(ShimError::AlreadyExists(format!("container {}", t.id)));
         }
         let mut spec = pod::read_spec(&t.bundle)?;
+        let removed = guest_spec::strip_host_labels(&mut spec);
+        if !removed.is_empty() {
+            log::debug!(
+                "create {}: host-only fields not passed to the guest: {}",
+                t.id,
+                removed.join(", ")
+            );
+        }
         let role = pod::classify(&t.id, &pod::annotations(&spec));
         let existing = self.state().vm.clone();
         let (vm, new_vm) = match &role {
@@ -213,6 +225,7 @@ impl Runtime {
                     vm: vm.clone(),
                     init: init.clone(),
                     execs: HashMap::new(),
+                    paused: false,
                 },
             );
         }
@@ -545,21 +558,111 @@ impl Runtime {
 
     pub fn state_of(&self, p: &ProcessRef) -> Result<ProcessState> {
         let (proc_, _) = self.process(p)?;
-        let bundle = self
+        let (bundle, paused) = self
             .state()
             .containers
             .get(&p.container_id)
-            .map(|c| c.bundle.clone())
+            .map(|c| (c.bundle.clone(), c.paused))
             .unwrap_or_default();
+        let status = match proc_.status() {
+            Status::Running if paused && p.exec_id.is_empty() => Status::Paused,
+            s => s,
+        };
         Ok(ProcessState {
             container_id: p.container_id.clone(),
             exec_id: p.exec_id.clone(),
             bundle,
             pid: proc_.pid(),
-            status: proc_.status(),
+            status,
             stdio: proc_.stdio.clone(),
             exit: proc_.exit(),
         })
+    }
+
+    /// Pause: freezes the container in the guest; TaskPaused.
+    pub async fn pause(&self, container_id: &str) -> Result<()> {
+        let vm = self.running_container(container_id, true)?;
+        vm.sandbox
+            .pause_container(container_id)
+            .await
+            .map_err(ShimError::sandbox(format!("pausing {container_id}")))?;
+        self.set_paused(container_id, true);
+        self.events
+            .publish(TaskEvent::Paused {
+                container_id: container_id.to_owned(),
+            })
+            .await;
+        Ok(())
+    }
+
+    /// Resume: thaws a paused container; TaskResumed.
+    pub async fn resume(&self, container_id: &str) -> Result<()> {
+        let vm = self.running_container(container_id, false)?;
+        vm.sandbox
+            .resume_container(container_id)
+            .await
+            .map_err(ShimError::sandbox(format!("resuming {container_id}")))?;
+        self.set_paused(container_id, false);
+        self.events
+            .publish(TaskEvent::Resumed {
+                container_id: container_id.to_owned(),
+            })
+            .await;
+        Ok(())
+    }
+
+    /// Update: new cgroup limits for the container in the guest.
+    pub async fn update(&self, container_id: &str, resources: &ResourceUpdate) -> Result<()> {
+        let p = ProcessRef::new(container_id, "")
+            .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+        let (init, vm) = self.process(&p)?;
+        if init.status() == Status::Stopped {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {container_id} has stopped"
+            )));
+        }
+        if resources.is_empty() {
+            return Ok(());
+        }
+        vm.sandbox
+            .update_container(container_id, resources)
+            .await
+            .map_err(ShimError::sandbox(format!(
+                "updating the resources of {container_id}"
+            )))
+    }
+
+    /// The VM of a running container that is (`paused`) or is not (`!paused`) to be
+    /// paused: refused otherwise.
+    fn running_container(&self, container_id: &str, to_pause: bool) -> Result<Arc<Vm>> {
+        let state = self.state();
+        let c = state
+            .containers
+            .get(container_id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {container_id}")))?;
+        if c.init.status() != Status::Running {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {container_id} is {:?}, not running",
+                c.init.status()
+            )));
+        }
+        if c.paused == to_pause {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {container_id} is {}",
+                if c.paused {
+                    "already paused"
+                } else {
+                    "not paused"
+                }
+            )));
+        }
+        Ok(c.vm.clone())
+    }
+
+    fn set_paused(&self, container_id: &str, paused: bool) {
+        if let Some(c) = self.state().containers.get_mut(container_id) {
+            c.paused = paused;
+        }
     }
 
     pub fn pids(&self, container_id: &str) -> Result<Vec<u32>> {

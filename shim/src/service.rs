@@ -5,12 +5,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bulkhead_sandbox::ResourceUpdate;
 use containerd_shim::api;
 use containerd_shim::TtrpcContext;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc;
 
 use crate::error::{Result, ShimError};
+use crate::resources;
 use crate::runtime::Runtime;
 use crate::translate;
 
@@ -216,10 +218,16 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> ttrpc::Result<api::Empty> {
-        let r = Err(ShimError::Unimplemented(
-            "updating resources: the agent protocol has no UpdateContainer request yet",
-        ));
-        answer("update", &req.id, r)
+        let r = async {
+            let resources = match req.resources.as_ref() {
+                Some(any) => resources::from_any(any)?,
+                None => ResourceUpdate::default(),
+            };
+            self.runtime.update(&req.id, &resources).await
+        }
+        .await;
+        answer("update", &req.id, r)?;
+        Ok(api::Empty::new())
     }
 
     async fn pause(
@@ -227,10 +235,9 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::PauseRequest,
     ) -> ttrpc::Result<api::Empty> {
-        let r = Err(ShimError::Unimplemented(
-            "pause: the guest agent cannot freeze containers yet",
-        ));
-        answer("pause", &req.id, r)
+        let r = self.runtime.pause(&req.id).await;
+        answer("pause", &req.id, r)?;
+        Ok(api::Empty::new())
     }
 
     async fn resume(
@@ -238,9 +245,8 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResumeRequest,
     ) -> ttrpc::Result<api::Empty> {
-        let r = Err(ShimError::Unimplemented(
-            "resume: the guest agent cannot freeze containers yet",
-        ));
-        answer("resume", &req.id, r)
+        let r = self.runtime.resume(&req.id).await;
+        answer("resume", &req.id, r)?;
+        Ok(api::Empty::new())
     }
 }

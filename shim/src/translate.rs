@@ -17,6 +17,7 @@ use containerd_shim_protos::types::task::Status as PbStatus;
 
 use crate::error::{Result, ShimError};
 use crate::events::TaskEvent;
+use crate::guest_spec;
 use crate::mounts::RootfsMount;
 use crate::process::{Exit, Status};
 use crate::stdio::StdioPaths;
@@ -124,8 +125,19 @@ pub fn exec_task(r: &api::ExecProcessRequest) -> Result<ExecTask> {
         .filter(|v| !v.is_empty())
         .ok_or_else(|| invalid("exec without a process spec"))?;
     // The agent parses it; refuse what is not even JSON here, with a clear message.
-    serde_json::from_slice::<serde_json::Value>(&spec_json)
+    let mut process_spec = serde_json::from_slice::<serde_json::Value>(&spec_json)
         .map_err(|e| invalid(format!("the exec process spec is not JSON: {e}")))?;
+    let removed = guest_spec::strip_process_labels(&mut process_spec);
+    let spec_json = if removed.is_empty() {
+        spec_json
+    } else {
+        log::debug!(
+            "exec {}: host-only fields not passed to the guest: {}",
+            r.exec_id,
+            removed.join(", ")
+        );
+        serde_json::to_vec(&process_spec).map_err(|e| invalid(e.to_string()))?
+    };
     Ok(ExecTask {
         process,
         stdio: StdioPaths {
@@ -165,6 +177,7 @@ fn status(s: Status) -> PbStatus {
         Status::Created => PbStatus::CREATED,
         Status::Running => PbStatus::RUNNING,
         Status::Stopped => PbStatus::STOPPED,
+        Status::Paused => PbStatus::PAUSED,
     }
 }
 

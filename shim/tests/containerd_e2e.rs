@@ -101,6 +101,16 @@ fn exec_ps_metrics_kill_with_the_host_agent() {
 }
 
 #[test]
+fn pause_resume_in_a_vm() {
+    with(Setup::real_vm(), scenarios::pause_and_resume);
+}
+
+#[test]
+fn pause_resume_with_the_host_agent() {
+    with(Setup::host_agent(), scenarios::pause_and_resume);
+}
+
+#[test]
 fn a_killed_vmm_in_a_vm() {
     with(Setup::real_vm(), scenarios::a_killed_vmm);
 }

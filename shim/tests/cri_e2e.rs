@@ -1,6 +1,7 @@
 //! The shim under containerd's CRI plugin, driven as kubelet would with the `k8s-cri`
 //! crate's gRPC client: a host-network pod with runtime handler `bulkhead`, two containers,
-//! ExecSync, container logs, stop and remove; exactly one VM for the pod.
+//! ExecSync, UpdateContainerResources (the new limits read back in the guest), container
+//! logs, stop and remove; exactly one VM for the pod.
 //!
 //! - `a_cri_pod_in_a_vm`: the real VM (KVM harness, as `ctr_run_in_a_vm`);
 //! - `a_cri_pod_with_the_host_agent`: with `BULKHEAD_AGENT_BIN`, the agent on the host
@@ -17,10 +18,10 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
-    VersionRequest,
+    LinuxContainerResources, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest, UpdateContainerResourcesRequest, VersionRequest,
 };
 use support::scenarios::real_vm_prerequisites;
 use support::*;
@@ -192,6 +193,40 @@ fn cri_pod(c: &Containerd, vmm: &str) {
         assert_eq!(exec.exit_code, 3);
         assert_eq!(String::from_utf8_lossy(&exec.stdout), "exec out\n");
         assert_eq!(String::from_utf8_lossy(&exec.stderr), "exec err\n");
+        // UpdateContainerResources reaches the container's cgroup in the guest.
+        cri.update_container_resources(UpdateContainerResourcesRequest {
+            container_id: ids[0].clone(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 96 << 20,
+                cpu_quota: 50_000,
+                cpu_period: 100_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}\n{}", c.log()));
+        let limits = cri
+            .exec_sync(ExecSyncRequest {
+                container_id: ids[0].clone(),
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "read l < /proc/self/cgroup; d=/sys/fs/cgroup${l#0::}; \
+                     cat $d/memory.max $d/cpu.max"
+                        .into(),
+                ],
+                timeout: 60,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ExecSync: {e}"))
+            .into_inner();
+        assert_eq!(
+            String::from_utf8_lossy(&limits.stdout),
+            format!("{}\n50000 100000\n", 96 << 20),
+            "stderr: {}",
+            String::from_utf8_lossy(&limits.stderr)
+        );
         // Both containers run on the same guest kernel.
         let boot_id = |out: Vec<u8>| String::from_utf8_lossy(&out).into_owned();
         let mut boot_ids = Vec::new();
@@ -307,6 +342,7 @@ fn a_cri_pod_with_the_host_agent() {
         return skip("the host's cgroup v2 hierarchy has no cpu controller (CRI sets CPU shares)");
     }
     let mut c = host_agent_containerd_with(&agent, Some(PAUSE));
+    let _logs = LogCollector::start(&c.run_root);
     prepare(&mut c);
     cri_pod(&c, "fake-vmm.py");
 }

@@ -118,7 +118,7 @@ pub fn output_status_and_stdin(s: &Setup) {
     s.c.assert_clean();
 }
 
-/// exec (output, exit status), ps, metrics, pause refused, kill, delete.
+/// exec (output, exit status), ps, metrics, kill, delete.
 pub fn exec_ps_metrics_kill(s: &Setup) {
     let c = &s.c;
     check(&mut s.ctr_run(&["-d", IMAGE, "sleeper", "sleep", "1000"]));
@@ -158,13 +158,6 @@ pub fn exec_ps_metrics_kill(s: &Setup) {
     let metrics = check(c.ctr().args(["tasks", "metrics", "sleeper"]));
     eprintln!("ctr tasks metrics: {metrics}");
     assert!(metrics.contains("pids.current"), "{metrics}");
-    let out = run(c.ctr().args(["tasks", "pause", "sleeper"]));
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("cannot freeze"),
-        "{}",
-        text(&out.stderr)
-    );
     check(
         c.ctr()
             .args(["tasks", "kill", "--signal", "SIGKILL", "sleeper"]),
@@ -172,6 +165,127 @@ pub fn exec_ps_metrics_kill(s: &Setup) {
     wait_for_status(c, "sleeper", "STOPPED", Duration::from_secs(10));
     check(c.ctr().args(["tasks", "delete", "sleeper"]));
     check(c.ctr().args(["containers", "delete", "sleeper"]));
+    c.assert_clean();
+}
+
+/// The counter the `ticker` container writes to `/count`, read on the host through the
+/// container's rootfs in the shared directory (`None` before the first write).
+fn read_counter(c: &Containerd, id: &str) -> Option<u64> {
+    let path = c
+        .run_root
+        .join(&c.namespace)
+        .join(id)
+        .join("shared")
+        .join(id)
+        .join("rootfs/count");
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Waits until the counter passes `after`; returns its value.
+fn counter_passes(c: &Containerd, id: &str, after: u64, limit: Duration) -> u64 {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = read_counter(c, id).filter(|v| *v > after) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "the counter of {id} did not pass {after} in {limit:?} (now {:?})",
+            read_counter(c, id)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Pause freezes the container (PAUSED, a counter it writes stops, exec refused), resume
+/// thaws it (RUNNING, the counter moves again); a second pause of a paused task is refused;
+/// one TaskPaused and one TaskResumed reach containerd.
+pub fn pause_and_resume(s: &Setup) {
+    let c = &s.c;
+    check(&mut s.ctr_run(&[
+        "-d",
+        IMAGE,
+        "ticker",
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.1; done",
+    ]));
+    wait_for_status(c, "ticker", "RUNNING", Duration::from_secs(10));
+    let first = counter_passes(c, "ticker", 0, Duration::from_secs(30));
+    counter_passes(c, "ticker", first, Duration::from_secs(30));
+
+    // `ctr events` into a file: TaskPaused and TaskResumed are checked at the end.
+    let events_file = c.dir().join("pause-events.txt");
+    let mut events = c
+        .ctr()
+        .arg("events")
+        .stdout(std::fs::File::create(&events_file).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // `ctr events` subscribes asynchronously: give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let out = run(c.ctr().args(["tasks", "pause", "ticker"]));
+    assert!(
+        out.status.success(),
+        "pause: {}\n{}",
+        text(&out.stderr),
+        s.context()
+    );
+    wait_for_status(c, "ticker", "PAUSED", Duration::from_secs(5));
+    // A write in flight when the freeze began may still land: read after a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let frozen = read_counter(c, "ticker");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        read_counter(c, "ticker"),
+        frozen,
+        "the counter moved while paused"
+    );
+    let again = run(c.ctr().args(["tasks", "pause", "ticker"]));
+    assert!(!again.status.success(), "a paused task paused again");
+    let exec = run(c
+        .ctr()
+        .args(["tasks", "exec", "--exec-id", "e1", "ticker", "true"]));
+    assert!(!exec.status.success(), "exec in a paused container ran");
+    assert!(
+        text(&exec.stderr).contains("paused"),
+        "{}",
+        text(&exec.stderr)
+    );
+
+    let out = run(c.ctr().args(["tasks", "resume", "ticker"]));
+    assert!(
+        out.status.success(),
+        "resume: {}\n{}",
+        text(&out.stderr),
+        s.context()
+    );
+    wait_for_status(c, "ticker", "RUNNING", Duration::from_secs(5));
+    counter_passes(c, "ticker", frozen.unwrap_or(0), Duration::from_secs(30));
+    let again = run(c.ctr().args(["tasks", "resume", "ticker"]));
+    assert!(!again.status.success(), "a running task resumed");
+    let _ = events.kill();
+    let _ = events.wait();
+    let events = std::fs::read_to_string(&events_file).unwrap_or_default();
+    for topic in ["/tasks/paused", "/tasks/resumed"] {
+        assert_eq!(
+            events.lines().filter(|l| l.contains(topic)).count(),
+            1,
+            "one {topic} event expected:\n{events}"
+        );
+    }
+
+    // A paused container can still be killed and deleted.
+    check(c.ctr().args(["tasks", "pause", "ticker"]));
+    check(
+        c.ctr()
+            .args(["tasks", "kill", "--signal", "SIGKILL", "ticker"]),
+    );
+    wait_for_status(c, "ticker", "STOPPED", Duration::from_secs(10));
+    check(c.ctr().args(["tasks", "delete", "ticker"]));
+    check(c.ctr().args(["containers", "delete", "ticker"]));
     c.assert_clean();
 }
 
