@@ -24,11 +24,13 @@ use bulkhead_sandbox::VirtiofsdOptions;
 const USAGE: &str = "usage: fs-bench [--rounds N] [--size-mib N] [--files N] [--kernel-dir DIR]
                 [--kernel FILE] [--vmm PATH] [--qemu PATH] [--virtiofsd PATH]
                 [--only vmm|qemu] [--vcpus N] [--memory MIB] [--timeout SECS]
+                [--transcripts DIR]
 In-guest sequential read of a --size-mib file and a find over --files small files on
 virtio-fs, bulkhead-vmm against qemu-system-x86_64 -M microvm with the same virtiofsd.
 Defaults: 3 rounds, 1024 MiB, 20000 files, 1 vCPU, 512 MiB, 900 s per boot; kernel from
 $BULKHEAD_KERNEL_DIR or kernel-config/build-kernel.sh --print-dir, VMM from $BULKHEAD_VMM
-or target/, virtiofsd from $BULKHEAD_VIRTIOFSD or the tool cache.";
+or target/, virtiofsd from $BULKHEAD_VIRTIOFSD or the tool cache. --transcripts DIR keeps
+each boot's console and VMM output as DIR/<round>-<tool>.log.";
 
 /// Mount tag of the share in both VMs.
 const TAG: &str = "bench";
@@ -82,6 +84,7 @@ struct Args {
     vcpus: u32,
     memory: u32,
     timeout: Duration,
+    transcripts: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -98,6 +101,7 @@ fn parse_args() -> Result<Args> {
         vcpus: 1,
         memory: 512,
         timeout: Duration::from_secs(900),
+        transcripts: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -115,6 +119,7 @@ fn parse_args() -> Result<Args> {
             "--vcpus" => a.vcpus = value()?.parse().context("--vcpus")?,
             "--memory" => a.memory = value()?.parse().context("--memory")?,
             "--timeout" => a.timeout = Duration::from_secs(value()?.parse().context("--timeout")?),
+            "--transcripts" => a.transcripts = Some(value()?.into()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -215,6 +220,9 @@ fn main() -> Result<()> {
         tools.push((Tool::Qemu, None));
     }
 
+    if let Some(d) = &args.transcripts {
+        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
     let scratch = Scratch(std::env::temp_dir().join(format!("fs-bench-{}", std::process::id())));
     let shared = scratch.0.join("shared");
     fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
@@ -267,15 +275,19 @@ fn main() -> Result<()> {
         }
         for i in order {
             let (tool, vmm) = &tools[i];
+            let transcript = args
+                .transcripts
+                .as_ref()
+                .map(|d| d.join(format!("{round}-{}.log", tool.name())));
             let r = one_boot(
                 &rt,
                 &options,
-                *tool,
-                vmm.as_deref(),
+                (*tool, vmm.as_deref()),
                 &spec,
                 &scratch.0,
                 size,
                 &args,
+                transcript.as_deref(),
             );
             match r {
                 Ok(f) => {
@@ -343,12 +355,12 @@ fn main() -> Result<()> {
 fn one_boot(
     rt: &tokio::runtime::Runtime,
     options: &VirtiofsdOptions,
-    tool: Tool,
-    vmm: Option<&Path>,
+    (tool, vmm): (Tool, Option<&Path>),
     spec: &BootSpec,
     scratch: &Path,
     size: u64,
     args: &Args,
+    transcript: Option<&Path>,
 ) -> Result<Figures> {
     drop_host_caches();
     let socket = scratch.join("vfs.sock");
@@ -374,7 +386,7 @@ fn one_boot(
             c
         }
     };
-    let result = watch(&mut cmd, args.timeout, size, args.files);
+    let result = watch(&mut cmd, args.timeout, size, args.files, transcript);
     let tail = daemon.log_tail(5);
     rt.block_on(daemon.stop());
     result.map_err(|e| {
@@ -387,12 +399,23 @@ fn one_boot(
 }
 
 /// Runs the VM to the guest's DONE line and parses what it printed.
-fn watch(cmd: &mut Command, timeout: Duration, size: u64, files: usize) -> Result<Figures> {
+fn watch(
+    cmd: &mut Command,
+    timeout: Duration,
+    size: u64,
+    files: usize,
+    transcript: Option<&Path>,
+) -> Result<Figures> {
     let mut child = WatchedChild::spawn(cmd)?;
     let done = child.wait_for_stdout(DONE, timeout);
     // The guest reboots after DONE; give it a moment, then make sure it is gone.
     let _ = child.wait_exit(Duration::from_secs(if done.is_some() { 30 } else { 0 }));
     let lines = child.lines().to_vec();
+    if let Some(path) = transcript {
+        if let Err(e) = fs::write(path, child.transcript()) {
+            eprintln!("fs-bench: cannot write {}: {e}", path.display());
+        }
+    }
     let tail = || {
         let t: Vec<&str> = lines
             .iter()
