@@ -98,6 +98,23 @@ pub fn qemu_microvm_command(spec: &BootSpec, with_rng: bool) -> Command {
     cmd
 }
 
+/// Adds a virtio-fs device to a [`qemu_microvm_command`]: guest RAM from a shared memfd of
+/// `memory_mib` MiB (virtiofsd maps it), a chardev on virtiofsd's vhost-user `socket`, and
+/// `vhost-user-fs-device` with mount tag `tag`, one request queue of 1024 entries (the
+/// queue size `bulkhead-vmm` gives its virtio-fs queues; QEMU's default is 128).
+pub fn qemu_vhost_user_fs(cmd: &mut Command, memory_mib: u32, socket: &Path, tag: &str) {
+    cmd.args([
+        "-object",
+        &format!("memory-backend-memfd,id=mem,size={memory_mib}M,share=on"),
+        "-machine",
+        "memory-backend=mem",
+        "-chardev",
+        &format!("socket,id=vfs0,path={}", socket.display()),
+        "-device",
+        &format!("vhost-user-fs-device,chardev=vfs0,tag={tag},queue-size=1024"),
+    ]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +172,25 @@ mod tests {
         ));
         let a = args(&qemu_microvm_command(&spec, false)).join(" ");
         assert!(!a.contains("virtio-rng"));
+    }
+
+    #[test]
+    fn qemu_fs_args_share_memory_with_virtiofsd() {
+        let spec = BootSpec::new(Path::new("/k"), Path::new("/i"), 1, 512, "x");
+        let mut cmd = qemu_microvm_command(&spec, false);
+        qemu_vhost_user_fs(&mut cmd, 512, Path::new("/t/vfs.sock"), "bench");
+        let a = args(&cmd).join(" ");
+        assert!(
+            a.contains("-object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-chardev socket,id=vfs0,path=/t/vfs.sock"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-device vhost-user-fs-device,chardev=vfs0,tag=bench,queue-size=1024"),
+            "{a}"
+        );
     }
 }
