@@ -335,16 +335,23 @@ fn main() -> Result<()> {
         );
     }
     if let [vmm, qemu] = &results[..] {
-        let (rv, rq) = (median(&vmm.read_s), median(&qemu.read_s));
-        let (wv, wq) = (median(&vmm.walk_s), median(&qemu.walk_s));
-        println!(
-            "ratio bulkhead-vmm / qemu-microvm: read throughput {:.2} (time {:.2}), walk time {:.2}",
-            rq / rv,
-            rv / rq,
-            wv / wq
-        );
+        if vmm.read_s.is_empty() || qemu.read_s.is_empty() {
+            println!("no ratio: a tool has no successful boot");
+        } else {
+            let (rv, rq) = (median(&vmm.read_s), median(&qemu.read_s));
+            let (wv, wq) = (median(&vmm.walk_s), median(&qemu.walk_s));
+            println!(
+                "ratio bulkhead-vmm / qemu-microvm: read throughput {:.2} (time {:.2}), \
+                 walk time {:.2}",
+                rq / rv,
+                rv / rq,
+                wv / wq
+            );
+        }
     }
     if results.iter().any(|s| s.failures > 0) {
+        // exit() runs no destructors: remove the scratch directory first.
+        drop(scratch);
         std::process::exit(1);
     }
     Ok(())
@@ -393,7 +400,7 @@ fn one_boot(
         if tail.trim().is_empty() {
             e
         } else {
-            e.context(format!("virtiofsd log ends with:\n{tail}"))
+            anyhow::anyhow!("{e:#}\n  virtiofsd log ends with:\n{tail}")
         }
     })
 }
