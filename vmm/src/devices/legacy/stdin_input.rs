@@ -30,8 +30,14 @@ impl<R: Read + AsRawFd + Send> SerialInput<R> {
 
 impl<R: Read + AsRawFd + Send> MutEventSubscriber for SerialInput<R> {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new_raw(self.fd(), EventSet::IN)) {
-            log::warn!("serial: console input disabled: {e}");
+        match ops.add(Events::new_raw(self.fd(), EventSet::IN)) {
+            Ok(()) => {}
+            // epoll refuses regular files and /dev/null: input that never waits, which is
+            // how a VMM started without a terminal (by the runtime) is meant to run.
+            Err(event_manager::Error::Epoll(e)) if e.errno() == libc::EPERM => {
+                log::debug!("serial: no console input (stdin cannot be polled)");
+            }
+            Err(e) => log::warn!("serial: console input disabled: {e}"),
         }
     }
 
