@@ -66,7 +66,9 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new(BIN)
+        // Ended by coreutils `timeout` if it hangs (status 124), like support::Env::run.
+        let out = Command::new("timeout")
+            .args(["--kill-after=10", "600", BIN])
             .arg("--config")
             .arg(self.dir.path().join("config.toml"))
             .args(args)

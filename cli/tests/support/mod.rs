@@ -11,6 +11,10 @@ use std::sync::OnceLock;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
 
+/// Longest a single `bulkhead` command of a test may take (VM runs in the nested harness
+/// take 15-60 s; a boot under load up to the configured 300 s).
+pub const RUN_LIMIT_SECS: u64 = 600;
+
 pub fn skip(reason: &str) {
     eprintln!("SKIPPED: {reason}");
 }
@@ -106,8 +110,20 @@ impl Env {
         c
     }
 
+    /// Runs `bulkhead ARGS` to the end, at most [`RUN_LIMIT_SECS`]: a run that hangs is
+    /// ended by coreutils `timeout` (SIGTERM, which bulkhead passes to its container and
+    /// tears down after; SIGKILL 10 s later) and shows as status 124, not as a stuck test.
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().expect("running bulkhead");
+        let mut c = Command::new("timeout");
+        c.args(["--kill-after=10", &RUN_LIMIT_SECS.to_string()])
+            .arg(BIN)
+            .arg("--config")
+            .arg(self.dir.path().join("config.toml"))
+            .args(args)
+            .env_remove("BULKHEAD_ROOT")
+            .env_remove("BULKHEAD_RUN_ROOT")
+            .env_remove("BULKHEAD_ISOLATION");
+        let out = c.output().expect("running bulkhead");
         eprintln!(
             "$ bulkhead {}\n-> {:?}\nstdout: {}\nstderr: {}",
             args.join(" "),
