@@ -2,6 +2,7 @@
 //! test initramfs images, launching the VMM or QEMU with timeouts, and
 //! deciding whether boot tests can run here (else they skip).
 
+pub mod bench;
 pub mod boot;
 pub mod cpio;
 pub mod guest;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use bulkhead_e2e::bench::{median, Tool};
 use bulkhead_e2e::memory::{vmm_memory, VmmMemory};
 use bulkhead_e2e::process::thread_report;
 use bulkhead_e2e::{
@@ -77,21 +78,6 @@ fn parse_args() -> Result<Args> {
         bail!("--rounds must be at least 1");
     }
     Ok(a)
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Tool {
-    Vmm,
-    Qemu,
-}
-
-impl Tool {
-    fn name(self) -> &'static str {
-        match self {
-            Tool::Vmm => "bulkhead-vmm",
-            Tool::Qemu => "qemu-microvm",
-        }
-    }
 }
 
 #[derive(Default)]
@@ -210,7 +196,7 @@ fn main() -> Result<()> {
             "{:<13} {:>3} {:>10.1} {:>10.1} {:>10.1} {:>15} {:>13}{}",
             tool.name(),
             s.boot_ms.len(),
-            median_f(&s.boot_ms),
+            median(&s.boot_ms),
             s.boot_ms.iter().cloned().fold(f64::NAN, f64::min),
             s.boot_ms.iter().cloned().fold(f64::NAN, f64::max),
             median_u(&s.overhead_kib).map_or("-".into(), |v| v.to_string()),
@@ -223,7 +209,7 @@ fn main() -> Result<()> {
         );
     }
     if let [vmm, qemu] = &results[..] {
-        let (v, q) = (median_f(&vmm.boot_ms), median_f(&qemu.boot_ms));
+        let (v, q) = (median(&vmm.boot_ms), median(&qemu.boot_ms));
         println!(
             "ratio bulkhead-vmm / qemu-microvm (median boot): {:.2}",
             v / q
@@ -281,20 +267,6 @@ fn memory_within(pid: u32, guest_mib: u64, limit: Duration) -> Result<VmmMemory>
             "reading /proc/{pid}/smaps blocked for {limit:?}; threads:\n{}",
             thread_report(pid)
         ),
-    }
-}
-
-fn median_f(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
     }
 }
 

@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use bulkhead_e2e::bench::{median, Tool};
 use bulkhead_e2e::guest::DEFAULT_VIRTIOFSD;
 use bulkhead_e2e::launch::qemu_vhost_user_fs;
 use bulkhead_e2e::{
@@ -136,21 +137,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(a)
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Tool {
-    Vmm,
-    Qemu,
-}
-
-impl Tool {
-    fn name(self) -> &'static str {
-        match self {
-            Tool::Vmm => "bulkhead-vmm",
-            Tool::Qemu => "qemu-microvm",
-        }
-    }
 }
 
 /// One boot's figures: guest-clock seconds, and host-clock seconds between the guest's
@@ -537,20 +523,6 @@ fn fs_type(path: &Path) -> String {
 
 fn mb_per_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / 1e6 / secs
-}
-
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
 }
 
 fn min(v: &[f64]) -> f64 {
