@@ -11,22 +11,13 @@ umask 022
 
 here=$(cd "$(dirname "$0")" && pwd)
 workspace=$(dirname "$here")
-target=x86_64-unknown-linux-gnu
 cache_dir=${BULKHEAD_CACHE:-/var/cache/bulkhead}/initramfs
 
 log() { echo "build-initramfs: $*" >&2; }
 
-log "building static bulkhead-agent"
-(
-    cd "$workspace"
-    # Without the two LIBSECCOMP variables the binary silently links
-    # libseccomp.so and glibc dynamically.
-    LIBSECCOMP_LINK_TYPE=static \
-    LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
-    RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo build -p bulkhead-agent --release --target "$target" >&2
-)
-agent=${CARGO_TARGET_DIR:-$workspace/target}/$target/release/bulkhead-agent
+# The agent is built with the VMM and the shim (scripts/build-static.sh): one release
+# build of their shared dependencies instead of two.
+agent="$("$workspace/scripts/build-static.sh")/bulkhead-agent"
 
 desc=$(file -L "$agent")
 case "$desc" in
