@@ -65,7 +65,5 @@ for line in sys.stdin:
 ' "$e2e_targets"
 )
 [ "${#bins[@]}" -gt 0 ] || { echo "test.sh: no end-to-end test binaries found" >&2; exit 1; }
-# The `*_with_the_host_agent` tests (the real agent behind a stand-in VMM) already ran on
-# the host above; under the harness's emulated CPU they would only cost time.
-tests/harness/run-in-kvm.sh tests/harness/run-tests.sh --skip with_the_host_agent "${bins[@]}"
+tests/harness/run-in-kvm.sh tests/harness/run-tests.sh "${bins[@]}"
 step "all tests passed"
