@@ -23,7 +23,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bulkhead_images::Digest;
-use support::{host_ready, skip, BIN};
+use support::{check_says_vm_ready, skip, vm_host_ready, BIN};
 
 const MARKER: &str = "bulkhead image e2e marker 7f3a\n";
 const BIG: usize = 100 * 1024 * 1024;
@@ -163,32 +163,13 @@ impl Drop for Env {
 
 /// The reason to skip, if any.
 fn ready(env: &Env) -> Result<(), String> {
-    if std::env::var("BULKHEAD_IN_HARNESS").as_deref() != Ok("1") {
-        return Err("VM tests run inside the KVM harness (BULKHEAD_IN_HARNESS=1)".into());
-    }
-    host_ready()?;
+    vm_host_ready()?;
     for bin in ["docker-registry", "skopeo", "tar", "sha256sum"] {
         if !have(bin) {
             return Err(format!("{bin} not installed"));
         }
     }
-    let o = env.run(&["check", "--json"]);
-    let v: serde_json::Value =
-        serde_json::from_slice(&o.stdout).map_err(|e| format!("bulkhead check --json: {e}"))?;
-    if v["vm_ready"] != true {
-        let failed: Vec<String> = v["checks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["outcome"] == "fail" && c["vm"] == true)
-            .map(|c| format!("{}: {}", c["name"], c["detail"]))
-            .collect();
-        return Err(format!(
-            "this host cannot run microVMs: {}",
-            failed.join("; ")
-        ));
-    }
-    Ok(())
+    check_says_vm_ready(&env.run(&["check", "--json"]))
 }
 
 /// A real `docker-registry` on a free 127.0.0.1 port, killed on drop.

@@ -17,31 +17,12 @@ use std::io::Read;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{host_ready, pty, skip, stderr, stdout, Env};
+use support::{check_says_vm_ready, pty, skip, stderr, stdout, vm_host_ready, Env};
 
 /// The reason to skip, if any.
 fn vm_ready(env: &Env) -> Result<(), String> {
-    if std::env::var("BULKHEAD_IN_HARNESS").as_deref() != Ok("1") {
-        return Err("VM tests run inside the KVM harness (BULKHEAD_IN_HARNESS=1)".into());
-    }
-    host_ready()?;
-    let o = env.run(&["check", "--json"]);
-    let v: serde_json::Value =
-        serde_json::from_slice(&o.stdout).map_err(|e| format!("bulkhead check --json: {e}"))?;
-    if v["vm_ready"] != true {
-        let failed: Vec<String> = v["checks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["outcome"] == "fail" && c["vm"] == true)
-            .map(|c| format!("{}: {}", c["name"], c["detail"]))
-            .collect();
-        return Err(format!(
-            "this host cannot run microVMs: {}",
-            failed.join("; ")
-        ));
-    }
-    Ok(())
+    vm_host_ready()?;
+    check_says_vm_ready(&env.run(&["check", "--json"]))
 }
 
 macro_rules! require_vm {

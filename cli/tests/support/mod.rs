@@ -35,6 +35,36 @@ pub fn host_ready() -> Result<(), String> {
     Ok(())
 }
 
+/// VM tests run only inside the KVM harness (`BULKHEAD_IN_HARNESS=1`), then need what container
+/// mode needs too.
+pub fn vm_host_ready() -> Result<(), String> {
+    if std::env::var("BULKHEAD_IN_HARNESS").as_deref() != Ok("1") {
+        return Err("VM tests run inside the KVM harness (BULKHEAD_IN_HARNESS=1)".into());
+    }
+    host_ready()
+}
+
+/// What the output of `bulkhead check --json` says: Ok when this host can run microVMs, else
+/// the failed VM checks as the reason.
+pub fn check_says_vm_ready(check: &Output) -> Result<(), String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&check.stdout).map_err(|e| format!("bulkhead check --json: {e}"))?;
+    if v["vm_ready"] == true {
+        return Ok(());
+    }
+    let failed: Vec<String> = v["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["outcome"] == "fail" && c["vm"] == true)
+        .map(|c| format!("{}: {}", c["name"], c["detail"]))
+        .collect();
+    Err(format!(
+        "this host cannot run microVMs: {}",
+        failed.join("; ")
+    ))
+}
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
