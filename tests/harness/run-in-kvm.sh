@@ -20,8 +20,10 @@
 # Knobs: BULKHEAD_HARNESS=auto|direct|vm (default auto),
 #        BULKHEAD_HARNESS_KERNEL (level-1 kernel, default newest
 #        /boot/vmlinuz-*-amd64), BULKHEAD_HARNESS_MEMORY (default 4G),
-#        BULKHEAD_HARNESS_CPUS (default 2), BULKHEAD_VNG (path to vng).
-# Exit status: CMD's; 125 when the harness itself fails.
+#        BULKHEAD_HARNESS_CPUS (default 2), BULKHEAD_VNG (path to vng),
+#        BULKHEAD_HARNESS_STALL_SECS (watchdog, default 240).
+# Exit status: CMD's; 125 when the harness itself fails; 124 when the level-1 VM froze
+# (see the watchdog at the end).
 set -euo pipefail
 
 die() { echo "run-in-kvm.sh: $*" >&2; exit 125; }
@@ -67,7 +69,10 @@ cwd="$(pwd -P)"
 # The script must be readable from the level-1 VM before /tmp is replaced:
 # the host's /tmp is visible there (read-only lower layer) until we mount.
 stage="$(mktemp -d /tmp/bulkhead-harness.XXXXXX)"
-trap 'rm -rf "$stage"' EXIT
+# The heartbeat the level-1 VM writes (see the watchdog below); outside /tmp, which the
+# inner script replaces.
+beat_dir="$(mktemp -d /var/tmp/bulkhead-harness-beat.XXXXXX)"
+trap 'rm -rf "$stage" "$beat_dir"' EXIT
 inner="$stage/run.sh"
 
 {
@@ -75,6 +80,7 @@ inner="$stage/run.sh"
     echo 'modprobe kvm_amd 2>/dev/null || modprobe kvm_intel 2>/dev/null || true'
     echo '[ -c /dev/kvm ] || { echo "run-in-kvm.sh: no /dev/kvm in the level-1 VM" >&2; exit 125; }'
     echo 'mount -t tmpfs -o mode=1777,size=50% tmpfs /tmp || exit 125'
+    printf '( while :; do date +%%s >%q/beat; sleep 10; done ) </dev/null >/dev/null 2>&1 &\n' "$beat_dir"
     for name in $(compgen -e); do
         case "$name" in
             PATH|HOME|TERM|USER|BULKHEAD_*|RUST_*|RUSTUP_*|CARGO_*) ;;
@@ -107,17 +113,48 @@ cache="${BULKHEAD_CACHE:-/var/cache/bulkhead}"
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 [ -d "$cargo_home" ] && rw_args+=("--overlay-rwdir=$cargo_home")
 
+rw_args+=("--rwdir=$beat_dir")
+
 # virtme-ng's QEMU reopens /proc/self/fd/{1,2} (with O_TRUNC, several times):
 # on a regular file that truncates it and interleaves writers. Hand it pipes
 # (and /dev/null as stdin) so output arrives intact and in order.
-mkfifo "$stage/stderr"
+mkfifo "$stage/stdout" "$stage/stderr"
+cat "$stage/stdout" &
+outcat=$!
 cat "$stage/stderr" >&2 &
 errcat=$!
 set +e
-"$vng" -r "$kernel" --disable-kvm --disable-microvm --force-9p \
+# A session of its own, so the watchdog can end vng, virtme-run and QEMU together.
+setsid "$vng" -r "$kernel" --disable-kvm --disable-microvm --force-9p \
     --memory "${BULKHEAD_HARNESS_MEMORY:-4G}" --cpus "${BULKHEAD_HARNESS_CPUS:-2}" \
     --qemu-opts="-cpu max" "${rw_args[@]}" --cwd "$cwd" \
-    --exec "bash $inner" </dev/null 2>"$stage/stderr" | cat
-status=${PIPESTATUS[0]}
-wait "$errcat"
+    --exec "bash $inner" </dev/null >"$stage/stdout" 2>"$stage/stderr" &
+vm=$!
+
+# Watchdog. QEMU's software emulation of nested SVM occasionally livelocks: both of the
+# level-1 VM's vCPU threads spin at 100% and nothing inside it runs again, whichever
+# level-2 VMM it was running (seen with bulkhead-vmm and with QEMU itself). Inside, a loop
+# writes the time to $beat_dir/beat every 10 s; when that stops for
+# BULKHEAD_HARNESS_STALL_SECS (default 240; the boot counts from the start), the VM is
+# killed and this script exits 124, so callers can tell a frozen harness from a failure.
+stall="${BULKHEAD_HARNESS_STALL_SECS:-240}"
+started="$(date +%s)"
+froze=0
+while kill -0 "$vm" 2>/dev/null; do
+    sleep 5
+    last="$(stat -c %Y "$beat_dir/beat" 2>/dev/null || echo "$started")"
+    if [ $(($(date +%s) - last)) -gt "$stall" ] && kill -0 "$vm" 2>/dev/null; then
+        froze=1
+        echo "run-in-kvm.sh: the level-1 VM made no progress for over ${stall} s" \
+            "(no heartbeat; QEMU's nested-SVM emulation livelocks now and then): killing it" >&2
+        kill -KILL -- "-$vm" 2>/dev/null
+        break
+    fi
+done
+wait "$vm"
+status=$?
+wait "$outcat" "$errcat"
+if [ "$froze" = 1 ]; then
+    exit 124
+fi
 exit "$status"
