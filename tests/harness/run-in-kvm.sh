@@ -147,7 +147,12 @@ while kill -0 "$vm" 2>/dev/null; do
         froze=1
         echo "run-in-kvm.sh: the level-1 VM made no progress for over ${stall} s" \
             "(no heartbeat; QEMU's nested-SVM emulation livelocks now and then): killing it" >&2
+        # virtme-ng removes its exit-status file itself, unless it is killed.
+        leftovers="$(for p in $(pgrep -s "$vm"); do tr '\0' '\n' <"/proc/$p/cmdline"; done 2>/dev/null |
+            grep -o 'path=/tmp/virtme_ret[A-Za-z0-9_]*' | cut -d= -f2 | sort -u)"
         kill -KILL -- "-$vm" 2>/dev/null
+        wait "$vm" 2>/dev/null
+        for f in $leftovers; do rm -f "$f"; done
         break
     fi
 done
