@@ -7,7 +7,7 @@
 #      KVM that boots Linux print SKIP here);
 #   4. the end-to-end tests that boot real guests, one test binary per entry of the KVM
 #      host harness (tests/harness/run-in-kvm.sh: directly on hosts with vmx/svm, else in
-#      a level-1 QEMU VM; a binary whose level-1 VM froze gets one more VM).
+#      a level-1 QEMU VM; a binary whose level-1 VM froze gets up to two more VMs).
 # Exits non-zero when any step or test fails. `.ci/run` runs exactly this.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -67,15 +67,15 @@ for line in sys.stdin:
 [ "${#bins[@]}" -gt 0 ] || { echo "test.sh: no end-to-end test binaries found" >&2; exit 1; }
 # One harness boot per binary (about 15 s each): when the level-1 VM freezes (QEMU's
 # nested-SVM emulation livelocks now and then; run-in-kvm.sh's watchdog then exits 124),
-# only that binary is run again, once, in a fresh VM, and the log says so.
+# only that binary is run again in a fresh VM, up to two more times, and the log says so.
 failed=()
 for bin in "${bins[@]}"; do
     name="$(basename "$bin")"
-    for attempt in 1 2; do
+    for attempt in 1 2 3; do
         status=0
         tests/harness/run-in-kvm.sh tests/harness/run-tests.sh "$bin" || status=$?
         [ "$status" = 124 ] || break
-        echo "test.sh: HARNESS FROZE while running $name (attempt $attempt of 2)" >&2
+        echo "test.sh: HARNESS FROZE while running $name (attempt $attempt of 3)" >&2
     done
     [ "$status" = 0 ] || failed+=("$name")
 done
