@@ -19,7 +19,7 @@ packages=(
     qemu-system-x86 busybox-static linux-image-amd64 linux-source-6.1
     flex bison bc libelf-dev libssl-dev cpio make gcc
     libseccomp-dev libcap-ng-dev protobuf-compiler python3-pip file
-    containerd runc docker-registry skopeo umoci iproute2 apache2-utils
+    containerd runc docker-registry skopeo umoci iproute2 apache2-utils procps
 )
 
 log() { echo "setup.sh: $*" >&2; }

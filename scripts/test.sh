@@ -45,9 +45,7 @@ cargo test --workspace --no-fail-fast
 
 step "end-to-end tests in the KVM host harness"
 # Test binaries that boot guests; they skip on the host and run for real in the harness.
-# image_e2e: registry pull, VM runs, 100 MiB volume checksum. It hung once (> 17 min, cause
-# unknown) in 10 harness runs; every `bulkhead` command in it is now ended after 600 s, so
-# a recurrence fails with the command's output instead of stalling the run.
+# image_e2e: registry pull, VM runs, 100 MiB volume checksum.
 e2e_targets="vmm_boot qemu_reference_boot agent_e2e vm_e2e image_e2e containerd_e2e cri_e2e"
 mapfile -t bins < <(
     cargo test --workspace --no-run --message-format=json 2>/dev/null |

@@ -151,15 +151,14 @@ while kill -0 "$vm" 2>/dev/null; do
         leftovers="$(for p in $(pgrep -s "$vm"); do tr '\0' '\n' <"/proc/$p/cmdline"; done 2>/dev/null |
             grep -o 'path=/tmp/virtme_ret[A-Za-z0-9_]*' | cut -d= -f2 | sort -u)"
         kill -KILL -- "-$vm" 2>/dev/null
-        wait "$vm" 2>/dev/null
-        for f in $leftovers; do rm -f "$f"; done
         break
     fi
 done
-wait "$vm"
+wait "$vm" 2>/dev/null # (no "Killed" job notice after the watchdog)
 status=$?
 wait "$outcat" "$errcat"
 if [ "$froze" = 1 ]; then
+    for f in $leftovers; do rm -f "$f"; done
     exit 124
 fi
 exit "$status"
