@@ -15,9 +15,22 @@ cd "$root"
 export CARGO_TERM_COLOR=never
 
 started=$SECONDS
-# Each step says how long the run has taken so far: CI has a time limit, and a slow step
-# must be readable from the log.
-step() { printf '\n=== %s (at %dm%02ds) ===\n' "$*" $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)) >&2; }
+# Each step says how long the run has taken so far, and the run ends (also when it is
+# killed) with a timeline of its steps and harness runs: CI has a time limit and may show
+# only the end of the log, so where the time went must be readable there.
+at() { printf '%dm%02ds' $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)); }
+timeline=()
+mark() { timeline+=("$(at)  $*"); }
+step() {
+    mark "$*"
+    printf '\n=== %s (at %s) ===\n' "$*" "$(at)" >&2
+}
+print_timeline() {
+    echo "=== test.sh timeline (run time, event) ===" >&2
+    printf '  %s\n' "${timeline[@]}" >&2
+}
+trap 'status=$?; mark "end, exit status $status"; print_timeline' EXIT
+trap 'mark "killed by a signal"; exit 143' TERM INT HUP
 
 step "set-up"
 scripts/setup.sh
@@ -66,12 +79,24 @@ for line in sys.stdin:
 # One harness boot per binary (about 15 s each): when the level-1 VM freezes (QEMU's
 # nested-SVM emulation livelocks now and then; run-in-kvm.sh's watchdog then exits 124),
 # only that binary is run again in a fresh VM, up to two more times, and the log says so.
+# CI stops the whole run at 90 minutes. Past BULKHEAD_TEST_BUDGET_SECS (default 80 min) a
+# frozen binary gets no new VM and binaries not yet started are not run: both count as
+# failed, so the run ends with its own verdict and timeline instead of being cut off.
+budget="${BULKHEAD_TEST_BUDGET_SECS:-4800}"
 failed=()
 for bin in "${bins[@]}"; do
     name="$(basename "$bin")"
+    status=none
     for attempt in 1 2 3; do
+        if [ $((SECONDS - started)) -ge "$budget" ]; then
+            echo "test.sh: out of time (${budget} s): $name not run (attempt $attempt)" >&2
+            mark "$name: not run, out of time (attempt $attempt)"
+            break
+        fi
         status=0
+        began=$SECONDS
         tests/harness/run-in-kvm.sh tests/harness/run-tests.sh "$bin" || status=$?
+        mark "$name: exit status $status after $((SECONDS - began)) s (attempt $attempt)"
         [ "$status" = 124 ] || break
         echo "test.sh: HARNESS FROZE while running $name (attempt $attempt of 3)" >&2
     done

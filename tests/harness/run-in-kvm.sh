@@ -21,7 +21,9 @@
 #        BULKHEAD_HARNESS_KERNEL (level-1 kernel, default newest
 #        /boot/vmlinuz-*-amd64), BULKHEAD_HARNESS_MEMORY (default 4G),
 #        BULKHEAD_HARNESS_CPUS (default 2), BULKHEAD_VNG (path to vng),
-#        BULKHEAD_HARNESS_STALL_SECS (watchdog, default 240).
+#        BULKHEAD_HARNESS_QEMU_OPTS (more level-1 QEMU options),
+#        BULKHEAD_HARNESS_STALL_SECS (watchdog, default 240),
+#        BULKHEAD_HARNESS_EXIT_SECS (power-off grace after CMD ended, default 60).
 # Exit status: CMD's; 125 when the harness itself fails; 124 when the level-1 VM froze
 # (see the watchdog at the end).
 set -euo pipefail
@@ -90,9 +92,13 @@ inner="$stage/run.sh"
     done
     echo 'export BULKHEAD_IN_HARNESS=1'
     printf 'cd %q || exit 125\n' "$cwd"
-    printf 'exec'
-    printf ' %q' "$@"
+    # Not exec: the status goes to the shared directory first, so the host has it even
+    # when the level-1 VM then hangs on its way down (see the watchdog below).
+    printf '%q' "$1"
+    [ $# -gt 1 ] && printf ' %q' "${@:2}"
     echo
+    printf 'echo $? >%q/status\n' "$beat_dir"
+    printf 'exit "$(cat %q/status)"\n' "$beat_dir"
 } >"$inner"
 
 rw_args=()
@@ -127,7 +133,7 @@ set +e
 # A session of its own, so the watchdog can end vng, virtme-run and QEMU together.
 setsid "$vng" -r "$kernel" --disable-kvm --disable-microvm --force-9p \
     --memory "${BULKHEAD_HARNESS_MEMORY:-4G}" --cpus "${BULKHEAD_HARNESS_CPUS:-2}" \
-    --qemu-opts="-cpu max" "${rw_args[@]}" --cwd "$cwd" \
+    --qemu-opts="-cpu max ${BULKHEAD_HARNESS_QEMU_OPTS:-}" "${rw_args[@]}" --cwd "$cwd" \
     --exec "bash $inner" </dev/null >"$stage/stdout" 2>"$stage/stderr" &
 vm=$!
 
@@ -137,28 +143,42 @@ vm=$!
 # writes the time to $beat_dir/beat every 10 s; when that stops for
 # BULKHEAD_HARNESS_STALL_SECS (default 240; the boot counts from the start), the VM is
 # killed and this script exits 124, so callers can tell a frozen harness from a failure.
+# Once CMD has ended (its status is in $beat_dir/status), the VM gets
+# BULKHEAD_HARNESS_EXIT_SECS (default 60) to power off; a level-1 VM that hangs on the way
+# down is killed and CMD's status stands.
 stall="${BULKHEAD_HARNESS_STALL_SECS:-240}"
+grace="${BULKHEAD_HARNESS_EXIT_SECS:-60}"
 started="$(date +%s)"
 froze=0
+leftovers=
 while kill -0 "$vm" 2>/dev/null; do
     sleep 5
-    last="$(stat -c %Y "$beat_dir/beat" 2>/dev/null || echo "$started")"
-    if [ $(($(date +%s) - last)) -gt "$stall" ] && kill -0 "$vm" 2>/dev/null; then
+    now="$(date +%s)"
+    if ended="$(stat -c %Y "$beat_dir/status" 2>/dev/null)"; then
+        [ $((now - ended)) -gt "$grace" ] || continue
+        why="the command ended but the level-1 VM did not power off within ${grace} s"
+    else
+        last="$(stat -c %Y "$beat_dir/beat" 2>/dev/null || echo "$started")"
+        [ $((now - last)) -gt "$stall" ] || continue
+        why="the level-1 VM made no progress for over ${stall} s (no heartbeat; QEMU's"
+        why+=" nested-SVM emulation livelocks now and then)"
         froze=1
-        echo "run-in-kvm.sh: the level-1 VM made no progress for over ${stall} s" \
-            "(no heartbeat; QEMU's nested-SVM emulation livelocks now and then): killing it" >&2
-        # virtme-ng removes its exit-status file itself, unless it is killed.
-        leftovers="$(for p in $(pgrep -s "$vm"); do tr '\0' '\n' <"/proc/$p/cmdline"; done 2>/dev/null |
-            grep -o 'path=/tmp/virtme_ret[A-Za-z0-9_]*' | cut -d= -f2 | sort -u)"
-        kill -KILL -- "-$vm" 2>/dev/null
-        break
     fi
+    kill -0 "$vm" 2>/dev/null || break
+    echo "run-in-kvm.sh: $why: killing it" >&2
+    # virtme-ng removes its exit-status file itself, unless it is killed.
+    leftovers="$(for p in $(pgrep -s "$vm"); do tr '\0' '\n' <"/proc/$p/cmdline"; done 2>/dev/null |
+        grep -o 'path=/tmp/virtme_ret[A-Za-z0-9_]*' | cut -d= -f2 | sort -u)"
+    kill -KILL -- "-$vm" 2>/dev/null
+    break
 done
 wait "$vm" 2>/dev/null # (no "Killed" job notice after the watchdog)
 status=$?
 wait "$outcat" "$errcat"
-if [ "$froze" = 1 ]; then
-    for f in $leftovers; do rm -f "$f"; done
-    exit 124
+for f in $leftovers; do rm -f "$f"; done
+[ "$froze" = 1 ] && exit 124
+# CMD's own status, as it wrote it, when it got that far (virtme-ng's is the fallback).
+if [ -s "$beat_dir/status" ]; then
+    status="$(cat "$beat_dir/status")"
 fi
 exit "$status"

@@ -72,12 +72,26 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A store with `bulkhead/demo:latest`, shared by the tests of this process.
+/// The directory behind [`store`], removed when the test process exits.
+static STORE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_store_dir() {
+    if let Some(dir) = STORE_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A store with `bulkhead/demo:latest`, shared by the tests of this process (a static is
+/// never dropped, so an exit handler removes it).
 pub fn store() -> &'static Path {
     static STORE: OnceLock<PathBuf> = OnceLock::new();
     STORE.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("bulkhead-cli-test-store-{}", std::process::id()));
+        let dir = STORE_DIR.get_or_init(|| {
+            std::env::temp_dir().join(format!("bulkhead-cli-test-store-{}", std::process::id()))
+        });
+        // SAFETY: registers a plain function that only touches a static.
+        let registered = unsafe { libc::atexit(remove_store_dir) };
+        assert_eq!(registered, 0, "atexit failed");
         let layout = dir.join("layout");
         let out = Command::new(repo_root().join("scripts/build-demo-image.sh"))
             .arg(&layout)
