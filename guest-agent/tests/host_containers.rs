@@ -48,20 +48,11 @@ fn stdout_stderr_and_exit_status_3() {
         let client = env.client().await;
         let id = unique_id("exit3");
         let spec = spec(&["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"]);
-        let created = client
-            .create_container(ctx(), &create_req(&id, &env.rootfs, &spec, false, false))
-            .await
-            .unwrap();
-        assert!(created.pid > 0);
+        let created = create(&env, &client, &id, &spec).await;
+        assert!(created > 0, "init pid");
         // Start first and attach later: early output must wait for us.
-        client
-            .start_container(ctx(), &start_req(&id))
-            .await
-            .unwrap();
-        let exit = client
-            .wait_process(ctx(), &wait_req(&id, ""))
-            .await
-            .unwrap();
+        start(&client, &id).await;
+        let exit = wait_init(&client, &id).await;
         assert_eq!(exit.exit_status, 3);
         assert!(exit.exited_at_unix_nanos > 0);
 
@@ -80,10 +71,7 @@ fn stdout_stderr_and_exit_status_3() {
                 .unwrap_err(),
             AttachStatus::NotFound
         );
-        client
-            .remove_container(ctx(), &remove_req(&id))
-            .await
-            .unwrap();
+        remove(&client, &id).await;
         let err = client
             .wait_process(ctx(), &wait_req(&id, ""))
             .await
@@ -103,11 +91,8 @@ fn exec_signal_stdin_and_container_settings() {
         let client = env.client().await;
         let id = unique_id("exec");
         let spec = spec(&["sleep", "60"]);
-        client
-            .create_container(ctx(), &create_req(&id, &env.rootfs, &spec, false, false))
-            .await
-            .unwrap();
-        client.start_container(ctx(), &start_req(&id)).await.unwrap();
+        create(&env, &client, &id, &spec).await;
+        start(&client, &id).await;
 
         // Exec a process reading stdin and reporting what the spec set up.
         let mut req = proto::ExecProcessRequest::new();
@@ -162,13 +147,13 @@ fn exec_signal_stdin_and_container_settings() {
         sig.exec_id = String::new();
         sig.signal = 9;
         client.signal_process(ctx(), &sig).await.unwrap();
-        let exit = client.wait_process(ctx(), &wait_req(&id, "")).await.unwrap();
+        let exit = wait_init(&client, &id).await;
         assert_eq!(exit.exit_status, 137);
 
         let mut stats = proto::StatsContainerRequest::new();
         stats.container_id = id.clone();
         client.stats_container(ctx(), &stats).await.unwrap();
-        client.remove_container(ctx(), &remove_req(&id)).await.unwrap();
+        remove(&client, &id).await;
         stats.container_id = "gone".into();
         assert!(client.stats_container(ctx(), &stats).await.is_err());
     });
@@ -235,19 +220,10 @@ fn malformed_spec_is_a_clear_error() {
         // And the id can be used for a good container afterwards.
         req = create_req(&id, &env.rootfs, &spec(&["true"]), false, false);
         client.create_container(ctx(), &req).await.unwrap();
-        client
-            .start_container(ctx(), &start_req(&id))
-            .await
-            .unwrap();
-        let exit = client
-            .wait_process(ctx(), &wait_req(&id, ""))
-            .await
-            .unwrap();
+        start(&client, &id).await;
+        let exit = wait_init(&client, &id).await;
         assert_eq!(exit.exit_status, 0);
-        client
-            .remove_container(ctx(), &remove_req(&id))
-            .await
-            .unwrap();
+        remove(&client, &id).await;
     });
 }
 
@@ -260,14 +236,8 @@ fn client_disconnecting_mid_stream_does_not_hurt_the_agent() {
         let spec = spec(&["sh", "-c", "while true; do echo tick; sleep 0.05; done"]);
         {
             let client = env.client().await;
-            client
-                .create_container(ctx(), &create_req(&id, &env.rootfs, &spec, false, false))
-                .await
-                .unwrap();
-            client
-                .start_container(ctx(), &start_req(&id))
-                .await
-                .unwrap();
+            create(&env, &client, &id, &spec).await;
+            start(&client, &id).await;
             // A pending WaitProcess whose client goes away.
             let wait = wait_req(&id, "");
             let pending = client.wait_process(ctx(), &wait);
@@ -289,20 +259,14 @@ fn client_disconnecting_mid_stream_does_not_hurt_the_agent() {
         sig.container_id = id.clone();
         sig.signal = 9;
         client.signal_process(ctx(), &sig).await.unwrap();
-        let exit = client
-            .wait_process(ctx(), &wait_req(&id, ""))
-            .await
-            .unwrap();
+        let exit = wait_init(&client, &id).await;
         // Killed, or ended by SIGPIPE when its stdout reader left.
         assert!(
             [137, 141].contains(&exit.exit_status),
             "{}",
             exit.exit_status
         );
-        client
-            .remove_container(ctx(), &remove_req(&id))
-            .await
-            .unwrap();
+        remove(&client, &id).await;
     });
 }
 
@@ -324,10 +288,7 @@ fn tty_echoes_and_resize_applies() {
         resize.rows = 33;
         resize.columns = 77;
         client.tty_win_resize(ctx(), &resize).await.unwrap();
-        client
-            .start_container(ctx(), &start_req(&id))
-            .await
-            .unwrap();
+        start(&client, &id).await;
         // Pipes are refused for a tty process.
         assert_eq!(
             env.attach(&id, "", StreamKind::Stdout).await.unwrap_err(),
@@ -345,15 +306,9 @@ fn tty_echoes_and_resize_applies() {
         client.tty_win_resize(ctx(), &resize).await.unwrap();
         tty.write_all(b"stty size; exit 7\n").await.unwrap();
         read_until(&mut tty, "50 132").await;
-        let exit = client
-            .wait_process(ctx(), &wait_req(&id, ""))
-            .await
-            .unwrap();
+        let exit = wait_init(&client, &id).await;
         assert_eq!(exit.exit_status, 7);
-        client
-            .remove_container(ctx(), &remove_req(&id))
-            .await
-            .unwrap();
+        remove(&client, &id).await;
     });
 }
 
@@ -371,24 +326,15 @@ fn memory_limit_gives_an_oom_event() {
         let mut spec = spec(&["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
         spec["linux"]["resources"] =
             serde_json::json!({"memory": {"limit": 16 << 20, "swap": 16 << 20}});
-        client
-            .create_container(ctx(), &create_req(&id, &env.rootfs, &spec, false, false))
-            .await
-            .unwrap();
+        create(&env, &client, &id, &spec).await;
         let events = client.clone();
         let oom = tokio::spawn(async move {
             events
                 .get_oom_event(ctx(), &proto::GetOOMEventRequest::new())
                 .await
         });
-        client
-            .start_container(ctx(), &start_req(&id))
-            .await
-            .unwrap();
-        let exit = client
-            .wait_process(ctx(), &wait_req(&id, ""))
-            .await
-            .unwrap();
+        start(&client, &id).await;
+        let exit = wait_init(&client, &id).await;
         assert_eq!(exit.exit_status, 137);
         let ev = tokio::time::timeout(Duration::from_secs(10), oom)
             .await
@@ -401,10 +347,7 @@ fn memory_limit_gives_an_oom_event() {
         let s = client.stats_container(ctx(), &stats).await.unwrap();
         assert_eq!(s.memory.limit_bytes, 16 << 20);
         assert!(s.memory.oom_kill_events >= 1);
-        client
-            .remove_container(ctx(), &remove_req(&id))
-            .await
-            .unwrap();
+        remove(&client, &id).await;
     });
 }
 
@@ -440,10 +383,7 @@ fn create_and_destroy_sandbox_end_the_agent_run() {
             )
             .await
             .unwrap();
-        client
-            .start_container(ctx(), &start_req(&id))
-            .await
-            .unwrap();
+        start(&client, &id).await;
         client
             .destroy_sandbox(ctx(), &proto::DestroySandboxRequest::new())
             .await

@@ -52,17 +52,11 @@ fn pause_and_resume_freeze_and_thaw_the_cgroup() {
         let client = env.client().await;
         let id = unique_id("pause");
         let spec = spec(&["sleep", "1000"]);
-        client
-            .create_container(ctx(), &create_req(&id, &env.rootfs, &spec, false, false))
-            .await
-            .unwrap();
+        create(&env, &client, &id, &spec).await;
         // Not started yet: nothing to pause.
         let r = client.pause_container(ctx(), &pause_req(&id)).await;
         assert_eq!(code(r), ttrpc::Code::FAILED_PRECONDITION);
-        client
-            .start_container(ctx(), &start_req(&id))
-            .await
-            .unwrap();
+        start(&client, &id).await;
         let dir = cgroup_of(&id);
         assert!(!frozen(&dir));
 
@@ -102,10 +96,7 @@ fn pause_and_resume_freeze_and_thaw_the_cgroup() {
             .pause_container(ctx(), &pause_req(&id))
             .await
             .unwrap();
-        client
-            .remove_container(ctx(), &remove_req(&id))
-            .await
-            .unwrap();
+        remove(&client, &id).await;
         assert!(!dir.exists(), "cgroup left after remove");
         let r = client.resume_container(ctx(), &resume_req(&id)).await;
         assert_eq!(code(r), ttrpc::Code::NOT_FOUND);
@@ -120,14 +111,8 @@ fn update_sets_limits_and_refuses_bad_values() {
         let client = env.client().await;
         let id = unique_id("update");
         let spec = spec(&["sleep", "1000"]);
-        client
-            .create_container(ctx(), &create_req(&id, &env.rootfs, &spec, false, false))
-            .await
-            .unwrap();
-        client
-            .start_container(ctx(), &start_req(&id))
-            .await
-            .unwrap();
+        create(&env, &client, &id, &spec).await;
+        start(&client, &id).await;
         let update = |resources: proto::Resources| {
             let mut r = proto::UpdateContainerRequest::new();
             r.container_id = id.clone();
@@ -172,9 +157,6 @@ fn update_sets_limits_and_refuses_bad_values() {
         } else {
             skip("no pids/memory controller in this cgroup2 hierarchy: limits checked in the guest e2e (cri_e2e)");
         }
-        client
-            .remove_container(ctx(), &remove_req(&id))
-            .await
-            .unwrap();
+        remove(&client, &id).await;
     });
 }

@@ -23,7 +23,7 @@
 #        BULKHEAD_HARNESS_CPUS (default 2), BULKHEAD_VNG (path to vng),
 #        BULKHEAD_HARNESS_QEMU_OPTS (more level-1 QEMU options),
 #        BULKHEAD_HARNESS_KVM_AMD_OPTS (kvm_amd options in the level-1 VM, default npt=0),
-#        BULKHEAD_HARNESS_STALL_SECS (watchdog, default 240),
+#        BULKHEAD_HARNESS_STALL_SECS (watchdog, default 180),
 #        BULKHEAD_HARNESS_EXIT_SECS (power-off grace after CMD ended, default 60).
 # Exit status: CMD's; 125 when the harness itself fails; 124 when the level-1 VM froze
 # (see the watchdog at the end).
@@ -150,12 +150,12 @@ vm=$!
 # level-1 VM's vCPU threads spin at 100% and nothing inside it runs again, whichever
 # level-2 VMM it was running (seen with bulkhead-vmm and with QEMU itself). Inside, a loop
 # writes the time to $beat_dir/beat every 10 s; when that stops for
-# BULKHEAD_HARNESS_STALL_SECS (default 240; the boot counts from the start), the VM is
+# BULKHEAD_HARNESS_STALL_SECS (default 180; the boot counts from the start), the VM is
 # killed and this script exits 124, so callers can tell a frozen harness from a failure.
 # Once CMD has ended (its status is in $beat_dir/status), the VM gets
 # BULKHEAD_HARNESS_EXIT_SECS (default 60) to power off; a level-1 VM that hangs on the way
 # down is killed and CMD's status stands.
-stall="${BULKHEAD_HARNESS_STALL_SECS:-240}"
+stall="${BULKHEAD_HARNESS_STALL_SECS:-180}"
 grace="${BULKHEAD_HARNESS_EXIT_SECS:-60}"
 started="$(date +%s)"
 froze=0
@@ -181,7 +181,7 @@ while kill -0 "$vm" 2>/dev/null; do
     kill -KILL -- "-$vm" 2>/dev/null
     break
 done
-wait "$vm" 2>/dev/null # (no "Killed" job notice after the watchdog)
+{ wait "$vm"; } 2>/dev/null # (braces: no "Killed" job notice after the watchdog)
 status=$?
 wait "$outcat" "$errcat"
 for f in $leftovers; do rm -f "$f"; done

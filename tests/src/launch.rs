@@ -62,17 +62,13 @@ pub fn qemu_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
 }
 
-/// Appended to the command line for QEMU's microvm: it has no i8042, so
-/// `reboot=k` would spin in the kernel's keyboard-controller wait loop (for
-/// minutes under nested virtualisation); a triple fault ends QEMU at once
-/// with `-no-reboot`. A later `reboot=` overrides the earlier one.
-pub const QEMU_REBOOT_OVERRIDE: &str = "reboot=t";
-
 /// QEMU `-M microvm,rtc=on,acpi=off` with KVM, serial on stdout, no reboot
 /// (a guest reboot ends QEMU), optionally a virtio-rng device. `acpi=off`
 /// makes QEMU put its virtio-mmio devices on the command line, which is how
 /// our ACPI-less kernel finds them; `rtc=on` avoids a 4 s RTC probe stall.
-/// The command line gets [`QEMU_REBOOT_OVERRIDE`] appended.
+/// microvm has no i8042 of its own: `-device i8042` adds one, so the guest's
+/// `reboot=k` resets the machine the same way as under bulkhead-vmm (without it the
+/// kernel spins in its keyboard-controller wait).
 pub fn qemu_microvm_command(spec: &BootSpec, with_rng: bool) -> Command {
     let mut cmd = Command::new(qemu_binary());
     cmd.args([
@@ -85,7 +81,8 @@ pub fn qemu_microvm_command(spec: &BootSpec, with_rng: bool) -> Command {
     .args(["-m", &spec.memory_mib.to_string()])
     .args(["-smp", &spec.vcpus.to_string()])
     .args(["-nodefaults", "-no-user-config", "-display", "none"])
-    .args(["-serial", "stdio", "-no-reboot"]);
+    .args(["-serial", "stdio", "-no-reboot"])
+    .args(["-device", "i8042"]);
     if with_rng {
         cmd.args(["-device", "virtio-rng-device"]);
     }
@@ -94,7 +91,7 @@ pub fn qemu_microvm_command(spec: &BootSpec, with_rng: bool) -> Command {
         .arg("-initrd")
         .arg(&spec.initrd)
         .arg("-append")
-        .arg(format!("{} {QEMU_REBOOT_OVERRIDE}", spec.cmdline));
+        .arg(&spec.cmdline);
     cmd
 }
 
@@ -167,8 +164,9 @@ mod tests {
         assert!(a.contains("-M microvm,rtc=on,acpi=off -enable-kvm"), "{a}");
         assert!(a.contains("-m 256 -smp 1"), "{a}");
         assert!(a.contains("-device virtio-rng-device"), "{a}");
+        assert!(a.contains("-no-reboot -device i8042"), "{a}");
         assert!(a.ends_with(
-            "-append console=ttyS0 reboot=k panic=1 pci=off nomodule bulkhead.test=panic reboot=t"
+            "-append console=ttyS0 reboot=k panic=1 pci=off nomodule bulkhead.test=panic"
         ));
         let a = args(&qemu_microvm_command(&spec, false)).join(" ");
         assert!(!a.contains("virtio-rng"));

@@ -285,6 +285,29 @@ pub fn remove_req(id: &str) -> proto::RemoveContainerRequest {
     r
 }
 
+/// Creates container `id` from `spec` on the test rootfs (no stdin, no terminal); its pid.
+pub async fn create(env: &TestEnv, client: &AgentClient, id: &str, spec: &Value) -> u32 {
+    let req = create_req(id, &env.rootfs, spec, false, false);
+    let created = client.create_container(ctx(), &req).await.unwrap();
+    created.pid
+}
+
+pub async fn start(client: &AgentClient, id: &str) {
+    client.start_container(ctx(), &start_req(id)).await.unwrap();
+}
+
+/// Waits for the init process of container `id`.
+pub async fn wait_init(client: &AgentClient, id: &str) -> proto::WaitProcessResponse {
+    client.wait_process(ctx(), &wait_req(id, "")).await.unwrap()
+}
+
+pub async fn remove(client: &AgentClient, id: &str) {
+    client
+        .remove_container(ctx(), &remove_req(id))
+        .await
+        .unwrap();
+}
+
 pub async fn read_all(mut s: UnixStream) -> String {
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
