@@ -7,7 +7,7 @@
 #      KVM that boots Linux print SKIP here);
 #   4. the end-to-end tests that boot real guests, one test binary per entry of the KVM
 #      host harness (tests/harness/run-in-kvm.sh: directly on hosts with vmx/svm, else in
-#      a level-1 QEMU VM; a binary whose level-1 VM froze gets up to two more VMs).
+#      a level-1 QEMU VM; a binary whose level-1 VM froze gets up to three more VMs for the tests it has not passed).
 # Exits non-zero when any step or test fails. `.ci/run` runs exactly this.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,7 +29,7 @@ print_timeline() {
     echo "=== test.sh timeline (run time, event) ===" >&2
     printf '  %s\n' "${timeline[@]}" >&2
 }
-trap 'status=$?; mark "end, exit status $status"; print_timeline' EXIT
+trap 'status=$?; rm -f "${out:-}"; mark "end, exit status $status"; print_timeline' EXIT
 trap 'mark "killed by a signal"; exit 143' TERM INT HUP
 
 step "set-up"
@@ -78,30 +78,40 @@ for line in sys.stdin:
 [ "${#bins[@]}" -gt 0 ] || { echo "test.sh: no end-to-end test binaries found" >&2; exit 1; }
 # One harness boot per binary (about 15 s each): when the level-1 VM freezes (QEMU's
 # nested-SVM emulation livelocks now and then; run-in-kvm.sh's watchdog then exits 124),
-# only that binary is run again in a fresh VM, up to two more times, and the log says so.
+# that binary's tests that have not passed yet run again in a fresh VM, up to three more
+# times, and the log says so.
 # CI stops the whole run at 90 minutes. Past BULKHEAD_TEST_BUDGET_SECS (default 80 min) a
 # frozen binary gets no new VM and binaries not yet started are not run: both count as
 # failed, so the run ends with its own verdict and timeline instead of being cut off.
 budget="${BULKHEAD_TEST_BUDGET_SECS:-4800}"
+attempts=4
+out="$(mktemp /var/tmp/bulkhead-test-out.XXXXXX)"
 failed=()
 for bin in "${bins[@]}"; do
     name="$(basename "$bin")"
     status=none
-    for attempt in 1 2 3; do
+    passed="" # tests of this binary that passed in a VM that then froze: not run again
+    for attempt in $(seq "$attempts"); do
         if [ $((SECONDS - started)) -ge "$budget" ]; then
             echo "test.sh: out of time (${budget} s): $name not run (attempt $attempt)" >&2
             mark "$name: not run, out of time (attempt $attempt)"
             break
         fi
-        status=0
         began=$SECONDS
-        tests/harness/run-in-kvm.sh tests/harness/run-tests.sh "$bin" || status=$?
+        set +e
+        BULKHEAD_E2E_SKIP="$passed" \
+            tests/harness/run-in-kvm.sh tests/harness/run-tests.sh "$bin" | tee "$out"
+        status=${PIPESTATUS[0]}
+        set -e
         mark "$name: exit status $status after $((SECONDS - began)) s (attempt $attempt)"
         [ "$status" = 124 ] || break
-        echo "test.sh: HARNESS FROZE while running $name (attempt $attempt of 3)" >&2
+        passed+=" $(sed -n 's/^test \([^ ]*\) \.\.\. ok$/\1/p' "$out" | tr '\n' ' ')"
+        echo "test.sh: HARNESS FROZE while running $name (attempt $attempt of $attempts);" \
+            "passed so far, not run again:${passed:- none}" >&2
     done
     [ "$status" = 0 ] || failed+=("$name")
 done
+rm -f "$out"
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "test.sh: end-to-end tests failed: ${failed[*]}" >&2
     exit 1
