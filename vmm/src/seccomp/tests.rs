@@ -267,27 +267,13 @@ fn child_process() {
             let mut t: libc::termios = unsafe { std::mem::zeroed() };
             unsafe { libc::ioctl(0, libc::TCGETS, &mut t) };
         }),
-        "main-unix-socket" => on_thread(move || {
+        "main-unix-socket" => {
+            // Made and removed by this unconfined thread: the filter forbids rmdir.
             let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
             let path = dir.as_path().join("s");
-            let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-            f.main.apply().unwrap();
-            // What the vsock muxer does: connect, accept, non-blocking mode, send and receive.
-            let client = std::os::unix::net::UnixStream::connect(&path).unwrap();
-            let (server, _) = listener.accept().unwrap();
-            server.set_nonblocking(true).unwrap();
-            use std::io::{Read, Write};
-            (&client).write_all(b"CONNECT 52\n").unwrap();
-            let mut buf = [0u8; 16];
-            let n = (&server).read(&mut buf).unwrap();
-            assert_eq!(&buf[..n], b"CONNECT 52\n");
-            let mut r = [0u8; 8];
-            // SAFETY: getrandom into a local buffer.
-            assert_eq!(unsafe { libc::getrandom(r.as_mut_ptr().cast(), 8, 0) }, 8);
-            drop(listener);
-            std::fs::remove_file(&path).unwrap();
-            std::mem::forget(dir);
-        }),
+            on_thread(move || unix_socket_round_trip(f, &path));
+            drop(dir);
+        }
         "main-inet-socket" => on_thread(move || {
             f.main.apply().unwrap();
             inet_socket();
@@ -378,4 +364,24 @@ fn child_process() {
         }),
         other => panic!("unknown child case {other}"),
     }
+}
+
+/// What the vsock muxer does under the main filter: bind, connect, accept, non-blocking
+/// mode, send and receive, getrandom, unlink.
+fn unix_socket_round_trip(f: SeccompFilters, path: &std::path::Path) {
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    f.main.apply().unwrap();
+    let client = std::os::unix::net::UnixStream::connect(path).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    server.set_nonblocking(true).unwrap();
+    use std::io::{Read, Write};
+    (&client).write_all(b"CONNECT 52\n").unwrap();
+    let mut buf = [0u8; 16];
+    let n = (&server).read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"CONNECT 52\n");
+    let mut r = [0u8; 8];
+    // SAFETY: getrandom into a local buffer.
+    assert_eq!(unsafe { libc::getrandom(r.as_mut_ptr().cast(), 8, 0) }, 8);
+    drop(listener);
+    std::fs::remove_file(path).unwrap();
 }
