@@ -7,7 +7,8 @@
 #      KVM that boots Linux print SKIP here);
 #   4. the end-to-end tests that boot real guests, one test binary per entry of the KVM
 #      host harness (tests/harness/run-in-kvm.sh: directly on hosts with vmx/svm, else in
-#      a level-1 QEMU VM; a binary whose level-1 VM froze gets up to three more VMs for the tests it has not passed).
+#      a level-1 QEMU VM; when a binary's level-1 VM froze, the tests it has not passed get
+#      up to three more VMs).
 # Exits non-zero when any step or test fails. `.ci/run` runs exactly this.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -85,7 +86,7 @@ for line in sys.stdin:
 # failed, so the run ends with its own verdict and timeline instead of being cut off.
 budget="${BULKHEAD_TEST_BUDGET_SECS:-4800}"
 attempts=4
-out="$(mktemp /var/tmp/bulkhead-test-out.XXXXXX)"
+out="$(mktemp /var/tmp/bulkhead-test-out.XXXXXX)" # removed by the EXIT trap
 failed=()
 for bin in "${bins[@]}"; do
     name="$(basename "$bin")"
@@ -111,7 +112,6 @@ for bin in "${bins[@]}"; do
     done
     [ "$status" = 0 ] || failed+=("$name")
 done
-rm -f "$out"
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "test.sh: end-to-end tests failed: ${failed[*]}" >&2
     exit 1

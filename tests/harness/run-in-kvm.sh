@@ -103,8 +103,7 @@ inner="$stage/run.sh"
     printf 'cd %q || exit 125\n' "$cwd"
     # Not exec: the status goes to the shared directory first, so the host has it even
     # when the level-1 VM then hangs on its way down (see the watchdog below).
-    printf '%q' "$1"
-    [ $# -gt 1 ] && printf ' %q' "${@:2}"
+    printf '%q ' "$@"
     echo
     printf 'echo $? >%q/status\n' "$beat_dir"
     printf 'exit "$(cat %q/status)"\n' "$beat_dir"

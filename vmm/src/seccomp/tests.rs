@@ -366,8 +366,8 @@ fn child_process() {
     }
 }
 
-/// What the vsock muxer does under the main filter: bind, connect, accept, non-blocking
-/// mode, send and receive, getrandom, unlink.
+/// Binds a listener at `path`, then does under the main filter what the vsock muxer does:
+/// connect, accept, non-blocking mode, send and receive, getrandom, unlink.
 fn unix_socket_round_trip(f: SeccompFilters, path: &std::path::Path) {
     let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
     f.main.apply().unwrap();
