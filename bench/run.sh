@@ -5,8 +5,8 @@
 # launch, VMM start, kernel boot, agent ready, rootfs, container create/start, run, exit).
 #
 # Usage: bench/run.sh [--rounds N] [--no-build]     (default 10 rounds; as root)
-#   Builds bulkhead + bulkhead-vmm (release) and the demo image layout outside, then
-#   enters tests/harness/run-in-kvm.sh once (directly on hosts with vmx/svm).
+#   Builds bulkhead + bulkhead-vmm + bulkhead-agent (release) and the demo image layout
+#   outside, then enters tests/harness/run-in-kvm.sh once (directly on hosts with vmx/svm).
 #   Results: target/bench-run/{runs.tsv,summary.txt}. BULKHEAD_BIN=PATH uses another build
 #   (with --no-build).
 # Internal: bench/run.sh --inside N OUT_DIR
@@ -15,7 +15,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 target="${CARGO_TARGET_DIR:-$root/target}"
-# BULKHEAD_BIN=path: another bulkhead build (its bulkhead-vmm is the one next to it).
+# BULKHEAD_BIN=path: another bulkhead build (its bulkhead-vmm and bulkhead-agent are the
+# ones next to it).
 bulkhead="${BULKHEAD_BIN:-$target/release/bulkhead}"
 image="bulkhead/demo:latest"
 layout="${BULKHEAD_CACHE:-/var/cache/bulkhead}/demo-image"
@@ -82,7 +83,8 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || { echo "bench/run.sh: run as root" >&2; exit 1; }
 if [ "$build" = 1 ]; then
-    cargo build --release -p bulkhead-cli -p bulkhead-vmm
+    # Container mode runs bulkhead-agent, found next to bulkhead.
+    cargo build --release -p bulkhead-cli -p bulkhead-vmm -p bulkhead-agent
 fi
 echo "bench: $bulkhead, VMM: $("$bulkhead" check --json | python3 -c 'import json,sys; print([c["detail"] for c in json.load(sys.stdin)["checks"] if c["name"]=="vmm"][0])')" >&2
 BULKHEAD="$bulkhead" scripts/build-demo-image.sh --no-import "$layout" >&2

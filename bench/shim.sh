@@ -75,11 +75,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 EOF
 cat >"$work/bulkhead.toml" <<EOF
 run_root = "$work/bulkhead-run"
+log_level = "warn"
+[vm]
 kernel = "$BULKHEAD_KERNEL"
 initrd = "$BULKHEAD_INITRD"
 vmm = "$BULKHEAD_VMM"
-agent_timeout_secs = 300
-log_level = "warn"
+boot_timeout_secs = 300
 [virtiofsd]
 binary = "$BULKHEAD_VIRTIOFSD"
 EOF

@@ -11,15 +11,15 @@
 #
 # Usage: scripts/demo.sh [--no-setup] [--no-build]
 #   --no-setup   skip scripts/setup.sh (packages, kernel, virtiofsd, initramfs present)
-#   --no-build   skip the cargo build (target/release/bulkhead{,-vmm} present)
+#   --no-build   skip the cargo build (target/release/bulkhead{,-vmm,-agent} present)
 # Internal: scripts/demo.sh --vm-half OUT_DIR (what runs inside the harness).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 target="${CARGO_TARGET_DIR:-$root/target}"
-# BULKHEAD_BIN=path: another bulkhead build (with --no-build; its bulkhead-vmm is the
-# one next to it).
+# BULKHEAD_BIN=path: another bulkhead build (with --no-build; its bulkhead-vmm and
+# bulkhead-agent are the ones next to it).
 bulkhead="${BULKHEAD_BIN:-$target/release/bulkhead}"
 image="bulkhead/demo:latest"
 layout="${BULKHEAD_CACHE:-/var/cache/bulkhead}/demo-image"

@@ -26,5 +26,6 @@ mv -f "$prefix/bin/.$name.new" "$prefix/bin/$name"
 echo "installed $prefix/bin/$name"
 if [ ! -e /etc/bulkhead/config.toml ]; then
     echo "note: /etc/bulkhead/config.toml does not exist; the shim uses its defaults" \
-         "(kernel /usr/share/bulkhead/vmlinux, VMM /usr/local/bin/bulkhead-vmm)"
+         "(\"auto\": the build caches in /var/cache/bulkhead, then /usr/share/bulkhead/vmlinux," \
+         "/usr/share/bulkhead/initramfs.cpio, bulkhead-vmm in PATH or /usr/local/bin; see config/bulkhead.toml)"
 fi

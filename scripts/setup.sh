@@ -41,6 +41,28 @@ else
     log "debian packages: all present"
 fi
 
+# --- QEMU 10 from bookworm-backports for the KVM host harness ---
+# Under bookworm's QEMU 7.2 the harness's level-1 VM froze now and then (a lost CI run is
+# 90 minutes); QEMU 10 with nested paging did not, and ran the end-to-end tests about twice
+# as fast (docs/harness.md, "QEMU version"). BULKHEAD_HARNESS_QEMU=stock keeps bookworm's.
+qemu_major() { qemu-system-x86_64 --version 2>/dev/null | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -n 1; }
+if [ "${BULKHEAD_HARNESS_QEMU:-backports}" = backports ] && [ "$(qemu_major)" -lt 10 ] 2>/dev/null; then
+    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        log "adding Debian's bookworm-backports suite (for QEMU 10)"
+        cat >/etc/apt/sources.list.d/bulkhead-backports.sources <<'SOURCES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86
+fi
+log "harness QEMU: $(qemu-system-x86_64 --version | head -n 1)"
+
 # --- virtme-ng (vng) ---
 # pip may be pyenv's (/root/.pyenv) or Debian's; the harness looks in both.
 find_vng() {

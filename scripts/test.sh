@@ -4,11 +4,15 @@
 #   2. formatting and lints (cargo fmt --check, clippy -D warnings);
 #   3. the workspace's tests on the host: unit tests, tiny guests on /dev/kvm, the agent's
 #      container code as root, a real registry, containerd with the shim (tests that need a
-#      KVM that boots Linux print SKIP here);
+#      KVM that boots Linux print `SKIPPED <test>: <reason>` here; the timeline counts them
+#      and the end of the log lists them);
 #   4. the end-to-end tests that boot real guests, one test binary per entry of the KVM
 #      host harness (tests/harness/run-in-kvm.sh: directly on hosts with vmx/svm, else in
 #      a level-1 QEMU VM; when a binary's level-1 VM froze, the tests it has not passed get
-#      up to three more VMs).
+#      up to three more VMs). The harness sets BULKHEAD_NO_SKIP=1: there a test that cannot
+#      run fails instead of skipping, and test.sh counts and names such tests. One more
+#      harness boot checks exactly that (tests/harness/selftest.sh with a test binary whose
+#      prerequisite is missing on purpose).
 # Exits non-zero when any step or test fails. `.ci/run` runs exactly this.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,11 +30,24 @@ step() {
     mark "$*"
     printf '\n=== %s (at %s) ===\n' "$*" "$(at)" >&2
 }
+# Tests that skipped (`SKIPPED <test>: <reason>`, crate bulkhead-test-skip), "PHASE: line".
+skipped=()
+# Adds the skip lines in the output on stdin to `skipped` as phase $1 and marks the count.
+note_skips() {
+    local line n=0
+    while IFS= read -r line; do
+        skipped+=("$1: $line")
+        n=$((n + 1))
+    done < <(grep -o 'SKIPPED [^ ]*: .*' | sort -u)
+    mark "$1: $n tests skipped"
+}
 print_timeline() {
+    echo "=== test.sh: ${#skipped[@]} tests skipped ===" >&2
+    [ "${#skipped[@]}" -eq 0 ] || printf '  %s\n' "${skipped[@]}" >&2
     echo "=== test.sh timeline (run time, event) ===" >&2
     printf '  %s\n' "${timeline[@]}" >&2
 }
-trap 'status=$?; rm -f "${out:-}"; mark "end, exit status $status"; print_timeline' EXIT
+trap 'status=$?; rm -f "${out:-}" "${host_log:-}"; mark "end, exit status $status"; print_timeline' EXIT
 trap 'mark "killed by a signal"; exit 143' TERM INT HUP
 
 step "set-up"
@@ -55,7 +72,13 @@ export BULKHEAD_SHIM_BIN="$release/containerd-shim-bulkhead-v2"
 # The shim and sandbox tests drive the real agent binary behind a stand-in VMM on the host.
 cargo build -p bulkhead-agent
 export BULKHEAD_AGENT_BIN="$root/target/debug/bulkhead-agent"
-cargo test --workspace --no-fail-fast
+host_log="$(mktemp /var/tmp/bulkhead-test-host.XXXXXX)" # removed by the EXIT trap
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee "$host_log"
+status=${PIPESTATUS[0]}
+set -e
+note_skips "host tests" <"$host_log"
+[ "$status" = 0 ] || { echo "test.sh: host tests failed (cargo test exit status $status)" >&2; exit 1; }
 
 step "end-to-end tests in the KVM host harness"
 # Test binaries that boot guests; they skip on the host and run for real in the harness.
@@ -77,6 +100,16 @@ for line in sys.stdin:
 ' "$e2e_targets"
 )
 [ "${#bins[@]}" -gt 0 ] || { echo "test.sh: no end-to-end test binaries found" >&2; exit 1; }
+# The harness itself, and that a test whose prerequisite is missing fails there instead of
+# skipping (no level-2 guest boots: the VMM is what is missing).
+vmm_boot_bin=""
+for bin in "${bins[@]}"; do
+    case "$(basename "$bin")" in vmm_boot-*) vmm_boot_bin="$bin" ;; esac
+done
+[ -n "$vmm_boot_bin" ] || { echo "test.sh: no vmm_boot test binary" >&2; exit 1; }
+began=$SECONDS
+tests/harness/selftest.sh "$vmm_boot_bin" || { mark "harness self-test: FAILED"; exit 1; }
+mark "harness self-test (a missing prerequisite fails): passed after $((SECONDS - began)) s"
 # One harness boot per binary (about 15 s each): when the level-1 VM freezes (QEMU's
 # nested-SVM emulation livelocks now and then; run-in-kvm.sh's watchdog then exits 124),
 # that binary's tests that have not passed yet run again in a fresh VM, up to three more
@@ -92,6 +125,7 @@ for bin in "${bins[@]}"; do
     name="$(basename "$bin")"
     status=none
     passed="" # tests of this binary that passed in a VM that then froze: not run again
+    skips=0   # tests of this binary that could not run in the harness
     for attempt in $(seq "$attempts"); do
         if [ $((SECONDS - started)) -ge "$budget" ]; then
             echo "test.sh: out of time (${budget} s): $name not run (attempt $attempt)" >&2
@@ -105,12 +139,19 @@ for bin in "${bins[@]}"; do
         status=${PIPESTATUS[0]}
         set -e
         mark "$name: exit status $status after $((SECONDS - began)) s (attempt $attempt)"
+        # Inside the harness a skip panics (BULKHEAD_NO_SKIP=1): the test failed, and its
+        # message says which and why.
+        no_skip="$(sed -n 's/^\(.*\) cannot run here: \(.*\), and BULKHEAD_NO_SKIP is set$/SKIPPED \1: \2/p' "$out")"
+        if [ -n "$no_skip" ]; then
+            note_skips "$name in the harness (each a failure)" <<<"$no_skip"
+            skips=$((skips + 1))
+        fi
         [ "$status" = 124 ] || break
         passed+=" $(sed -n 's/^test \([^ ]*\) \.\.\. ok$/\1/p' "$out" | tr '\n' ' ')"
         echo "test.sh: HARNESS FROZE while running $name (attempt $attempt of $attempts);" \
             "passed so far, not run again:${passed:- none}" >&2
     done
-    [ "$status" = 0 ] || failed+=("$name")
+    [ "$status" = 0 ] && [ "$skips" = 0 ] || failed+=("$name")
 done
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "test.sh: end-to-end tests failed: ${failed[*]}" >&2

@@ -1,33 +1,22 @@
-//! A minimal stderr logger for the CLI and the supervisor (`log_level` of the config).
+//! The CLI's and the supervisor's logging to stderr (`log_level` and `log_format` of the
+//! config), in the one format of every Bulkhead binary (crate `bulkhead-log`):
+//! `2026-12-01T18:26:50.123456Z INFO  bulkhead[4242]: message`, or JSON lines.
 
-use std::io::Write;
+use bulkhead_log::Format;
+use bulkhead_sandbox::config::LogFormat;
 
-struct Stderr;
-
-impl log::Log for Stderr {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::max_level()
+/// The configuration's log format as `bulkhead-log` names it.
+pub fn format(f: LogFormat) -> Format {
+    match f {
+        LogFormat::Text => Format::Text,
+        LogFormat::Json => Format::Json,
     }
-
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            let _ = writeln!(
-                std::io::stderr(),
-                "bulkhead[{}] {}: {}",
-                std::process::id(),
-                r.level().as_str().to_lowercase(),
-                r.args()
-            );
-        }
-    }
-
-    fn flush(&self) {}
 }
 
-static LOGGER: Stderr = Stderr;
-
-pub fn install(level: log::LevelFilter) {
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
-    }
+/// Installs the logger (once per process; the supervisor is a process of its own, so the
+/// process id in each line tells the two apart).
+pub fn install(level: log::LevelFilter, log_format: LogFormat) {
+    bulkhead_log::Logger::new(format!("bulkhead[{}]", std::process::id()), level)
+        .format(format(log_format))
+        .init();
 }

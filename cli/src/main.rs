@@ -5,7 +5,6 @@ mod commands;
 mod config;
 mod control;
 mod logger;
-mod rootfs;
 mod spec;
 mod state;
 mod supervisor;

@@ -136,7 +136,7 @@ pub fn split_boot(
     }
 }
 
-/// `[    0.041000] bulkhead-vmm INFO  vcpus: 1 started` → 41 ms.
+/// `[    0.041000] INFO  bulkhead-vmm: vcpus: 1 started` → 41 ms.
 fn vcpus_started(vmm_log: &str) -> Option<Duration> {
     vmm_log
         .lines()
@@ -195,8 +195,8 @@ pub fn read_log(path: &Path) -> String {
 mod tests {
     use super::*;
 
-    const VMM_LOG: &str = "[    0.000120] bulkhead-vmm INFO  memory: 512 MiB in 1 region\n\
-                           [    0.041000] bulkhead-vmm INFO  vcpus: 1 started\n";
+    const VMM_LOG: &str = "[    0.000120] INFO  bulkhead-vmm: memory: 512 MiB in 1 region\n\
+                           [    0.041000] INFO  bulkhead-vmm: vcpus: 1 started\n";
     const CONSOLE: &str = "[    0.000000] Linux version 6.1.0\n\
                            [    0.812000] Run /init as init process\n\
                            bulkhead-agent: listening\n";

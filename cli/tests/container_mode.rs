@@ -1,6 +1,6 @@
 //! `bulkhead` with `--isolation container` on this host (root, cgroup2, busybox): exit
 //! codes, process options, detached lifecycle, exec, bad input, and that nothing is left
-//! behind. Prints `SKIPPED: reason` and passes where the host cannot run containers.
+//! behind. Prints `SKIPPED <test>: <reason>` and passes where the host cannot run containers.
 
 mod support;
 

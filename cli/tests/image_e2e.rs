@@ -5,7 +5,7 @@
 //! not reach the next container of the image, and a 100 MiB read-only volume reads back
 //! with the host's sha256. Runs only inside the KVM harness (`BULKHEAD_IN_HARNESS=1`) with
 //! `docker-registry`, `skopeo` and what `bulkhead check` needs for microVMs; prints
-//! `SKIPPED: reason` otherwise:
+//! `SKIPPED <test>: <reason>` otherwise:
 //!
 //! ```text
 //! cargo test -p bulkhead-cli --test image_e2e --no-run   # prints target/debug/deps/image_e2e-HASH
@@ -57,7 +57,7 @@ impl Env {
             .tempdir_in(std::env::temp_dir())
             .unwrap();
         let cfg = format!(
-            "store_root = {:?}\nrun_root = {:?}\nlog_level = \"info\"\n[vm]\nboot_timeout_secs = 300\n[container]\nisolation = \"vm\"\nstop_timeout_secs = 10\n",
+            "store_root = {:?}\nrun_root = {:?}\nlog_level = \"info\"\n[vm]\nboot_timeout_secs = 300\n[cli]\nisolation = \"vm\"\nstop_timeout_secs = 10\n",
             dir.path().join("store"),
             dir.path().join("run"),
         );

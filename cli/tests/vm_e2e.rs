@@ -2,7 +2,7 @@
 //! agent initramfs). Runs only inside the KVM harness (`BULKHEAD_IN_HARNESS=1`, see
 //! docs/harness.md) where `bulkhead check` finds the kernel, initramfs, VMM and virtiofsd
 //! (config defaults, or `BULKHEAD_KERNEL`, `BULKHEAD_INITRD`, `BULKHEAD_VMM`,
-//! `BULKHEAD_VIRTIOFSD`); prints `SKIPPED: reason` otherwise. Every test boots one or two
+//! `BULKHEAD_VIRTIOFSD`); prints `SKIPPED <test>: <reason>` otherwise. Every test boots one or two
 //! VMs, which takes tens of seconds under the harness's nested emulation: run them one at
 //! a time:
 //!

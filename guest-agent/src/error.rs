@@ -1,6 +1,5 @@
 //! The agent's errors and their one mapping to ttrpc status codes.
 
-use std::error::Error as StdError;
 use std::io;
 
 use bulkhead_protocol::types::InvalidField;
@@ -133,18 +132,7 @@ impl AgentError {
 
     /// The full cause chain on one line, for logs and for the peer.
     pub fn chain(&self) -> String {
-        let mut msg = self.to_string();
-        let mut cur: Option<&dyn StdError> = self.source();
-        while let Some(e) = cur {
-            let s = e.to_string();
-            // Transparent wrappers repeat their source's message.
-            if !msg.ends_with(&s) {
-                msg.push_str(": ");
-                msg.push_str(&s);
-            }
-            cur = e.source();
-        }
-        msg
+        bulkhead_log::error_chain(self)
     }
 
     pub fn to_ttrpc(&self) -> ttrpc::Error {

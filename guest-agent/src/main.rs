@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{Context, Result};
-use bulkhead_agent::{config, init, logger::Logger};
+use bulkhead_agent::{config, init, logger};
 use log::{error, info, warn};
 
 fn main() {
@@ -49,7 +49,7 @@ fn run(pid1: bool) -> Result<()> {
         };
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         let (opts, warnings) = config::from_cmdline(&cmdline);
-        Logger::new(console, opts.log_level).install();
+        logger::install(console, opts.log_level, opts.log_format);
         mounted.context("PID 1 set-up")?;
         init::enable_cgroup_controllers(std::path::Path::new("/sys/fs/cgroup"));
         if let Some(e) = switch_error {
@@ -61,7 +61,7 @@ fn run(pid1: bool) -> Result<()> {
         (opts, warnings)
     } else {
         let opts = config::from_args(std::env::args().skip(1)).map_err(anyhow::Error::msg)?;
-        Logger::new(Box::new(std::io::stderr()), opts.log_level).install();
+        logger::install(Box::new(std::io::stderr()), opts.log_level, opts.log_format);
         (opts, Vec::new())
     };
     for w in warnings {
@@ -76,7 +76,9 @@ fn run(pid1: bool) -> Result<()> {
 
     // One thread runs everything async: libcontainer forks with clone3 and
     // keeps running Rust in the child, which is only safe when no other
-    // thread can hold a lock the child needs.
+    // thread can hold a lock the child needs. The only other thread is the
+    // reaper's (`reaper::global`); while a container is being built it waits
+    // on the spawn guard the builder holds (`Reaper::spawn_guard`).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

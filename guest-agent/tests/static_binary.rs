@@ -19,9 +19,9 @@ fn static_agent() -> Option<PathBuf> {
 #[test]
 fn agent_release_build_is_static() {
     let Some(agent) = static_agent() else {
-        eprintln!(
-            "SKIPPED: no static agent build; run guest-agent/build-initramfs.sh \
-             (or set BULKHEAD_AGENT_STATIC)"
+        bulkhead_test_skip::skip(
+            "no static agent build; run guest-agent/build-initramfs.sh \
+             (or set BULKHEAD_AGENT_STATIC)",
         );
         return;
     };

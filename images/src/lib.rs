@@ -2,6 +2,10 @@
 //! or `docker save` archive), keep blobs and unpacked layers in a
 //! content-addressed [`Store`], unpack layers safely, and turn an image
 //! config into an OCI runtime process.
+//!
+//! Module graph (no cycles): `digest`, `error` at the bottom; `store` (blobs, records,
+//! locks, gc) on them; `unpack` (layers into the store, [`rootfs_layers`]) and `pull` /
+//! `import` on `store`; `process` on the image config alone.
 
 pub mod digest;
 pub mod error;
@@ -16,4 +20,4 @@ pub use error::{Error, Result};
 pub use process::{runtime_process, ProcessOverrides, UserDb};
 pub use pull::{pull, PullOptions};
 pub use store::{ImageRecord, LayerRecord, Store};
-pub use unpack::{apply_layer, ensure_layers, unpack_image, Limits, Mode};
+pub use unpack::{apply_layer, ensure_layers, rootfs_layers, unpack_image, Limits, Mode};

@@ -86,13 +86,7 @@ fn check_unpacked(store: &Store, rec: &bulkhead_images::ImageRecord, dir: &Path)
 }
 
 fn is_auth_failure(e: &Error) -> bool {
-    let mut chain = format!("{e}");
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        chain.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    let c = chain.to_lowercase();
+    let c = bulkhead_log::error_chain(e).to_lowercase();
     c.contains("auth") || c.contains("401") || c.contains("unauthorized") || c.contains("denied")
 }
 

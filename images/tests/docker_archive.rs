@@ -163,7 +163,7 @@ fn legacy_docker_save_with_symlinked_layer() {
     assert!(out.join("etc/gone").exists());
     assert_eq!(fs::read(out.join("app/run.sh")).unwrap().len(), 18);
     // Overlay lowerdirs: two distinct layer dirs, three entries.
-    let lowers = store.rootfs_layers(rec).unwrap();
+    let lowers = bulkhead_images::rootfs_layers(&store, rec, &Limits::default()).unwrap();
     assert_eq!(lowers.len(), 3);
     assert_eq!(lowers[0], lowers[2]);
 
@@ -218,7 +218,7 @@ fn docker_save_with_wrong_diff_id_fails_to_unpack() {
         Error::DigestMismatch { expected, .. } => assert_eq!(expected, diff_ids[1].to_string()),
         other => panic!("expected a diff_id mismatch, got {other:?}"),
     }
-    assert!(store.rootfs_layers(&rec).is_err());
+    assert!(bulkhead_images::rootfs_layers(&store, &rec, &Limits::default()).is_err());
     assert!(!store.layer_dir(&diff_ids[1]).exists());
 }
 

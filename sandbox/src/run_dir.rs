@@ -15,20 +15,35 @@
 //! another filesystem: a mount that is still there makes removal fail instead of deleting
 //! the files of an image or of the host.
 
-use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use bulkhead_protocol::types::{validate_container_id, InvalidField};
 use thiserror::Error;
 
+use crate::mountinfo;
+use crate::naming::{self, UNIX_SOCKET_PATH_MAX};
+
+/// The longest name of a socket in a run directory: the VMM's socket for guest-initiated
+/// vsock connections to the highest port (`<vsock.sock>_<port>`).
+pub const LONGEST_SOCKET_NAME: &str = "vsock.sock_4294967295";
+
 #[derive(Debug, Error)]
 pub enum RunDirError {
     #[error("invalid sandbox id")]
     InvalidId(#[source] InvalidField),
+    #[error(
+        "run directory {path} is too long for its unix sockets ({len} bytes for {}, at most \
+         {max}): use a shorter run root or name the sandbox with naming::sandbox_name",
+        LONGEST_SOCKET_NAME
+    )]
+    SocketPathTooLong {
+        path: PathBuf,
+        len: usize,
+        max: usize,
+    },
     #[error("run directory {0} already exists (another sandbox with this id, or a stale one)")]
     Exists(PathBuf),
     #[error("cannot create {path}")]
@@ -64,9 +79,12 @@ pub struct RunDir {
 
 impl RunDir {
     /// Creates `<root>/<id>/` and its `shared/` directory. The id follows the container-id
-    /// rules (it becomes a path component). Fails if the directory exists.
+    /// rules (it becomes a path component) and the unix sockets inside must fit in
+    /// `sun_path` (name sandboxes with [`naming::sandbox_name`]). Fails if the directory
+    /// exists.
     pub fn create(root: &Path, id: &str) -> Result<Self, RunDirError> {
         validate_container_id(id).map_err(RunDirError::InvalidId)?;
+        check_socket_paths(&root.join(id))?;
         let create_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| RunDirError::Create { path, source }
@@ -131,6 +149,19 @@ impl RunDir {
     }
 }
 
+/// Fails when a socket of the run directory `path` would not fit in `sun_path`.
+pub fn check_socket_paths(path: &Path) -> Result<(), RunDirError> {
+    let len = path.join(LONGEST_SOCKET_NAME).as_os_str().len();
+    if naming::fits_socket_path(len) {
+        return Ok(());
+    }
+    Err(RunDirError::SocketPathTooLong {
+        path: path.to_path_buf(),
+        len,
+        max: UNIX_SOCKET_PATH_MAX,
+    })
+}
+
 impl Drop for RunDir {
     fn drop(&mut self) {
         if let Err(e) = self.remove() {
@@ -152,11 +183,8 @@ pub fn remove_tree(path: &Path) -> Result<(), RunDirError> {
             })
         }
     };
-    let mountinfo = fs::read("/proc/self/mountinfo").map_err(RunDirError::MountTable)?;
-    let mut below: Vec<PathBuf> = mount_points(&mountinfo)
-        .into_iter()
-        .filter(|m| m.starts_with(path) && m != path)
-        .collect();
+    let table = mountinfo::read_self().map_err(RunDirError::MountTable)?;
+    let mut below = mountinfo::mount_points_below(&table, path);
     // Deepest first; a path listed twice (stacked mounts) is unmounted until it is gone.
     below.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
     for mount in &below {
@@ -166,21 +194,7 @@ pub fn remove_tree(path: &Path) -> Result<(), RunDirError> {
 }
 
 fn unmount(path: &Path) -> Result<(), RunDirError> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| RunDirError::Unmount {
-        path: path.to_path_buf(),
-        source: io::Error::from(io::ErrorKind::InvalidInput),
-    })?;
-    // SAFETY: umount2 reads a NUL-terminated path we own; no memory is shared.
-    let rc = unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let source = io::Error::last_os_error();
-    // EINVAL: no longer a mount point (a parent's detach took it along).
-    if source.raw_os_error() == Some(libc::EINVAL) || source.kind() == io::ErrorKind::NotFound {
-        return Ok(());
-    }
-    Err(RunDirError::Unmount {
+    crate::mount::detach(path).map_err(|source| RunDirError::Unmount {
         path: path.to_path_buf(),
         source,
     })
@@ -205,62 +219,33 @@ fn remove_same_fs(path: &Path, dev: u64) -> Result<(), RunDirError> {
     fs::remove_dir(path).map_err(remove_err)
 }
 
-/// Mount points listed in a `/proc/<pid>/mountinfo` text (field 5, octal escapes decoded).
-pub fn mount_points(mountinfo: &[u8]) -> Vec<PathBuf> {
-    mountinfo
-        .split(|&b| b == b'\n')
-        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
-        .filter(|field| !field.is_empty())
-        .map(|field| PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(field))))
-        .collect()
-}
-
-/// Decodes the kernel's `\ooo` escapes (space, tab, newline, backslash).
-fn unescape(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        if field[i] == b'\\' && i + 3 < field.len() && is_octal(&field[i + 1..i + 4]) {
-            let v = (field[i + 1] - b'0') as u32 * 64
-                + (field[i + 2] - b'0') as u32 * 8
-                + (field[i + 3] - b'0') as u32;
-            if let Ok(b) = u8::try_from(v) {
-                out.push(b);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(field[i]);
-        i += 1;
-    }
-    out
-}
-
-fn is_octal(digits: &[u8]) -> bool {
-    digits.iter().all(|d| (b'0'..=b'7').contains(d))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn parses_mountinfo() {
-        let text = b"22 1 0:21 / /sys rw,nosuid - sysfs sysfs rw\n\
-            36 35 98:0 /mnt1 /run/bulkhead/p\\040q/shared/c1 rw - ext3 /dev/root rw\n\
-            37 35 98:0 / /a\\134b\\011c rw - ext3 /dev/root rw\n\
-            garbage\n";
-        assert_eq!(
-            mount_points(text),
-            [
-                PathBuf::from("/sys"),
-                PathBuf::from("/run/bulkhead/p q/shared/c1"),
-                PathBuf::from("/a\\b\tc"),
-            ]
+    fn socket_paths_must_fit() {
+        let root = tempfile::tempdir().unwrap();
+        let long = "x".repeat(120);
+        let err = RunDir::create(root.path(), &long).unwrap_err();
+        assert!(
+            matches!(err, RunDirError::SocketPathTooLong { max: 107, .. }),
+            "{err}"
         );
-        assert_eq!(unescape(b"x\\04"), b"x\\04");
-        assert_eq!(unescape(b"\\999"), b"\\999");
+        assert!(err.to_string().contains("sandbox_name"), "{err}");
+        assert!(!root.path().join(&long).exists());
+        // The same id through the naming rule fits.
+        let mut dir = RunDir::create(root.path(), &naming::sandbox_name(&long)).unwrap();
+        dir.remove().unwrap();
+        // A deep root does not fit even with a short name.
+        let deep = root.path().join("d".repeat(90));
+        assert!(matches!(
+            RunDir::create(&deep, "pod-1"),
+            Err(RunDirError::SocketPathTooLong { .. })
+        ));
     }
 
     #[test]

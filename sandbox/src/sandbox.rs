@@ -13,6 +13,7 @@ use bulkhead_protocol::types::{
     SandboxConfig as AgentSandboxConfig, WinSize,
 };
 use bulkhead_protocol::SHARED_FS_MOUNT_POINT;
+use bulkhead_vmm_contract::args::parse_log_level;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 
@@ -21,7 +22,9 @@ use crate::error::{Phase, SandboxError};
 use crate::run_dir::RunDir;
 use crate::sizing::VmSize;
 use crate::virtiofsd_process::{VirtiofsdOptions, VirtiofsdProcess};
-use crate::vmm_process::{FsDevice, VmExit, VmmConfig, VmmProcess};
+use crate::vmm_process::{
+    FsSpec, SerialOutput, VmExit, VmmCommand, VmmConfig, VmmError, VmmProcess, VsockSpec,
+};
 
 /// Default root of the run directories.
 pub const DEFAULT_RUN_ROOT: &str = "/run/bulkhead";
@@ -93,7 +96,9 @@ impl SandboxConfig {
 #[derive(Debug)]
 pub struct Sandbox {
     id: String,
-    // Drop order matters: processes first, then the directory they used.
+    // Drop order matters: processes first, then the directory they used. Dropping `vmm`
+    // kills the VMM and returns once it has exited (`VmmProcess`'s `Drop`); dropping
+    // `virtiofsd` kills its process group; `run_dir` goes last.
     vmm: VmmProcess,
     virtiofsd: tokio::sync::Mutex<Option<VirtiofsdProcess>>,
     agent: AgentConn,
@@ -175,6 +180,13 @@ impl Sandbox {
         partial: &mut Partial,
     ) -> Result<AgentConn, SandboxError> {
         let dir = &partial.run_dir;
+        let log_level = match config.vmm_log_level.as_deref() {
+            Some(level) => Some(
+                parse_log_level(level)
+                    .map_err(|e| SandboxError::VmmStart(VmmError::LogLevel(e)))?,
+            ),
+            None => None,
+        };
         let mut fs = Vec::new();
         if let Some(options) = &config.virtiofsd {
             let fsd = VirtiofsdProcess::start(
@@ -185,25 +197,37 @@ impl Sandbox {
             )
             .await
             .map_err(SandboxError::Virtiofsd)?;
-            fs.push(FsDevice {
+            fs.push(FsSpec {
                 tag: SHARED_FS_TAG.to_owned(),
                 socket: fsd.socket().to_path_buf(),
             });
             partial.virtiofsd = Some(fsd);
         }
-        let vmm_config = VmmConfig {
-            binary: config.vmm_binary.clone(),
+        // Sizes beyond the VMM's types saturate; the VMM then refuses them with its limits.
+        let command = VmmCommand {
             kernel: config.kernel.clone(),
             initrd: config.initrd.clone(),
             cmdline: config.cmdline.clone(),
-            vcpus: config.size.vcpus,
-            memory_mib: config.size.memory_mib,
-            vsock_uds: dir.vsock_socket(),
-            vsock_cid: config.vsock_cid,
+            vcpus: u8::try_from(config.size.vcpus).unwrap_or(u8::MAX),
+            memory_mib: u32::try_from(config.size.memory_mib).unwrap_or(u32::MAX),
+            serial: SerialOutput::File(dir.console_log()),
+            rng: true,
+            vsock: Some(VsockSpec {
+                uds: dir.vsock_socket(),
+                cid: u64::from(config.vsock_cid),
+            }),
+            fs,
+            seccomp: None,
+            uid: None,
+            gid: None,
+            log_level,
+            log_format: None,
+        };
+        let vmm_config = VmmConfig {
+            binary: config.vmm_binary.clone(),
+            command,
             console_log: dir.console_log(),
             vmm_log: dir.vmm_log(),
-            fs,
-            log_level: config.vmm_log_level.clone(),
         };
         let vmm = VmmProcess::spawn(&vmm_config).map_err(SandboxError::VmmStart)?;
         let endpoint = AgentEndpoint::HybridVsock(dir.vsock_socket());
@@ -419,15 +443,16 @@ impl Sandbox {
 
 /// The error for a VM that ended before its agent answered.
 fn exit_error(vmm: &VmmProcess, exit: VmExit) -> SandboxError {
-    match exit {
-        VmExit::VmmError | VmExit::BadFlags | VmExit::Other(_) => SandboxError::VmmFailed {
+    if exit.is_vmm_failure() {
+        SandboxError::VmmFailed {
             exit,
             vmm_log_tail: vmm.log_tail(5),
-        },
-        _ => SandboxError::KernelBoot {
+        }
+    } else {
+        SandboxError::KernelBoot {
             exit,
             console_tail: vmm.console_tail(CONSOLE_TAIL_LINES),
-        },
+        }
     }
 }
 

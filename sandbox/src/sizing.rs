@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+use bulkhead_vmm_contract::limits;
 use thiserror::Error;
 
 /// vCPUs the guest gets on top of the pod's CPU limit (the agent, the kernel's own work, and
@@ -21,12 +22,12 @@ pub const GUEST_OVERHEAD_VCPUS: u32 = 1;
 pub const GUEST_OVERHEAD_MIB: u64 = 128;
 /// MiB given to a pod that has no memory limit (on top of the overhead).
 pub const UNLIMITED_POD_MIB: u64 = 256;
-/// Most vCPUs the VMM supports.
-pub const MAX_VCPUS: u32 = 32;
-/// Least memory the VMM accepts.
-pub const MIN_MEMORY_MIB: u64 = 32;
-/// Most memory the VMM accepts.
-pub const MAX_MEMORY_MIB: u64 = 256 * 1024;
+/// Most vCPUs the VMM supports (the contract's limit, in this module's units).
+pub const MAX_VCPUS: u32 = limits::MAX_VCPUS as u32;
+/// Least memory the VMM accepts (the contract's limit).
+pub const MIN_MEMORY_MIB: u64 = limits::MIN_MEMORY_MIB as u64;
+/// Most memory the VMM accepts (the contract's limit).
+pub const MAX_MEMORY_MIB: u64 = limits::MAX_MEMORY_MIB as u64;
 
 /// CRI annotations that carry the pod's total limits (containerd sets them on the sandbox).
 pub const ANNOTATION_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
@@ -110,11 +111,15 @@ impl VmSize {
 
     /// [`VmSize::for_pod`] on this host.
     pub fn for_pod_on_this_host(resources: &PodResources) -> Self {
-        let host_cpus = std::thread::available_parallelism()
-            .map(|n| n.get().min(u32::MAX as usize) as u32)
-            .unwrap_or(1);
-        Self::for_pod(resources, host_cpus)
+        Self::for_pod(resources, host_cpus())
     }
+}
+
+/// The CPUs this process may run on (its affinity and cgroup quota considered), at least 1.
+pub fn host_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
 }
 
 fn div_ceil(a: u64, b: u64) -> u64 {
@@ -169,6 +174,12 @@ mod tests {
         // Never more vCPUs than the host has, never zero.
         assert_eq!(VmSize::for_pod(&huge, 2).vcpus, 2);
         assert_eq!(VmSize::for_pod(&huge, 0).vcpus, 1);
+    }
+
+    #[test]
+    fn this_host_has_cpus() {
+        assert!(host_cpus() >= 1);
+        assert!(VmSize::for_pod_on_this_host(&PodResources::default()).vcpus <= host_cpus());
     }
 
     #[test]

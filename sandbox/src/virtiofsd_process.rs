@@ -1,13 +1,13 @@
 //! The virtiofsd child process that exports a sandbox's `shared/` directory to the VMM over
-//! vhost-user: its command line, waiting until its socket exists, SIGKILL + reap on stop or
-//! drop.
+//! vhost-user: starting it with the contract's options ([`VirtiofsdOptions`], defined in
+//! `bulkhead_vmm_contract::virtiofsd` with its command line), waiting until its socket
+//! exists, SIGKILL + reap on stop or drop.
 //!
 //! virtiofsd with `--sandbox=namespace` forks: the process we start only waits, and a child
 //! (PID 1 of a new pid namespace) serves and holds the socket. The child inherits the
 //! process group we start virtiofsd in, so stop and drop kill the whole group, and stop
 //! waits until the group is gone.
 
-use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -20,76 +20,8 @@ use tokio::time::Instant;
 use crate::child_fds::close_inherited_fds;
 use crate::console;
 
-/// How virtiofsd confines itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FsSandbox {
-    /// Mount, pid and network namespaces with the shared dir as its root (needs root).
-    #[default]
-    Namespace,
-    /// No confinement: only for hosts where namespaces are unavailable.
-    None,
-}
-
-/// virtiofsd's `--cache` policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FsCache {
-    Never,
-    /// Metadata and data cached until the host changes them (close-to-open).
-    #[default]
-    Auto,
-    Always,
-}
-
-/// Options for virtiofsd; the paths come from the sandbox's run directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VirtiofsdOptions {
-    /// The virtiofsd binary.
-    pub binary: PathBuf,
-    pub sandbox: FsSandbox,
-    pub cache: FsCache,
-    /// Worker threads; 0 lets the vring thread serve requests itself.
-    pub thread_pool_size: u32,
-    /// How long to wait for its socket.
-    pub ready_timeout: Duration,
-}
-
-impl Default for VirtiofsdOptions {
-    fn default() -> Self {
-        VirtiofsdOptions {
-            binary: PathBuf::from("virtiofsd"),
-            sandbox: FsSandbox::default(),
-            cache: FsCache::default(),
-            thread_pool_size: 1,
-            ready_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-impl VirtiofsdOptions {
-    /// virtiofsd's arguments (without the binary).
-    pub fn args(&self, socket: &Path, shared_dir: &Path) -> Vec<OsString> {
-        let mut socket_arg = OsString::from("--socket-path=");
-        socket_arg.push(socket);
-        let mut dir_arg = OsString::from("--shared-dir=");
-        dir_arg.push(shared_dir);
-        let sandbox = match self.sandbox {
-            FsSandbox::Namespace => "namespace",
-            FsSandbox::None => "none",
-        };
-        let cache = match self.cache {
-            FsCache::Never => "never",
-            FsCache::Auto => "auto",
-            FsCache::Always => "always",
-        };
-        vec![
-            socket_arg,
-            dir_arg,
-            format!("--sandbox={sandbox}").into(),
-            format!("--cache={cache}").into(),
-            format!("--thread-pool-size={}", self.thread_pool_size).into(),
-        ]
-    }
-}
+/// virtiofsd's options and command line are the VMM contract's.
+pub use bulkhead_vmm_contract::{FsCache, FsConfinement, VirtiofsdOptions};
 
 #[derive(Debug, Error)]
 pub enum VirtiofsdError {
@@ -282,25 +214,6 @@ mod tests {
             ready_timeout: Duration::from_millis(500),
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn command_line() {
-        let args: Vec<String> = VirtiofsdOptions::default()
-            .args(Path::new("/run/b/p/fs.sock"), Path::new("/run/b/p/shared"))
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
-        assert_eq!(
-            args,
-            [
-                "--socket-path=/run/b/p/fs.sock",
-                "--shared-dir=/run/b/p/shared",
-                "--sandbox=namespace",
-                "--cache=auto",
-                "--thread-pool-size=1"
-            ]
-        );
     }
 
     #[tokio::test]

@@ -1,16 +1,18 @@
-//! The `bulkhead-vmm` child process of one sandbox: its command line, its exit status and
-//! what that status means, the guest console for error messages, and SIGKILL + reap when it
-//! is no longer wanted.
+//! The `bulkhead-vmm` child process of one sandbox: launching it with the contract's command
+//! line ([`VmmCommand`]), reading its exit status ([`VmExit`], the contract's
+//! classification), the guest console for error messages, and SIGKILL + reap when it is no
+//! longer wanted.
 //!
 //! A background task owns the child and reaps it; the handle watches the published status,
 //! so `wait` can be awaited from several places while `kill` stays possible. Dropping the
-//! handle kills the VMM (and tokio's `kill_on_drop` covers a runtime that is shutting down).
+//! handle kills the VMM and waits until it has exited (see [`VmmProcess`]'s `Drop`).
 
 use std::ffi::OsString;
-use std::fmt;
 use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::process::Command;
@@ -19,130 +21,34 @@ use tokio::sync::{mpsc, watch};
 use crate::child_fds::close_inherited_fds;
 use crate::console;
 
-/// VMM exit status: the guest rebooted or powered off.
-pub const STATUS_SHUTDOWN: i32 = 0;
-/// VMM exit status: the VMM itself failed (its log's last line says why).
-pub const STATUS_VMM_ERROR: i32 = 1;
-/// VMM exit status: bad command-line flags.
-pub const STATUS_BAD_FLAGS: i32 = 2;
-/// VMM exit status: the guest kernel panicked or the vCPU crashed.
-pub const STATUS_GUEST_CRASH: i32 = 3;
+pub use bulkhead_vmm_contract::exit::{
+    STATUS_BAD_FLAGS, STATUS_GUEST_CRASH, STATUS_GUEST_SHUTDOWN, STATUS_SECCOMP_KILL,
+    STATUS_VMM_ERROR,
+};
+/// How the VMM process ended (the contract's [`bulkhead_vmm_contract::VmmExit`]).
+pub use bulkhead_vmm_contract::VmmExit as VmExit;
+pub use bulkhead_vmm_contract::{FsSpec, SerialOutput, VmmCommand, VsockSpec};
 
-/// One virtio-fs device: the tag the guest mounts and virtiofsd's vhost-user socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FsDevice {
-    pub tag: String,
-    pub socket: PathBuf,
-}
+/// How long dropping a [`VmmProcess`] waits for the killed VMM to exit.
+const DROP_EXIT_WAIT: Duration = Duration::from_secs(2);
 
-/// Everything the VMM's command line is made of.
+/// A VMM to launch: the binary, its command line, and where its output goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmmConfig {
     /// The `bulkhead-vmm` binary.
     pub binary: PathBuf,
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    /// Kernel command line; `None` keeps the VMM's default.
-    pub cmdline: Option<String>,
-    pub vcpus: u32,
-    pub memory_mib: u64,
-    /// Hybrid vsock unix socket.
-    pub vsock_uds: PathBuf,
-    pub vsock_cid: u32,
-    /// The guest serial console goes here.
+    /// Its command line. `serial` should be `file:` [`VmmConfig::console_log`].
+    pub command: VmmCommand,
+    /// The guest serial console, read back for error messages.
     pub console_log: PathBuf,
     /// The VMM's own log (its stderr) goes here.
     pub vmm_log: PathBuf,
-    pub fs: Vec<FsDevice>,
-    /// `--log-level` for the VMM; `None` keeps its default.
-    pub log_level: Option<String>,
 }
 
 impl VmmConfig {
     /// The VMM's arguments (without the binary).
     pub fn args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = Vec::new();
-        let mut push = |flag: &str, value: OsString| {
-            args.push(flag.into());
-            args.push(value);
-        };
-        push("--kernel", self.kernel.clone().into());
-        if let Some(initrd) = &self.initrd {
-            push("--initrd", initrd.clone().into());
-        }
-        if let Some(cmdline) = &self.cmdline {
-            push("--cmdline", cmdline.into());
-        }
-        push("--vcpus", self.vcpus.to_string().into());
-        push("--memory", self.memory_mib.to_string().into());
-        let mut serial = OsString::from("file:");
-        serial.push(&self.console_log);
-        push("--serial", serial);
-        push("--vsock", self.vsock_uds.clone().into());
-        push("--vsock-cid", self.vsock_cid.to_string().into());
-        for fs in &self.fs {
-            let mut spec = OsString::from(&fs.tag);
-            spec.push("=");
-            spec.push(&fs.socket);
-            push("--fs", spec);
-        }
-        if let Some(level) = &self.log_level {
-            push("--log-level", level.into());
-        }
-        args
-    }
-}
-
-/// How the VMM process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VmExit {
-    /// Status 0: the guest rebooted or powered off (DestroySandbox ends this way).
-    Shutdown,
-    /// Status 3: the guest kernel panicked, triple-faulted or KVM reported a crash.
-    GuestCrash,
-    /// Status 1: the VMM failed (bad kernel, KVM error, device set-up).
-    VmmError,
-    /// Status 2: the VMM refused its flags (a version mismatch with this library).
-    BadFlags,
-    /// Any other status.
-    Other(i32),
-    /// Killed by a signal (9 when we killed it).
-    Signal(i32),
-    /// The status could not be collected.
-    Unknown,
-}
-
-impl VmExit {
-    pub fn from_status(status: ExitStatus) -> Self {
-        use std::os::unix::process::ExitStatusExt;
-        match (status.code(), status.signal()) {
-            (Some(STATUS_SHUTDOWN), _) => VmExit::Shutdown,
-            (Some(STATUS_VMM_ERROR), _) => VmExit::VmmError,
-            (Some(STATUS_BAD_FLAGS), _) => VmExit::BadFlags,
-            (Some(STATUS_GUEST_CRASH), _) => VmExit::GuestCrash,
-            (Some(code), _) => VmExit::Other(code),
-            (None, Some(sig)) => VmExit::Signal(sig),
-            (None, None) => VmExit::Unknown,
-        }
-    }
-
-    /// Whether the guest shut down cleanly.
-    pub fn is_clean(self) -> bool {
-        self == VmExit::Shutdown
-    }
-}
-
-impl fmt::Display for VmExit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            VmExit::Shutdown => write!(f, "the guest shut down (status 0)"),
-            VmExit::GuestCrash => write!(f, "the guest kernel panicked or crashed (status 3)"),
-            VmExit::VmmError => write!(f, "the VMM failed (status 1)"),
-            VmExit::BadFlags => write!(f, "the VMM refused its command line (status 2)"),
-            VmExit::Other(code) => write!(f, "the VMM exited with unexpected status {code}"),
-            VmExit::Signal(sig) => write!(f, "the VMM was killed by signal {sig}"),
-            VmExit::Unknown => write!(f, "the VMM ended with an unknown status"),
-        }
+        self.command.args()
     }
 }
 
@@ -160,29 +66,18 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Whether the VMM binary has the `--fs TAG=SOCKET` flag (virtio-fs), from its `--help`.
-/// `false` when the binary cannot be run.
-pub async fn vmm_supports_fs(binary: &Path) -> bool {
-    let run = Command::new(binary)
-        .arg("--help")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(std::time::Duration::from_secs(5), run).await {
-        Ok(Ok(out)) => String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .any(|w| w == "--fs" || w.starts_with("--fs=")),
-        _ => false,
-    }
+    #[error("bad VMM log level")]
+    LogLevel(#[source] bulkhead_vmm_contract::ParseValueError),
 }
 
 /// A running (or ended, not yet dropped) VMM process.
 #[derive(Debug)]
 pub struct VmmProcess {
     pid: u32,
+    /// Refers to this very process even after it is reaped and its pid reused, so `drop` can
+    /// signal it and wait for its exit without racing the reaper. `None` if the kernel has no
+    /// pidfds (before 5.3).
+    pidfd: Option<OwnedFd>,
     status: watch::Receiver<Option<VmExit>>,
     kill: mpsc::UnboundedSender<()>,
     console_log: PathBuf,
@@ -212,6 +107,8 @@ impl VmmProcess {
                 source,
             })?;
         let pid = child.id().unwrap_or(0);
+        // Before the reaper task exists, so the child cannot have been reaped yet.
+        let pidfd = pidfd_open(pid);
         log::info!("started VMM pid {pid}: {}", config.binary.display());
         let (status_tx, status) = watch::channel(None);
         let (kill, mut kill_rx) = mpsc::unbounded_channel::<()>();
@@ -240,6 +137,7 @@ impl VmmProcess {
         });
         Ok(VmmProcess {
             pid,
+            pidfd,
             status,
             kill,
             console_log: config.console_log.clone(),
@@ -293,10 +191,67 @@ impl VmmProcess {
     }
 }
 
+/// Dropping the handle kills the VMM and blocks (up to [`DROP_EXIT_WAIT`]) until it has
+/// exited, so its memory, sockets and open files are gone before whatever is dropped after it
+/// (the `Sandbox` drops its run directory last). The exited process is then reaped by the
+/// reaper task, or by tokio's orphan reaper when the runtime is shutting down. Without a
+/// pidfd (kernels before 5.3) drop only asks the reaper task to kill.
 impl Drop for VmmProcess {
     fn drop(&mut self) {
-        // The reaper task sees the closed channel, kills and reaps.
+        if let Some(pidfd) = &self.pidfd {
+            kill_and_wait_exit(pidfd, DROP_EXIT_WAIT);
+        }
+        // The reaper task sees the closed channel, kills (a no-op by now) and reaps.
         let _ = self.kill.send(());
+    }
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).ok().filter(|&p| p > 0)?;
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: the fd was just returned by the kernel and is owned by nothing else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// SIGKILL the process behind `pidfd`, then wait until it has exited (the pidfd turns
+/// readable), at most `limit`.
+fn kill_and_wait_exit(pidfd: &OwnedFd, limit: Duration) {
+    let fd = pidfd.as_raw_fd();
+    // SAFETY: pidfd_send_signal(2) with a pidfd we own, no siginfo, no flags. Fails with
+    // ESRCH once the process has exited, which is fine.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd,
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: poll(2) on one pollfd that lives on this stack frame.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n > 0 {
+            return;
+        }
+        let interrupted =
+            n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+        if !interrupted || left.is_zero() {
+            if n == 0 {
+                log::warn!("the VMM did not exit within {limit:?} of SIGKILL");
+            }
+            return;
+        }
     }
 }
 
@@ -304,25 +259,27 @@ impl Drop for VmmProcess {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
-    use std::time::Duration;
 
     fn config(dir: &Path, binary: PathBuf) -> VmmConfig {
         VmmConfig {
             binary,
-            kernel: "/k/vmlinux".into(),
-            initrd: Some("/k/initrd.img".into()),
-            cmdline: None,
-            vcpus: 2,
-            memory_mib: 384,
-            vsock_uds: dir.join("vsock.sock"),
-            vsock_cid: 3,
+            command: VmmCommand {
+                initrd: Some("/k/initrd.img".into()),
+                vcpus: 2,
+                memory_mib: 384,
+                serial: SerialOutput::File(dir.join("console.log")),
+                vsock: Some(VsockSpec {
+                    uds: dir.join("vsock.sock"),
+                    cid: 3,
+                }),
+                fs: vec![FsSpec {
+                    tag: "bulkhead".into(),
+                    socket: dir.join("fs.sock"),
+                }],
+                ..VmmCommand::new("/k/vmlinux")
+            },
             console_log: dir.join("console.log"),
             vmm_log: dir.join("vmm.log"),
-            fs: vec![FsDevice {
-                tag: "bulkhead".into(),
-                socket: dir.join("fs.sock"),
-            }],
-            log_level: None,
         }
     }
 
@@ -333,30 +290,27 @@ mod tests {
         path
     }
 
-    #[test]
-    fn command_line() {
-        let cfg = config(Path::new("/run/bulkhead/p"), "/bin/bulkhead-vmm".into());
-        let args: Vec<String> = cfg
+    /// The fake VMM gets exactly the contract's command line (the contract's own tests parse
+    /// it with the VMM's clap definition).
+    #[tokio::test]
+    async fn the_vmm_gets_the_contract_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = script(
+            dir.path(),
+            "for a in \"$@\"; do printf '%s\\n' \"$a\"; done > \"$0.args\"",
+        );
+        let cfg = config(dir.path(), bin);
+        let vmm = VmmProcess::spawn(&cfg).unwrap();
+        assert_eq!(vmm.wait().await, VmExit::Shutdown);
+        let got = std::fs::read_to_string(dir.path().join("fake-vmm.args")).unwrap();
+        let want: Vec<String> = cfg
+            .command
             .args()
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect();
-        assert_eq!(
-            args.join(" "),
-            "--kernel /k/vmlinux --initrd /k/initrd.img --vcpus 2 --memory 384 \
-             --serial file:/run/bulkhead/p/console.log --vsock /run/bulkhead/p/vsock.sock \
-             --vsock-cid 3 --fs bulkhead=/run/bulkhead/p/fs.sock"
-        );
-        let mut cfg = cfg;
-        cfg.fs.clear();
-        cfg.initrd = None;
-        cfg.cmdline = Some("console=ttyS0 quiet".into());
-        cfg.log_level = Some("debug".into());
-        let args = cfg.args();
-        assert!(args.contains(&OsString::from("console=ttyS0 quiet")));
-        assert!(!args.contains(&OsString::from("--fs")));
-        assert!(!args.contains(&OsString::from("--initrd")));
-        assert_eq!(args.last(), Some(&OsString::from("debug")));
+        assert_eq!(got.lines().collect::<Vec<_>>(), want);
+        assert_eq!(cfg.args(), cfg.command.args());
     }
 
     #[tokio::test]
@@ -367,6 +321,7 @@ mod tests {
             (1, VmExit::VmmError),
             (2, VmExit::BadFlags),
             (3, VmExit::GuestCrash),
+            (159, VmExit::SeccompKill),
             (42, VmExit::Other(42)),
         ] {
             let bin = script(dir.path(), &format!("exit {code}"));
@@ -376,6 +331,7 @@ mod tests {
             std::fs::remove_file(dir.path().join("fake-vmm")).unwrap();
         }
         assert!(VmExit::GuestCrash.to_string().contains("panicked"));
+        assert!(VmExit::SeccompKill.to_string().contains("seccomp"));
         assert!(VmExit::Shutdown.is_clean());
         assert!(!VmExit::Signal(9).is_clean());
     }
@@ -397,22 +353,45 @@ mod tests {
         assert_eq!(vmm.log_tail(5), "starting");
     }
 
+    /// Drop returns only once the VMM has exited (at most a zombie is left), then the reaper
+    /// task reaps it.
     #[tokio::test]
-    async fn drop_kills_and_reaps() {
+    async fn drop_kills_waits_and_reaps() {
         let dir = tempfile::tempdir().unwrap();
         let bin = script(dir.path(), "exec sleep 600");
         let vmm = VmmProcess::spawn(&config(dir.path(), bin)).unwrap();
         let pid = vmm.pid();
         assert!(process_exists(pid));
+        assert!(vmm.pidfd.is_some(), "this kernel has pidfds");
         drop(vmm);
+        assert!(!is_running(pid), "pid {pid} still runs after drop");
         let start = std::time::Instant::now();
         while process_exists(pid) {
             assert!(
                 start.elapsed() < Duration::from_secs(10),
-                "pid {pid} survived"
+                "pid {pid} was not reaped"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Same on a runtime whose only thread is blocked in drop: the wait does not depend on
+    /// the reaper task.
+    #[test]
+    fn drop_waits_on_a_current_thread_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let pid = rt.block_on(async {
+            let bin = script(dir.path(), "exec sleep 600");
+            let vmm = VmmProcess::spawn(&config(dir.path(), bin)).unwrap();
+            let pid = vmm.pid();
+            drop(vmm);
+            pid
+        });
+        assert!(!is_running(pid), "pid {pid} still runs after drop");
     }
 
     #[tokio::test]
@@ -423,23 +402,21 @@ mod tests {
         assert!(err.to_string().contains("absent"));
     }
 
-    #[tokio::test]
-    async fn detects_the_fs_flag_from_help() {
-        let dir = tempfile::tempdir().unwrap();
-        let with = script(
-            dir.path(),
-            "echo '      --fs <TAG=SOCKET>  virtio-fs device'",
-        );
-        assert!(vmm_supports_fs(&with).await);
-        std::fs::remove_file(&with).unwrap();
-        let without = script(dir.path(), "echo '      --fsync-ish  --vsock <UDS_PATH>'");
-        assert!(!vmm_supports_fs(&without).await);
-        assert!(!vmm_supports_fs(&dir.path().join("absent")).await);
-    }
-
     /// Whether `pid` exists; a child that was not reaped stays as a zombie, so `false`
     /// means killed and reaped.
     fn process_exists(pid: u32) -> bool {
         Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    /// Whether `pid` exists and is not a zombie.
+    fn is_running(pid: u32) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // The state follows the command name in parentheses.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        !matches!(state, Some('Z') | Some('X'))
     }
 }

@@ -21,9 +21,7 @@ use tokio::net::UnixStream;
 
 const BUSYBOX: &str = "/bin/busybox";
 
-fn skip(reason: &str) {
-    eprintln!("SKIPPED: {reason}");
-}
+use bulkhead_test_skip::skip;
 
 fn agent_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("BULKHEAD_AGENT_BIN") {

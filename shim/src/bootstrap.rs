@@ -9,20 +9,21 @@
 //!   directory), every mount below that directory and the directory; for a pod member its
 //!   directory below the shared one.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use bulkhead_sandbox::leftovers;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::util::write_str_to_file;
 use containerd_shim::{api, Config, Flags, StartOpts};
 
 use crate::config::ShimConfig;
-use crate::events::ContainerdEvents;
 use crate::pod::{self, Role};
 use crate::process::VM_GONE_EXIT_STATUS;
+use crate::publisher::ContainerdEvents;
 use crate::runtime::Runtime;
 use crate::service::TaskService;
 use crate::translate;
@@ -38,18 +39,55 @@ pub struct BulkheadShim {
     exit: Arc<ExitSignal>,
 }
 
-/// The `containerd-shim` crate's options for this shim: our log level; no reaping of
-/// arbitrary children (tokio reaps the VMM and virtiofsd itself) and no subreaper.
-pub fn shim_options(config: &Result<ShimConfig, String>) -> Config {
+/// The `containerd-shim` crate's options for this shim: our own logger ([`init_logging`]);
+/// no reaping of arbitrary children (tokio reaps the VMM and virtiofsd itself) and no
+/// subreaper.
+pub fn shim_options() -> Config {
     Config {
-        default_log_level: config
-            .as_ref()
-            .map(|c| c.log_level.clone())
-            .unwrap_or_else(|_| "info".into()),
+        no_setup_logger: true,
         no_reaper: true,
         no_sub_reaper: true,
         ..Default::default()
     }
+}
+
+/// The shim's logger, in the one format of every Bulkhead binary (crate `bulkhead-log`).
+/// The serving shim writes to the `log` FIFO containerd opened in the bundle directory (its
+/// working directory), whose lines containerd copies into its own log; `delete` writes to
+/// stderr, which containerd logs when the action fails; `start` logs nothing (containerd
+/// reads the socket address from its output). Level: `RUST_LOG`, else the configuration's
+/// `log_level`, at least debug with containerd's `-debug`. Format: the configuration's
+/// `log_format` (which `BULKHEAD_LOG_FORMAT` overrides), else `BULKHEAD_LOG_FORMAT`.
+fn init_logging(flags: &Flags, config: &Result<ShimConfig, String>) {
+    let target = match flags.action.as_str() {
+        "start" => return,
+        "delete" => bulkhead_log::Target::Stderr,
+        _ => match std::fs::OpenOptions::new().write(true).open("log") {
+            Ok(fifo) => bulkhead_log::Target::Writer(Box::new(fifo)),
+            Err(_) => bulkhead_log::Target::Stderr,
+        },
+    };
+    let configured = config.as_ref().ok();
+    let mut level = std::env::var(containerd_shim::logger::LOG_ENV)
+        .ok()
+        .or_else(|| configured.map(|c| c.log_level.clone()))
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(log::LevelFilter::Info);
+    if flags.debug {
+        level = level.max(log::LevelFilter::Debug);
+    }
+    let format = match configured.map(|c| c.log_format) {
+        Some(crate::config::LogFormat::Text) => bulkhead_log::Format::Text,
+        Some(crate::config::LogFormat::Json) => bulkhead_log::Format::Json,
+        None => bulkhead_log::Format::from_env()
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
+    };
+    bulkhead_log::Logger::new("containerd-shim-bulkhead-v2", level)
+        .format(format)
+        .target(target)
+        .init();
 }
 
 #[async_trait]
@@ -62,11 +100,13 @@ impl Shim for BulkheadShim {
         } else {
             PathBuf::from(&args.bundle)
         };
+        let config = ShimConfig::load().map_err(|e| error_chain(&e));
+        init_logging(args, &config);
         BulkheadShim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
             bundle,
-            config: ShimConfig::load().map_err(|e| error_chain(&e)),
+            config,
             exit: Arc::new(ExitSignal::default()),
         }
     }
@@ -84,7 +124,11 @@ impl Shim for BulkheadShim {
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<api::DeleteResponse> {
         delete_progress(&format!("delete {} in {}", self.id, self.namespace));
-        let config = self.config.clone().unwrap_or_default();
+        // The run root, even when the VM's files cannot be found.
+        let config = self
+            .config
+            .clone()
+            .unwrap_or_else(|_| ShimConfig::load_lenient());
         let spec = pod::read_spec(&self.bundle).ok();
         let annotations = spec.as_ref().map(pod::annotations).unwrap_or_default();
         let role = pod::classify(&self.id, &annotations);
@@ -121,17 +165,8 @@ impl Shim for BulkheadShim {
     }
 }
 
-/// An error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
+/// An error and its causes on one line (the one helper of every binary).
+pub use bulkhead_log::error_chain;
 
 /// One line on stderr with the wall-clock time: containerd shows a failed `delete`'s
 /// stderr in its log, which is how a slow or stuck clean-up can be told apart.
@@ -151,11 +186,11 @@ pub fn clean_up(config: &ShimConfig, namespace: &str, id: &str, role: &Role) -> 
             // end (the kernel tears its guest memory down first), and nothing needs it gone
             // before the mounts are detached and the files removed: kill, clean, then wait.
             delete_progress(&format!("killing what uses {}", run_dir.display()));
-            let killed = kill_processes_using(&run_dir);
+            let killed = leftovers::kill_processes_using(&run_dir);
             delete_progress(&format!("killed {killed:?}; removing mounts and files"));
             let removed = crate::mounts::remove(&run_dir).map_err(|e| error_chain(&e));
             if !killed.is_empty() {
-                let left = wait_gone(&killed, Duration::from_secs(3));
+                let left = leftovers::wait_gone(&killed, Duration::from_secs(3));
                 log::info!(
                     "killed {killed:?} left over from {} ({} still ending)",
                     run_dir.display(),
@@ -170,94 +205,10 @@ pub fn clean_up(config: &ShimConfig, namespace: &str, id: &str, role: &Role) -> 
     }
 }
 
-/// Whether a command line (NUL-separated arguments) names a path inside `dir`.
-pub fn cmdline_refers_to(cmdline: &[u8], dir: &Path) -> bool {
-    let mut prefix = dir.as_os_str().as_encoded_bytes().to_vec();
-    if prefix.is_empty() {
-        return false;
-    }
-    if prefix.last() != Some(&b'/') {
-        prefix.push(b'/');
-    }
-    cmdline
-        .split(|b| *b == 0)
-        .any(|arg| arg.windows(prefix.len()).any(|w| w == prefix.as_slice()))
-}
-
-/// SIGKILLs every process whose command line names a path inside `dir` (the VMM and
-/// virtiofsd of a sandbox); returns their pids.
-pub fn kill_processes_using(dir: &Path) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let mut killed = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return killed;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if cmdline_refers_to(&cmdline, dir) {
-            // SAFETY: kill takes plain integers.
-            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
-                killed.push(pid);
-            }
-        }
-    }
-    killed
-}
-
-/// Waits until none of `pids` runs, at most `limit`; returns those still running.
-pub fn wait_gone(pids: &[i32], limit: Duration) -> Vec<i32> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
-        if left.is_empty() || Instant::now() >= deadline {
-            return left;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Whether `pid` still runs (a zombie has exited).
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => false,
-        Ok(stat) => {
-            // The state follows the last ')' (the command name may contain one).
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn command_lines_that_name_the_run_dir() {
-        let dir = Path::new("/run/bulkhead/default/c1");
-        let vmm = b"bulkhead-vmm\0--kernel\0/k\0--vsock\0/run/bulkhead/default/c1/vsock.sock\0";
-        let fsd = b"virtiofsd\0--socket-path=/run/bulkhead/default/c1/fs.sock\0--shared-dir=/run/bulkhead/default/c1/shared\0";
-        let other = b"bulkhead-vmm\0--vsock\0/run/bulkhead/default/c10/vsock.sock\0";
-        assert!(cmdline_refers_to(vmm, dir));
-        assert!(cmdline_refers_to(fsd, dir));
-        assert!(!cmdline_refers_to(other, dir));
-        assert!(!cmdline_refers_to(b"sleep\0x\0", dir));
-        assert!(!cmdline_refers_to(vmm, Path::new("")));
-    }
+    use std::time::Instant;
 
     #[test]
     fn leftover_processes_are_killed_and_their_directory_removed() {

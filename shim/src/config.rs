@@ -1,374 +1,272 @@
-//! The shim's configuration: `/etc/bulkhead/config.toml` (the file the `bulkhead` CLI reads
-//! too), environment overrides for the guest artefacts, and the defaults.
-//!
-//! ```toml
-//! kernel = "/usr/share/bulkhead/vmlinux"
-//! initrd = "/usr/share/bulkhead/initramfs.cpio"
-//! vmm = "/usr/local/bin/bulkhead-vmm"
-//! kernel_cmdline = "console=ttyS0 reboot=k panic=1"   # optional
-//! default_vcpus = 1          # optional: VM size of a pod without limits
-//! default_memory_mib = 384   # optional
-//! log_level = "info"
-//! run_root = "/run/bulkhead"
-//! agent_timeout_secs = 30
-//!
-//! [virtiofsd]
-//! binary = "/usr/local/bin/virtiofsd"   # "" boots without a shared filesystem
-//! sandbox = "namespace"                 # or "none"
-//! cache = "auto"                        # "never", "auto", "always"
-//! thread_pool_size = 1
-//! ```
-//!
-//! `BULKHEAD_KERNEL`, `BULKHEAD_INITRD`, `BULKHEAD_VMM` and `BULKHEAD_VIRTIOFSD` override
-//! the file (containerd passes its environment to the shims it starts).
+//! The shim's side of the configuration. The schema, its loader, the defaults and the
+//! "auto" discovery are `bulkhead_sandbox::config`'s: the shim reads the same layers as the
+//! `bulkhead` CLI (vendor defaults, `/etc/bulkhead/config.toml` or the file named by
+//! `BULKHEAD_CONFIG`, then `BULKHEAD_*` variables, which containerd passes to the shims it
+//! starts). Here the loaded configuration becomes what the shim uses, with the VM's files
+//! resolved. `config/bulkhead.toml` documents every key.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use bulkhead_sandbox::{FsCache, FsSandbox, VirtiofsdOptions};
-use serde::Deserialize;
-use thiserror::Error;
+use bulkhead_sandbox::config::{standard_layers, AUTO};
+pub use bulkhead_sandbox::config::{Config, ConfigError, Layer, LogFormat, CONFIG_ENV};
+use bulkhead_sandbox::VirtiofsdOptions;
 
-/// Where the shim looks for its configuration.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/bulkhead/config.toml";
-/// Names a different configuration file (tests).
-pub const CONFIG_ENV: &str = "BULKHEAD_CONFIG";
-pub const KERNEL_ENV: &str = "BULKHEAD_KERNEL";
-pub const INITRD_ENV: &str = "BULKHEAD_INITRD";
-pub const VMM_ENV: &str = "BULKHEAD_VMM";
-pub const VIRTIOFSD_ENV: &str = "BULKHEAD_VIRTIOFSD";
-
-pub const DEFAULT_KERNEL: &str = "/usr/share/bulkhead/vmlinux";
-pub const DEFAULT_INITRD: &str = "/usr/share/bulkhead/initramfs.cpio";
-pub const DEFAULT_VMM: &str = "/usr/local/bin/bulkhead-vmm";
-pub const DEFAULT_VIRTIOFSD: &str = "/usr/local/bin/virtiofsd";
-pub const DEFAULT_RUN_ROOT: &str = "/run/bulkhead";
-
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("invalid configuration in {path}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: toml::de::Error,
-    },
-    #[error("invalid value for {key}: {reason}")]
-    Invalid { key: &'static str, reason: String },
-}
-
-/// The file as written; every key optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    kernel: Option<PathBuf>,
-    initrd: Option<PathBuf>,
-    vmm: Option<PathBuf>,
-    kernel_cmdline: Option<String>,
-    default_vcpus: Option<u32>,
-    default_memory_mib: Option<u64>,
-    log_level: Option<String>,
-    run_root: Option<PathBuf>,
-    agent_timeout_secs: Option<u64>,
-    virtiofsd: Option<FileVirtiofsd>,
-    /// Keys of the CLI's own sections are accepted and ignored.
-    #[serde(default)]
-    #[allow(dead_code)]
-    cli: Option<toml::Value>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileVirtiofsd {
-    binary: Option<PathBuf>,
-    sandbox: Option<String>,
-    cache: Option<String>,
-    thread_pool_size: Option<u32>,
-}
-
-/// The validated configuration.
+/// The configuration as the shim uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShimConfig {
+    /// `vm.kernel`, resolved.
     pub kernel: PathBuf,
-    /// `None` when configured as an empty path.
+    /// `vm.initrd`, resolved; `None` when configured as "".
     pub initrd: Option<PathBuf>,
+    /// `vm.vmm`, resolved.
     pub vmm: PathBuf,
+    /// `vm.cmdline`; `None` keeps the VMM's default.
     pub kernel_cmdline: Option<String>,
-    /// VM vCPUs of a pod without a CPU limit (`None`: the sandbox crate's sizing).
+    /// VM vCPUs of a pod without a CPU limit (`vm.vcpus`).
     pub default_vcpus: Option<u32>,
-    /// VM memory of a pod without a memory limit (`None`: the sandbox crate's sizing).
+    /// VM memory of a pod without a memory limit (`vm.memory_mib`).
     pub default_memory_mib: Option<u64>,
+    /// `log_level`, lowercase.
     pub log_level: String,
+    pub log_format: LogFormat,
+    /// `vm.vmm_log_level`; `None` keeps the VMM's default.
+    pub vmm_log_level: Option<String>,
     /// Run directories go to `<run_root>/<namespace>/<sandbox id>`.
     pub run_root: PathBuf,
+    /// `vm.boot_timeout_secs`.
     pub agent_timeout: Duration,
     /// `None` boots without a shared filesystem (containers then cannot get a rootfs).
     pub virtiofsd: Option<VirtiofsdOptions>,
 }
 
 impl Default for ShimConfig {
+    /// The built-in defaults, unresolved ("auto" paths stay "auto").
     fn default() -> Self {
+        ShimConfig::unresolved(&Config::default())
+    }
+}
+
+impl ShimConfig {
+    /// Loads the configuration from this process's environment and resolves the VM's
+    /// files; an error names the key and the file or variable it came from.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_in(&std::env::vars().collect())
+    }
+
+    /// [`ShimConfig::load`] with the environment `env`.
+    pub fn load_in(env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::resolve(&Self::load_config(env)?)
+    }
+
+    /// The shim's layers with the environment `env`: vendor defaults, the file named by
+    /// `BULKHEAD_CONFIG` (must exist) or `/etc/bulkhead/config.toml` (may be missing), the
+    /// `BULKHEAD_*` variables.
+    pub fn load_config(env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        Config::load(&standard_layers(None, env))
+    }
+
+    /// The configuration with the VM's files found ("auto" and bare names resolved).
+    pub fn resolve(cfg: &Config) -> Result<Self, ConfigError> {
+        let files = cfg.vm_files()?;
+        Ok(ShimConfig {
+            kernel: files.kernel,
+            initrd: files.initrd,
+            vmm: files.vmm,
+            virtiofsd: files.virtiofsd,
+            ..Self::unresolved(cfg)
+        })
+    }
+
+    /// What `delete` and the log level need even when the VM's files cannot be found or
+    /// the configuration is broken (then the defaults).
+    pub fn load_lenient() -> Self {
+        let env = std::env::vars().collect();
+        Self::load_config(&env)
+            .map(|c| Self::unresolved(&c))
+            .unwrap_or_default()
+    }
+
+    fn unresolved(cfg: &Config) -> Self {
         ShimConfig {
-            kernel: DEFAULT_KERNEL.into(),
-            initrd: Some(DEFAULT_INITRD.into()),
-            vmm: DEFAULT_VMM.into(),
-            kernel_cmdline: None,
-            default_vcpus: None,
-            default_memory_mib: None,
-            log_level: "info".into(),
-            run_root: DEFAULT_RUN_ROOT.into(),
-            agent_timeout: bulkhead_sandbox::sandbox::DEFAULT_AGENT_TIMEOUT,
-            virtiofsd: Some(VirtiofsdOptions {
-                binary: DEFAULT_VIRTIOFSD.into(),
+            kernel: cfg.vm.kernel.clone(),
+            initrd: (!cfg.vm.initrd.as_os_str().is_empty()).then(|| cfg.vm.initrd.clone()),
+            vmm: cfg.vm.vmm.clone(),
+            kernel_cmdline: cfg.cmdline(),
+            default_vcpus: Some(cfg.vm.vcpus),
+            default_memory_mib: Some(cfg.vm.memory_mib),
+            log_level: cfg.log_level_name(),
+            log_format: cfg.log_format,
+            vmm_log_level: cfg.vmm_log_level(),
+            run_root: cfg.run_root.clone(),
+            agent_timeout: cfg.boot_timeout(),
+            virtiofsd: (!cfg.virtiofsd.binary.as_os_str().is_empty()).then(|| VirtiofsdOptions {
+                binary: AUTO.into(),
+                cache: cfg.virtiofsd.cache,
+                confinement: cfg.virtiofsd.confinement,
+                thread_pool_size: cfg.virtiofsd.thread_pool_size,
                 ..Default::default()
             }),
         }
     }
 }
 
-impl ShimConfig {
-    /// Reads the file named by `BULKHEAD_CONFIG` or [`DEFAULT_CONFIG_PATH`] (a missing
-    /// default file means all defaults), then applies the environment.
-    pub fn load() -> Result<Self, ConfigError> {
-        let env: HashMap<String, String> = std::env::vars().collect();
-        let (path, must_exist) = match env.get(CONFIG_ENV) {
-            Some(p) => (PathBuf::from(p), true),
-            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
-        };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => String::new(),
-            Err(source) => return Err(ConfigError::Read { path, source }),
-        };
-        Self::from_toml(&text, &path, &env)
-    }
-
-    /// Parses `text` (from `path`, for messages) and applies the overrides in `env`.
-    pub fn from_toml(
-        text: &str,
-        path: &Path,
-        env: &HashMap<String, String>,
-    ) -> Result<Self, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut c = ShimConfig::default();
-        if let Some(k) = file.kernel {
-            c.kernel = k;
-        }
-        if let Some(i) = file.initrd {
-            c.initrd = non_empty_path(i);
-        }
-        if let Some(v) = file.vmm {
-            c.vmm = v;
-        }
-        c.kernel_cmdline = file.kernel_cmdline.filter(|s| !s.is_empty());
-        if let Some(n) = file.default_vcpus {
-            if n == 0 || n > bulkhead_sandbox::sizing::MAX_VCPUS {
-                return Err(ConfigError::Invalid {
-                    key: "default_vcpus",
-                    reason: format!("{n} is outside 1..={}", bulkhead_sandbox::sizing::MAX_VCPUS),
-                });
-            }
-            c.default_vcpus = Some(n);
-        }
-        if let Some(m) = file.default_memory_mib {
-            let range =
-                bulkhead_sandbox::sizing::MIN_MEMORY_MIB..=bulkhead_sandbox::sizing::MAX_MEMORY_MIB;
-            if !range.contains(&m) {
-                return Err(ConfigError::Invalid {
-                    key: "default_memory_mib",
-                    reason: format!("{m} is outside {range:?}"),
-                });
-            }
-            c.default_memory_mib = Some(m);
-        }
-        if let Some(l) = file.log_level {
-            if !matches!(
-                l.as_str(),
-                "trace" | "debug" | "info" | "warn" | "error" | "off"
-            ) {
-                return Err(ConfigError::Invalid {
-                    key: "log_level",
-                    reason: format!("{l:?} is not one of trace, debug, info, warn, error, off"),
-                });
-            }
-            c.log_level = l;
-        }
-        if let Some(r) = file.run_root {
-            if !r.is_absolute() {
-                return Err(ConfigError::Invalid {
-                    key: "run_root",
-                    reason: "must be an absolute path".into(),
-                });
-            }
-            c.run_root = r;
-        }
-        if let Some(s) = file.agent_timeout_secs {
-            c.agent_timeout = Duration::from_secs(s.max(1));
-        }
-        if let Some(v) = file.virtiofsd {
-            c.virtiofsd = virtiofsd_options(v)?;
-        }
-        // The environment wins over the file.
-        if let Some(k) = env.get(KERNEL_ENV) {
-            c.kernel = k.into();
-        }
-        if let Some(i) = env.get(INITRD_ENV) {
-            c.initrd = non_empty_path(i.into());
-        }
-        if let Some(v) = env.get(VMM_ENV) {
-            c.vmm = v.into();
-        }
-        if let Some(v) = env.get(VIRTIOFSD_ENV) {
-            match (non_empty_path(v.into()), &mut c.virtiofsd) {
-                (None, fsd) => *fsd = None,
-                (Some(b), Some(o)) => o.binary = b,
-                (Some(b), fsd @ None) => {
-                    *fsd = Some(VirtiofsdOptions {
-                        binary: b,
-                        ..Default::default()
-                    })
-                }
-            }
-        }
-        Ok(c)
-    }
-}
-
-fn non_empty_path(p: PathBuf) -> Option<PathBuf> {
-    (!p.as_os_str().is_empty()).then_some(p)
-}
-
-fn virtiofsd_options(v: FileVirtiofsd) -> Result<Option<VirtiofsdOptions>, ConfigError> {
-    let mut o = VirtiofsdOptions {
-        binary: DEFAULT_VIRTIOFSD.into(),
-        ..Default::default()
-    };
-    if let Some(b) = v.binary {
-        match non_empty_path(b) {
-            Some(b) => o.binary = b,
-            None => return Ok(None),
-        }
-    }
-    if let Some(s) = v.sandbox {
-        o.sandbox = match s.as_str() {
-            "namespace" => FsSandbox::Namespace,
-            "none" => FsSandbox::None,
-            _ => {
-                return Err(ConfigError::Invalid {
-                    key: "virtiofsd.sandbox",
-                    reason: format!("{s:?} is not \"namespace\" or \"none\""),
-                })
-            }
-        };
-    }
-    if let Some(s) = v.cache {
-        o.cache = match s.as_str() {
-            "never" => FsCache::Never,
-            "auto" => FsCache::Auto,
-            "always" => FsCache::Always,
-            _ => {
-                return Err(ConfigError::Invalid {
-                    key: "virtiofsd.cache",
-                    reason: format!("{s:?} is not \"never\", \"auto\" or \"always\""),
-                })
-            }
-        };
-    }
-    if let Some(n) = v.thread_pool_size {
-        o.thread_pool_size = n;
-    }
-    Ok(Some(o))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use bulkhead_sandbox::config::VENDOR_DEFAULTS_PATH;
+    use bulkhead_sandbox::{FsCache, FsConfinement};
+
     use super::*;
 
-    fn parse(text: &str, env: &[(&str, &str)]) -> Result<ShimConfig, ConfigError> {
-        let env = env
-            .iter()
+    fn env(vars: &[(&str, &str)]) -> HashMap<String, String> {
+        vars.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The VM's files named explicitly, so that nothing depends on this machine's.
+    const FILES: &[(&str, &str)] = &[
+        ("BULKHEAD_KERNEL", "/k/vmlinux"),
+        ("BULKHEAD_INITRD", "/k/initrd"),
+        ("BULKHEAD_VMM", "/bin/sh"),
+        ("BULKHEAD_VIRTIOFSD", "/bin/true"),
+    ];
+
+    fn chain(e: &dyn std::error::Error) -> String {
+        crate::bootstrap::error_chain(e)
+    }
+
+    #[test]
+    fn every_shipped_configuration_loads_through_the_shim() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
             .collect();
-        ShimConfig::from_toml(text, Path::new("test.toml"), &env)
-    }
-
-    #[test]
-    fn empty_file_gives_defaults() {
-        assert_eq!(parse("", &[]).unwrap(), ShimConfig::default());
-    }
-
-    #[test]
-    fn file_values_and_env_overrides() {
-        let text = r#"
-            kernel = "/k/vmlinux"
-            initrd = "/k/initrd"
-            vmm = "/bin/vmm"
-            default_vcpus = 2
-            default_memory_mib = 512
-            log_level = "debug"
-            [virtiofsd]
-            binary = "/bin/vfsd"
-            sandbox = "none"
-            cache = "never"
-        "#;
-        let c = parse(text, &[]).unwrap();
-        assert_eq!(c.kernel, PathBuf::from("/k/vmlinux"));
-        assert_eq!(c.initrd, Some(PathBuf::from("/k/initrd")));
-        assert_eq!(c.default_vcpus, Some(2));
-        assert_eq!(c.log_level, "debug");
-        let fsd = c.virtiofsd.unwrap();
-        assert_eq!(fsd.binary, PathBuf::from("/bin/vfsd"));
-        assert_eq!(fsd.sandbox, FsSandbox::None);
-        assert_eq!(fsd.cache, FsCache::Never);
-
-        let c = parse(
-            text,
-            &[
-                (KERNEL_ENV, "/env/k"),
-                (INITRD_ENV, ""),
-                (VMM_ENV, "/env/vmm"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(c.kernel, PathBuf::from("/env/k"));
-        assert_eq!(c.initrd, None);
-        assert_eq!(c.vmm, PathBuf::from("/env/vmm"));
-    }
-
-    #[test]
-    fn bad_values_are_refused_with_their_key() {
-        for (text, key) in [
-            ("default_vcpus = 0", "default_vcpus"),
-            ("default_memory_mib = 1", "default_memory_mib"),
-            ("log_level = \"loud\"", "log_level"),
-            ("run_root = \"rel\"", "run_root"),
-            ("[virtiofsd]\ncache = \"sometimes\"", "virtiofsd.cache"),
-        ] {
-            match parse(text, &[]) {
-                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
-                other => panic!("{text}: {other:?}"),
+        files.sort();
+        assert!(!files.is_empty(), "no configuration in {}", dir.display());
+        for file in files {
+            let mut vars = FILES.to_vec();
+            vars.push((CONFIG_ENV, file.to_str().unwrap()));
+            let cfg = ShimConfig::load_config(&env(&vars))
+                .unwrap_or_else(|e| panic!("{}: {}", file.display(), chain(&e)));
+            let expected = Config::load(&[
+                Layer::OptionalFile(VENDOR_DEFAULTS_PATH.into()),
+                Layer::File(file.clone()),
+            ])
+            .unwrap();
+            assert_eq!(cfg.run_root, expected.run_root, "{}", file.display());
+            assert_eq!(cfg.vm.vcpus, expected.vm.vcpus);
+            assert_eq!(cfg.virtiofsd.binary, Path::new("/bin/true"));
+            assert_eq!(cfg.virtiofsd.cache, expected.virtiofsd.cache);
+            let c = ShimConfig::load_in(&env(&vars))
+                .unwrap_or_else(|e| panic!("{}: {}", file.display(), chain(&e)));
+            assert_eq!(c.kernel, Path::new("/k/vmlinux"));
+            assert_eq!(c.initrd.as_deref(), Some(Path::new("/k/initrd")));
+            assert_eq!(c.vmm, Path::new("/bin/sh"));
+            assert_eq!(c.run_root, expected.run_root);
+            assert_eq!(c.log_level, expected.log_level_name());
+            assert_eq!(c.agent_timeout, expected.boot_timeout());
+            assert_eq!(c.default_vcpus, Some(expected.vm.vcpus));
+            assert_eq!(c.default_memory_mib, Some(expected.vm.memory_mib));
+            let fsd = c.virtiofsd.unwrap();
+            assert_eq!(fsd.binary, Path::new("/bin/true"));
+            assert_eq!(
+                (fsd.cache, fsd.confinement),
+                (expected.virtiofsd.cache, expected.virtiofsd.confinement)
+            );
+            // Without the variables the files are found or named as missing, nothing else.
+            let vars = env(&[(CONFIG_ENV, file.to_str().unwrap())]);
+            match ShimConfig::load_in(&vars) {
+                Ok(_) | Err(ConfigError::NotFound { .. }) => {}
+                Err(e) => panic!("{}: {}", file.display(), chain(&e)),
             }
         }
-        assert!(matches!(
-            parse("kernal = \"/typo\"", &[]),
-            Err(ConfigError::Parse { .. })
-        ));
     }
 
     #[test]
-    fn empty_virtiofsd_binary_disables_the_shared_fs() {
-        let c = parse("[virtiofsd]\nbinary = \"\"", &[]).unwrap();
+    fn the_file_then_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bulkhead.toml");
+        std::fs::write(
+            &file,
+            "run_root = \"/file/run\"\nlog_level = \"debug\"\n\
+             [vm]\nkernel = \"/file/k\"\nvmm = \"/bin/sh\"\ncmdline = \"quiet\"\nvcpus = 2\n\
+             memory_mib = 512\nboot_timeout_secs = 120\nvmm_log_level = \"trace\"\n\
+             [virtiofsd]\nbinary = \"/bin/true\"\nsandbox = \"none\"\ncache = \"never\"\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let c = ShimConfig::load_in(&env(&[(CONFIG_ENV, f), ("BULKHEAD_INITRD", "")])).unwrap();
+        assert_eq!(c.kernel, Path::new("/file/k"));
+        assert_eq!(c.initrd, None);
+        assert_eq!(c.kernel_cmdline.as_deref(), Some("quiet"));
+        assert_eq!(
+            (c.default_vcpus, c.default_memory_mib),
+            (Some(2), Some(512))
+        );
+        assert_eq!(c.agent_timeout, Duration::from_secs(120));
+        assert_eq!(c.log_level, "debug");
+        assert_eq!(c.vmm_log_level.as_deref(), Some("trace"));
+        let fsd = c.virtiofsd.unwrap();
+        assert_eq!(
+            (fsd.confinement, fsd.cache),
+            (FsConfinement::None, FsCache::Never)
+        );
+
+        let c = ShimConfig::load_in(&env(&[
+            (CONFIG_ENV, f),
+            ("BULKHEAD_KERNEL", "/env/k"),
+            ("BULKHEAD_RUN_ROOT", "/env/run"),
+            ("BULKHEAD_LOG", "error"),
+            ("BULKHEAD_INITRD", ""),
+            ("BULKHEAD_VIRTIOFSD", ""),
+        ]))
+        .unwrap();
+        assert_eq!(c.kernel, Path::new("/env/k"));
+        assert_eq!(c.run_root, Path::new("/env/run"));
+        assert_eq!(c.log_level, "error");
         assert_eq!(c.virtiofsd, None);
-        let c = parse("", &[(VIRTIOFSD_ENV, "")]).unwrap();
-        assert_eq!(c.virtiofsd, None);
+        assert_eq!(c.default_vcpus, Some(2));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bulkhead.toml");
+        // The shim's former schema.
+        std::fs::write(&file, "run_root = \"/run/x\"\nagent_timeout_secs = 30\n").unwrap();
+        let vars = env(&[(CONFIG_ENV, file.to_str().unwrap())]);
+        let m = chain(&ShimConfig::load_in(&vars).unwrap_err());
+        assert!(
+            m.contains(file.to_str().unwrap()) && m.contains("agent_timeout_secs"),
+            "{m}"
+        );
+        std::fs::write(&file, "[vm]\nmemory_mib = 1\n").unwrap();
+        let m = chain(&ShimConfig::load_in(&vars).unwrap_err());
+        assert!(
+            m.contains(file.to_str().unwrap()) && m.contains("vm.memory_mib"),
+            "{m}"
+        );
+        // A named file must exist.
+        let vars = env(&[(CONFIG_ENV, "/nonexistent/bulkhead.toml")]);
+        let m = chain(&ShimConfig::load_in(&vars).unwrap_err());
+        assert!(m.contains("/nonexistent/bulkhead.toml"), "{m}");
+        // A VMM that is not there is named with the key that sets it.
+        let vars = env(&[
+            (CONFIG_ENV, "/dev/null"),
+            ("BULKHEAD_KERNEL", "/k"),
+            ("BULKHEAD_INITRD", ""),
+            ("BULKHEAD_VMM", "/nonexistent/vmm"),
+        ]);
+        let m = chain(&ShimConfig::load_in(&vars).unwrap_err());
+        assert!(
+            m.contains("/nonexistent/vmm") && m.contains("vm.vmm"),
+            "{m}"
+        );
     }
 }

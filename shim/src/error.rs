@@ -2,15 +2,13 @@
 //! acts on (`NOT_FOUND` means "already gone" for Kill and Delete) and a message with the
 //! whole cause chain (the failing phase, the guest console tail), never a debug dump.
 
-use std::error::Error as StdError;
-
+use bulkhead_sandbox::propagation::PropagationError;
 use bulkhead_sandbox::SandboxError;
 use containerd_shim_protos::ttrpc;
 use thiserror::Error;
 
 use crate::config::ConfigError;
 use crate::mounts::MountError;
-use crate::propagation::PropagationError;
 use crate::stdio::StdioError;
 
 #[derive(Debug, Error)]
@@ -68,17 +66,7 @@ impl ShimError {
 
     /// The message: this error and its causes, outermost first, joined by ": ".
     pub fn message(&self) -> String {
-        let mut text = self.to_string();
-        let mut cause = self.source();
-        while let Some(c) = cause {
-            let s = c.to_string();
-            if !s.is_empty() && !text.ends_with(&s) {
-                text.push_str(": ");
-                text.push_str(&s);
-            }
-            cause = c.source();
-        }
-        text
+        bulkhead_log::error_chain(self)
     }
 }
 

@@ -1,18 +1,15 @@
-//! Task events for containerd, as domain values, and where they go: containerd's event
-//! service through the shim crate's publisher (its queue retries while containerd is away),
-//! or a recorder in tests.
+//! Task events for containerd, as domain values, and where they go ([`EventSink`]):
+//! containerd's event service (`ContainerdEvents` in `publisher.rs`, which depends on this
+//! module, not the other way round) or a recorder in tests.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use containerd_shim::asynchronous::publisher::RemotePublisher;
-use containerd_shim_protos::ttrpc::context::Context;
 
 use crate::mounts::RootfsMount;
 use crate::stdio::StdioPaths;
-use crate::translate;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskEvent {
@@ -66,36 +63,6 @@ pub enum TaskEvent {
 #[async_trait]
 pub trait EventSink: Send + Sync {
     async fn publish(&self, event: TaskEvent);
-}
-
-/// containerd's event service.
-pub struct ContainerdEvents {
-    publisher: RemotePublisher,
-    namespace: String,
-}
-
-impl ContainerdEvents {
-    pub fn new(publisher: RemotePublisher, namespace: &str) -> Self {
-        ContainerdEvents {
-            publisher,
-            namespace: namespace.to_owned(),
-        }
-    }
-}
-
-#[async_trait]
-impl EventSink for ContainerdEvents {
-    async fn publish(&self, event: TaskEvent) {
-        log::debug!("event {event:?}");
-        let (topic, message) = translate::event_message(&event);
-        if let Err(e) = self
-            .publisher
-            .publish(Context::default(), topic, &self.namespace, message)
-            .await
-        {
-            log::error!("cannot publish {topic}: {e}");
-        }
-    }
 }
 
 /// Keeps every event (tests, and the log of a shim without containerd).

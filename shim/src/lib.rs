@@ -11,9 +11,10 @@
 //!   [`resources`]: the OCI resources of an Update;
 //! - [`pod`]: grouping by sandbox id and VM configuration; [`mounts`]: container
 //!   filesystems in the shared directory; [`guest_spec`]: host-only spec fields (LSM
-//!   labels) removed for the guest; [`propagation`]: the run root as a shared mount
-//!   (so those filesystems reach virtiofsd); [`stdio`]: FIFO plumbing; [`process`]: process
-//!   state; [`events`]: task events; [`error`]: errors and their ttrpc codes;
+//!   labels) removed for the guest (the run root's propagation, naming and leftovers
+//!   are `bulkhead_sandbox`'s); [`stdio`]: FIFO plumbing; [`process`]: process
+//!   state; [`events`]: task events and their sinks; [`publisher`]: the sink that is
+//!   containerd's event service; [`error`]: errors and their ttrpc codes;
 //!   [`config`]: `/etc/bulkhead/config.toml`.
 
 pub mod bootstrap;
@@ -24,7 +25,7 @@ pub mod guest_spec;
 pub mod mounts;
 pub mod pod;
 pub mod process;
-pub mod propagation;
+pub mod publisher;
 pub mod resources;
 pub mod runtime;
 pub mod service;

@@ -15,6 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
+use bulkhead_sandbox::mount::{create_mount_point, MountPointKind};
 use bulkhead_sandbox::sandbox::guest_path;
 use serde_json::Value;
 use thiserror::Error;
@@ -80,6 +81,8 @@ pub enum MountError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot prepare a mount point")]
+    MountPoint(#[source] bulkhead_sandbox::mount::MountError),
     #[error("cannot mount {source_path} on {target}: {reason}")]
     Mount {
         source_path: String,
@@ -283,22 +286,12 @@ fn apply_all(fs: &ContainerFs) -> Result<(), MountError> {
     create(&fs.dir)?;
     create(&fs.rootfs)?;
     for m in &fs.mounts {
-        if m.file_target {
-            if let Some(parent) = m.target.parent() {
-                create(parent)?;
-            }
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&m.target)
-                .map_err(|source| MountError::Create {
-                    path: m.target.clone(),
-                    source,
-                })?;
+        let kind = if m.file_target {
+            MountPointKind::File
         } else {
-            create(&m.target)?;
-        }
+            MountPointKind::Dir
+        };
+        create_mount_point(&m.target, kind).map_err(MountError::MountPoint)?;
         containerd_shim::mount::mount_rootfs(
             m.fstype.as_deref(),
             Some(m.source.as_str()),
@@ -510,7 +503,7 @@ mod tests {
     #[test]
     fn apply_and_remove_real_bind_mounts_as_root() {
         if !is_root() {
-            eprintln!("SKIPPED: needs root for mount(2)");
+            bulkhead_test_skip::skip("needs root for mount(2)");
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use bulkhead_sandbox::{PodResources, SandboxConfig, VmSize};
+use bulkhead_sandbox::{naming, PodResources, SandboxConfig, VmSize};
 use serde_json::Value;
 
 use crate::config::ShimConfig;
@@ -145,22 +145,10 @@ pub fn run_dir(config: &ShimConfig, namespace: &str, sandbox_id: &str) -> PathBu
     run_root(config, namespace).join(vm_name(sandbox_id))
 }
 
-/// Longest sandbox id used as it is for the VM's name (its run directory).
-const VM_NAME_MAX: usize = 32;
-
-/// The VM's name: its run directory and the sandbox id the agent sees. The unix sockets
-/// inside the run directory must fit in 108 bytes, and CRI's sandbox ids alone are 64
-/// characters: a longer id becomes its first 15 characters, `-` and 16 hex digits of its
-/// FNV-1a hash (32 in all; ids are container-id characters, so ASCII).
+/// The VM's name: its run directory and the sandbox id the agent sees
+/// ([`bulkhead_sandbox::naming::sandbox_name`], which keeps its sockets within `sun_path`).
 pub fn vm_name(sandbox_id: &str) -> String {
-    if sandbox_id.len() <= VM_NAME_MAX {
-        return sandbox_id.to_owned();
-    }
-    let hash = sandbox_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    let head: String = sandbox_id.chars().take(15).collect();
-    format!("{head}-{hash:016x}")
+    naming::sandbox_name(sandbox_id)
 }
 
 /// The sandbox configuration of a new VM.
@@ -179,15 +167,8 @@ pub fn sandbox_config(
     c.virtiofsd = config.virtiofsd.clone();
     c.agent_timeout = config.agent_timeout;
     c.hostname = hostname.filter(|h| !h.is_empty());
-    c.vmm_log_level = Some(config.log_level.clone());
+    c.vmm_log_level = config.vmm_log_level.clone();
     c
-}
-
-/// The number of CPUs of this host.
-pub fn host_cpus() -> u32 {
-    std::thread::available_parallelism()
-        .map(|n| n.get().min(u32::MAX as usize) as u32)
-        .unwrap_or(1)
 }
 
 /// Reads and parses `<bundle>/config.json`.
@@ -335,17 +316,13 @@ mod tests {
 
     #[test]
     fn long_sandbox_ids_get_short_distinct_vm_names() {
+        // The naming rule itself is tested in bulkhead_sandbox::naming.
         assert_eq!(vm_name("pod1"), "pod1");
         let cri = "1b5b8bb3c5e939714b1eeb8ab27a0e0de24125ca0c04663b26e0809caea0b87a";
-        let other = "1b5b8bb3c5e939714b1eeb8ab27a0e0de24125ca0c04663b26e0809caea0b87b";
-        assert_eq!(vm_name(cri).len(), VM_NAME_MAX);
-        assert!(vm_name(cri).starts_with("1b5b8bb3c5e9397-"));
-        assert_ne!(vm_name(cri), vm_name(other));
-        assert_eq!(vm_name(cri), vm_name(cri));
+        assert_eq!(vm_name(cri).len(), naming::SANDBOX_NAME_MAX);
         // The default run root leaves room for the VMM's guest-initiated sockets.
         let config = ShimConfig::default();
-        let sock = run_dir(&config, "k8s.io", cri).join("vsock.sock_4294967295");
-        assert!(sock.as_os_str().len() < 108, "{}", sock.display());
+        bulkhead_sandbox::run_dir::check_socket_paths(&run_dir(&config, "k8s.io", cri)).unwrap();
         assert_eq!(
             sandbox_config(
                 &config,

@@ -26,7 +26,6 @@ use crate::guest_spec;
 use crate::mounts::{self, ContainerFs};
 use crate::pod::{self, Role};
 use crate::process::{Exit, Process, Status, OUTPUT_DRAIN_LIMIT};
-use crate::propagation;
 use crate::stdio::{self, SandboxStreams, StdioPaths};
 use crate::translate::{CreateTask, ExecTask, KillTask, ProcessState};
 
@@ -164,7 +163,7 @@ impl Runtime {
                     )));
                 }
                 let resources = pod::vm_resources(&role, &spec)?;
-                let size = pod::vm_size(&resources, config, pod::host_cpus());
+                let size = pod::vm_size(&resources, config, bulkhead_sandbox::sizing::host_cpus());
                 let hostname = spec
                     .get("hostname")
                     .and_then(|h| h.as_str())
@@ -176,7 +175,7 @@ impl Runtime {
                     size.memory_mib
                 );
                 let run_root = config.run_root.clone();
-                blocking(move || propagation::ensure_shared(&run_root))
+                blocking(move || bulkhead_sandbox::propagation::ensure_shared(&run_root))
                     .await?
                     .map_err(ShimError::RunRoot)?;
                 let sandbox = Sandbox::start(sc)

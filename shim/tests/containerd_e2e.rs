@@ -15,7 +15,7 @@
 //!     virtiofsd in PATH) naming real files. Run them all in one harness boot with the
 //!     filter `in_a_vm` and `--test-threads 1`.
 //!
-//! A test that cannot run prints `SKIPPED: reason` and passes.
+//! A test that cannot run prints `SKIPPED <test>: <reason>` and passes.
 
 mod support;
 

@@ -8,13 +8,15 @@
 #   inside it, mount a fresh tmpfs on /tmp (sockets and overlayfs cannot live
 #   on the 9p-shared root), and run CMD there in the current directory.
 #
-# Either way CMD sees BULKHEAD_IN_HARNESS=1. Inside the level-1 VM the host's
-# root is visible read-only; the current directory, $CARGO_TARGET_DIR and the
-# directories listed in BULKHEAD_HARNESS_RWDIRS (colon separated) are mounted
-# read-write, $CARGO_HOME gets a throw-away writable overlay, the kernel cache
-# (${BULKHEAD_CACHE:-/var/cache/bulkhead}) is mounted read-only. Environment
-# passed through: PATH, HOME, TERM, USER, every BULKHEAD_*, RUST_*, RUSTUP_*,
-# CARGO_* variable, and the names listed in BULKHEAD_HARNESS_ENV (space
+# Either way CMD sees BULKHEAD_IN_HARNESS=1 and BULKHEAD_NO_SKIP=1: a test that cannot run
+# here (no busybox, virtiofsd, guest kernel...) fails instead of skipping (crate
+# bulkhead-test-skip; BULKHEAD_NO_SKIP=0 from the caller turns that off). Inside the
+# level-1 VM the host's root is visible read-only; the current directory,
+# $CARGO_TARGET_DIR and the directories listed in BULKHEAD_HARNESS_RWDIRS (colon
+# separated) are mounted read-write, $CARGO_HOME gets a throw-away writable overlay,
+# the kernel cache (${BULKHEAD_CACHE:-/var/cache/bulkhead}) is mounted read-only.
+# Environment passed through: PATH, HOME, TERM, USER, every BULKHEAD_*, RUST_*,
+# RUSTUP_*, CARGO_* variable, and the names listed in BULKHEAD_HARNESS_ENV (space
 # separated).
 #
 # Knobs: BULKHEAD_HARNESS=auto|direct|vm (default auto),
@@ -22,7 +24,8 @@
 #        /boot/vmlinuz-*-amd64), BULKHEAD_HARNESS_MEMORY (default 4G),
 #        BULKHEAD_HARNESS_CPUS (default 2), BULKHEAD_VNG (path to vng),
 #        BULKHEAD_HARNESS_QEMU_OPTS (more level-1 QEMU options),
-#        BULKHEAD_HARNESS_KVM_AMD_OPTS (kvm_amd options in the level-1 VM, default npt=0),
+#        BULKHEAD_HARNESS_KVM_AMD_OPTS (kvm_amd options in the level-1 VM; default
+#        npt=0 under QEMU before 10, none from QEMU 10 on),
 #        BULKHEAD_HARNESS_STALL_SECS (watchdog, default 180),
 #        BULKHEAD_HARNESS_EXIT_SECS (power-off grace after CMD ended, default 60).
 # Exit status: CMD's; 125 when the harness itself fails; 124 when the level-1 VM froze
@@ -44,7 +47,7 @@ elif [ "$mode" = auto ]; then
 fi
 
 if [ "$mode" = direct ]; then
-    export BULKHEAD_IN_HARNESS=1
+    export BULKHEAD_IN_HARNESS=1 BULKHEAD_NO_SKIP="${BULKHEAD_NO_SKIP:-1}"
     exec "$@"
 fi
 [ "$mode" = vm ] || die "BULKHEAD_HARNESS must be auto, direct or vm (got $mode)"
@@ -68,6 +71,13 @@ fi
 [ -n "$kernel" ] && [ -r "$kernel" ] \
     || die "no level-1 kernel /boot/vmlinuz-*-amd64 (apt-get install linux-image-amd64)"
 
+# kvm_amd options for the level-1 VM's QEMU: npt=0 before QEMU 10, the defaults from 10 on.
+default_kvm_amd_opts() {
+    local major
+    major="$(qemu-system-x86_64 --version 2>/dev/null | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -n 1)"
+    if [ "${major:-0}" -ge 10 ]; then echo ""; else echo "npt=0"; fi
+}
+
 cwd="$(pwd -P)"
 # The script must be readable from the level-1 VM before /tmp is replaced:
 # the host's /tmp is visible there (read-only lower layer) until we mount.
@@ -80,10 +90,11 @@ inner="$stage/run.sh"
 
 {
     echo '#!/bin/bash'
-    # Nested paging off: with QEMU's emulated NPT, level-2 guests now and then hang,
-    # triple-fault or freeze the whole level-1 VM (4 of 24 two-vCPU boots); with shadow
-    # paging, 30 of 30 booted, no slower (docs/harness.md).
-    kvm_amd_opts="${BULKHEAD_HARNESS_KVM_AMD_OPTS-npt=0}"
+    # The paging mode that works depends on the level-1 QEMU (docs/harness.md): QEMU 7.2's
+    # emulated NPT makes level-2 guests hang, triple-fault or freeze the level-1 VM, so
+    # there shadow paging (npt=0); under QEMU 10 shadow paging hangs every level-2 boot and
+    # nested paging (the module default) works.
+    kvm_amd_opts="${BULKHEAD_HARNESS_KVM_AMD_OPTS-$(default_kvm_amd_opts)}"
     if [ -n "$kvm_amd_opts" ]; then
         echo 'modprobe -r kvm_amd 2>/dev/null'
         printf 'modprobe kvm_amd %s || exit 125\n' "$kvm_amd_opts"
@@ -100,6 +111,7 @@ inner="$stage/run.sh"
         printf 'export %s=%q\n' "$name" "${!name}"
     done
     echo 'export BULKHEAD_IN_HARNESS=1'
+    printf 'export BULKHEAD_NO_SKIP=%q\n' "${BULKHEAD_NO_SKIP:-1}"
     printf 'cd %q || exit 125\n' "$cwd"
     # Not exec: the status goes to the shared directory first, so the host has it even
     # when the level-1 VM then hangs on its way down (see the watchdog below).

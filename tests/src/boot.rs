@@ -89,7 +89,7 @@ mod tests {
     #[test]
     fn scratch_holds_an_initramfs_and_is_removed() {
         if !std::path::Path::new(crate::initramfs::DEFAULT_BUSYBOX).exists() {
-            eprintln!("SKIP scratch_holds_an_initramfs_and_is_removed: no busybox");
+            crate::skip(format!("no {}", crate::initramfs::DEFAULT_BUSYBOX));
             return;
         }
         let s = Scratch::new("scratch-test").unwrap();

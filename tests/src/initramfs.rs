@@ -193,7 +193,7 @@ mod tests {
         if !Path::new(DEFAULT_BUSYBOX).exists()
             || Command::new("cpio").arg("--version").output().is_err()
         {
-            eprintln!("SKIP image_unpacks_with_working_busybox: needs {DEFAULT_BUSYBOX} and cpio");
+            crate::skip(format!("needs {DEFAULT_BUSYBOX} and cpio"));
             return;
         }
         let dir =

@@ -1,6 +1,8 @@
 //! Whether this machine has a KVM that can boot Linux, so boot tests can skip
 //! (and say why) under a plain `cargo test`.
 
+use bulkhead_test_skip::skip_test;
+
 /// True when /proc/cpuinfo shows `vmx` or `svm` (hardware virtualisation
 /// that boots Linux) or when running inside tests/harness/run-in-kvm.sh
 /// (`BULKHEAD_IN_HARNESS=1`), and /dev/kvm exists.
@@ -18,25 +20,18 @@ pub fn cpuinfo_has_virt(cpuinfo: &str) -> bool {
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
-/// For the start of a boot test: returns false (after printing a SKIP line
-/// naming the test and the reason) when no Linux-capable KVM is here.
+/// For the start of a boot test: returns false (after [`skip_test`] said why)
+/// when no Linux-capable KVM is here.
 pub fn require_linux_kvm(test: &str) -> bool {
     if linux_kvm_available() {
         return true;
     }
-    skip(
+    skip_test(
         test,
         "no KVM that boots Linux here (no vmx/svm in /proc/cpuinfo); \
          run through tests/harness/run-in-kvm.sh",
     );
     false
-}
-
-/// Prints `SKIP <test>: <reason>` straight to the process's stderr, so it
-/// shows even when the test harness captures output.
-pub fn skip(test: &str, reason: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use bulkhead_sandbox::vmm_contract::{SerialOutput, VmmCommand};
+
 /// Kernel command line both launchers use (the VMM and QEMU add their own
 /// `virtio_mmio.device=` entries).
 pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule";
@@ -36,21 +38,17 @@ impl BootSpec {
     }
 }
 
-/// `bulkhead-vmm --kernel .. --initrd .. --cmdline .. --vcpus N --memory M --serial stdout`.
+/// `bulkhead-vmm --kernel .. --initrd .. --cmdline .. --vcpus N --memory M --serial stdout`,
+/// built by the VMM contract's [`VmmCommand`] like every other launch of the VMM.
 pub fn vmm_command(vmm: &Path, spec: &BootSpec) -> Command {
+    let mut vmm_args = VmmCommand::new(&spec.kernel);
+    vmm_args.initrd = Some(spec.initrd.clone());
+    vmm_args.cmdline = Some(spec.cmdline.clone());
+    vmm_args.vcpus = u8::try_from(spec.vcpus).unwrap_or(u8::MAX);
+    vmm_args.memory_mib = spec.memory_mib;
+    vmm_args.serial = SerialOutput::Stdout;
     let mut cmd = Command::new(vmm);
-    cmd.arg("--kernel")
-        .arg(&spec.kernel)
-        .arg("--initrd")
-        .arg(&spec.initrd)
-        .arg("--cmdline")
-        .arg(&spec.cmdline)
-        .arg("--vcpus")
-        .arg(spec.vcpus.to_string())
-        .arg("--memory")
-        .arg(spec.memory_mib.to_string())
-        .arg("--serial")
-        .arg("stdout");
+    cmd.args(vmm_args.args());
     cmd
 }
 

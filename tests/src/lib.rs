@@ -13,6 +13,9 @@ pub mod locate;
 pub mod memory;
 pub mod process;
 
+/// The one test-skip helper of the workspace (crate `bulkhead-test-skip`, in `tests/skip/`).
+pub use bulkhead_test_skip::{skip, skip_test, skipping_fails};
+
 pub use initramfs::{TestInitramfs, INIT_READY_MARKER};
 pub use kvm::{linux_kvm_available, require_linux_kvm};
 pub use launch::{qemu_microvm_command, vmm_command, BootSpec, BASE_CMDLINE};

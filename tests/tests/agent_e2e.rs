@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use bulkhead_e2e::guest::SpecOptions;
 use bulkhead_e2e::guest::{busybox_rootfs, leftovers, process_json, spec_json, GuestArtifacts};
-use bulkhead_e2e::kvm::{require_linux_kvm, skip};
+use bulkhead_e2e::kvm::require_linux_kvm;
+use bulkhead_e2e::skip_test;
+use bulkhead_log::error_chain;
 use bulkhead_sandbox::{
     ContainerConfig, ExecConfig, ProcessRef, Sandbox, StdioConfig, StreamKind, VmExit, WinSize,
 };
@@ -43,16 +45,6 @@ impl Drop for ConsoleOnPanic {
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    out
 }
 
 async fn step<T, E: std::error::Error>(what: &str, fut: impl Future<Output = Result<T, E>>) -> T {
@@ -101,7 +93,7 @@ async fn agent_runs_containers_in_a_real_guest() {
     }
     let artifacts = match GuestArtifacts::locate() {
         Ok(a) => a,
-        Err(reason) => return skip(TEST, &reason),
+        Err(reason) => return skip_test(TEST, reason),
     };
     let run_root = PathBuf::from(format!("/tmp/bulkhead-agent-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&run_root).unwrap();
@@ -372,7 +364,7 @@ async fn a_dropped_sandbox_leaves_nothing() {
     }
     let artifacts = match GuestArtifacts::locate() {
         Ok(a) => a,
-        Err(reason) => return skip(NAME, &reason),
+        Err(reason) => return skip_test(NAME, reason),
     };
     let run_root = PathBuf::from(format!("/tmp/bulkhead-agent-drop-{}", std::process::id()));
     std::fs::create_dir_all(&run_root).unwrap();

@@ -18,7 +18,7 @@ fn qemu_present() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        bulkhead_e2e::kvm::skip("qemu_reference_boot", "qemu-system-x86_64 not installed");
+        bulkhead_e2e::skip("qemu-system-x86_64 not installed");
     }
     ok
 }

@@ -19,7 +19,7 @@ fn vmm_or_skip(test: &str) -> Option<std::path::PathBuf> {
     match vmm_binary() {
         Ok(p) => Some(p),
         Err(e) => {
-            bulkhead_e2e::kvm::skip(test, &e.to_string());
+            bulkhead_e2e::skip_test(test, e);
             None
         }
     }

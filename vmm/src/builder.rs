@@ -18,6 +18,7 @@ use crate::devices::virtio::vsock::Vsock;
 use crate::event_loop::{run_until_exit, ExitMonitor, RunError};
 use crate::exit_status::GuestExit;
 use crate::kernel_loader::{self, LoadError};
+use crate::metrics_report::{MetricsReport, ReportOnSignal};
 use crate::seccomp::{self, Confinement, PrivilegeError, SeccompError, StartGate, ThreadFilter};
 use crate::vmm_config::{ConfigError, SerialOutput, VmConfig, CMDLINE_MAX_LEN};
 use crate::vstate::memory::{self, MemoryError};
@@ -50,6 +51,8 @@ pub enum StartError {
         &'static str,
         #[source] Box<dyn std::error::Error + Send + Sync>,
     ),
+    #[error("cannot create the signalfd for SIGUSR1 metrics reports")]
+    MetricsSignal(#[source] std::io::Error),
     #[error("kernel command line")]
     Cmdline(#[source] linux_loader::cmdline::Error),
     #[error(
@@ -91,6 +94,8 @@ pub struct MicroVm {
     serial: Arc<Mutex<SerialConsole>>,
     // seccomp: applied by `wait` on the main thread before the event loop starts.
     main_filter: ThreadFilter,
+    /// Each virtio device's counters, logged when the guest stops (and on SIGUSR1).
+    metrics: Arc<MetricsReport>,
 }
 
 impl MicroVm {
@@ -110,11 +115,9 @@ impl MicroVm {
         if self.main_filter.is_active() {
             log::info!("seccomp: main thread confined");
         }
-        Ok(run_until_exit(
-            self.subscribers,
-            self.monitor,
-            &self.serial,
-        )?)
+        let result = run_until_exit(self.subscribers, self.monitor, &self.serial);
+        self.metrics.log();
+        Ok(result?)
     }
 }
 
@@ -186,8 +189,10 @@ pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<Mic
         .insert_str(&config.cmdline)
         .map_err(|_| StartError::CmdlineTooLong)?;
     let mut slots = MmioSlots::new();
+    let mut metrics = MetricsReport::new();
     if config.rng {
         let rng = Rng::new().map_err(|e| StartError::Device("virtio-rng", Box::new(e)))?;
+        metrics.add("virtio-rng", rng.metrics());
         slots.attach(
             &vm,
             &mem,
@@ -200,6 +205,7 @@ pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<Mic
     if let Some(v) = &config.vsock {
         let vsock = Vsock::new(v.guest_cid, v.uds_path.clone())
             .map_err(|e| StartError::Device("virtio-vsock", Box::new(e)))?;
+        metrics.add("virtio-vsock", vsock.metrics().clone());
         slots.attach(
             &vm,
             &mem,
@@ -214,6 +220,7 @@ pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<Mic
         let fs =
             Fs::new(fs_config.clone()).map_err(|e| StartError::Device("virtio-fs", Box::new(e)))?;
         device_failures.push(fs.failure());
+        metrics.add(format!("virtio-fs {}", fs.tag()), fs.metrics());
         slots.attach(
             &vm,
             &mem,
@@ -224,6 +231,10 @@ pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<Mic
         )?;
     }
     log::info!("devices: serial, i8042 and virtio-mmio devices attached");
+    let metrics = Arc::new(metrics);
+    // Before confinement: creating the signalfd is not on any allow-list.
+    let report_on_signal =
+        ReportOnSignal::new(metrics.clone()).map_err(StartError::MetricsSignal)?;
 
     let cmdline_str = cmdline.as_cstring().map_err(StartError::Cmdline)?;
     let cmdline_addr = GuestAddress(arch::layout::CMDLINE_START);
@@ -281,9 +292,14 @@ pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<Mic
         _mem: mem,
         _vm: vm,
         _vcpu_threads: threads,
-        subscribers: slots.take_subscribers(),
+        subscribers: {
+            let mut subscribers = slots.take_subscribers();
+            subscribers.push(Arc::new(Mutex::new(report_on_signal)));
+            subscribers
+        },
         monitor,
         serial: legacy.serial,
         main_filter: confinement.filters.main.clone(),
+        metrics,
     })
 }

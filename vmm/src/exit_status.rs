@@ -1,15 +1,8 @@
-//! How the VMM process ends, and the exit status for each way.
+//! How a running guest stopped ([`GuestExit`]), and the VMM exit status for each way.
 //!
-//! Scripts and the shim tell the cases apart by status alone:
-//!
-//! | status | meaning |
-//! |---|---|
-//! | 0 | the guest rebooted or powered off on purpose (`reboot -f`, `poweroff -f`) |
-//! | 1 | the VMM failed (bad input, KVM error, device set-up); its log says why |
-//! | 3 | the guest crashed: a kernel panic (`panic=1 reboot=k`), a triple fault, or KVM's crash event |
-//! | 159 | a VMM thread made a syscall its seccomp filter forbids (128 + SIGSYS; see `seccomp`) |
-//!
-//! (2 is left to the argument parser, which uses it for usage errors.)
+//! The statuses themselves are part of the host <-> VMM contract
+//! ([`bulkhead_vmm_contract::exit`]): 0 guest shut down, 1 VMM error, 2 bad flags (clap),
+//! 3 guest crash, 159 forbidden syscall (the SIGSYS reporter, `seccomp::sigsys`).
 
 use std::fmt;
 
@@ -24,12 +17,10 @@ pub enum GuestExit {
     Crash,
 }
 
-/// Exit status for a guest that stopped by itself.
-pub const STATUS_GUEST_SHUTDOWN: i32 = 0;
-/// Exit status for any VMM-side failure.
-pub const STATUS_VMM_ERROR: i32 = 1;
-/// Exit status for a guest panic or crash.
-pub const STATUS_GUEST_CRASH: i32 = 3;
+pub use bulkhead_vmm_contract::exit::{
+    STATUS_BAD_FLAGS, STATUS_GUEST_CRASH, STATUS_GUEST_SHUTDOWN, STATUS_SECCOMP_KILL,
+    STATUS_VMM_ERROR,
+};
 
 impl GuestExit {
     /// The process exit status for this way of ending.

@@ -8,7 +8,13 @@
 //! - [`device_manager`]: the one place that wires devices to KVM (buses, ioeventfd, irqfd,
 //!   kernel command line);
 //! - [`builder`]: the boot recipe, a straight list of steps that each return a typed error;
-//! - [`seccomp`]: confinement after set-up (seccomp allow-list per thread, privilege drop).
+//! - [`seccomp`]: confinement after set-up (seccomp allow-list per thread, privilege drop);
+//! - [`exit_status`]: how the guest stopped, as the contract's exit statuses;
+//! - [`terminal`]: raw mode for the console on the VMM's own terminal;
+//! - [`metrics_report`]: device counters logged at exit and on SIGUSR1.
+//!
+//! The command line, exit statuses and limits the host relies on are defined once in
+//! `bulkhead_vmm_contract`; this crate uses them.
 
 pub mod arch;
 pub mod builder;
@@ -18,6 +24,22 @@ pub mod event_loop;
 pub mod exit_status;
 pub mod kernel_loader;
 pub mod logger;
+pub mod metrics_report;
 pub mod seccomp;
+pub mod terminal;
 pub mod vmm_config;
 pub mod vstate;
+
+/// "a: b: c" from an error and its sources: printed once where the error is handled (the
+/// binary's edge), or carried as a string where errors travel as messages (vCPU threads report
+/// failures to the event loop that way; a device's failure reason).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

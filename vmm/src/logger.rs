@@ -1,51 +1,22 @@
-//! Timestamped logging to stderr.
+//! Logging to stderr in the one format of every Bulkhead binary (crate `bulkhead-log`).
 //!
 //! Every line carries the time since the VMM process started, so the boot phases (memory,
 //! kernel load, devices, vCPUs started) and a slow or failed boot can be read off the log:
-//! `[    0.004211] bulkhead-vmm INFO  memory: 128 MiB in 1 region`.
+//! `[    0.004211] INFO  bulkhead-vmm: memory: 128 MiB in 1 region` (the CLI's boot
+//! timings read the `vcpus: N started` line); JSON lines with [`Format::Json`].
 
-use std::io::Write;
-use std::sync::OnceLock;
-use std::time::Instant;
+pub use bulkhead_log::{since_start, Format};
 
-static START: OnceLock<Instant> = OnceLock::new();
-
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= log::max_level()
-    }
-
-    fn log(&self, record: &log::Record) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let t = since_start();
-        // One write per line so lines from several threads do not interleave.
-        let line = format!(
-            "[{:5}.{:06}] bulkhead-vmm {:<5} {}\n",
-            t.as_secs(),
-            t.subsec_micros(),
-            record.level(),
-            record.args()
-        );
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
-    }
-
-    fn flush(&self) {}
-}
-
-/// Time since [`init`] was called (or since the first call of this function).
-pub fn since_start() -> std::time::Duration {
-    START.get_or_init(Instant::now).elapsed()
-}
-
-/// Install the logger at `level`. Call once, first thing in `main`.
+/// Installs the text logger at `level`. Call once, first thing in `main`.
 pub fn init(level: log::LevelFilter) {
-    START.get_or_init(Instant::now);
-    static LOGGER: StderrLogger = StderrLogger;
-    // A second call keeps the first logger; only the level changes.
-    let _ = log::set_logger(&LOGGER);
-    log::set_max_level(level);
+    init_with_format(level, Format::Text);
+}
+
+/// Installs the logger at `level` in `format` (the VMM's `--log-format`, else
+/// `BULKHEAD_LOG_FORMAT`). Call once, first thing in `main`.
+pub fn init_with_format(level: log::LevelFilter, format: Format) {
+    bulkhead_log::Logger::new("bulkhead-vmm", level)
+        .clock(bulkhead_log::Clock::SinceStart)
+        .format(format)
+        .init();
 }

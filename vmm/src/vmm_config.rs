@@ -4,46 +4,12 @@ use std::path::{Path, PathBuf};
 
 use crate::devices::virtio::fs::FsConfig;
 
-/// Fewest vCPUs a VM can have.
-pub const MIN_VCPUS: u8 = 1;
-/// Most vCPUs a VM can have (the MP table and the LAPIC ID space are sized for this).
-pub const MAX_VCPUS: u8 = 32;
-/// Least guest memory: a Linux kernel with an initramfs does not come up in less.
-pub const MIN_MEMORY_MIB: u32 = 32;
-/// Most guest memory, whatever the host has.
-pub const MAX_MEMORY_MIB: u32 = 256 * 1024;
-/// Longest kernel command line, including the entries the VMM adds and the final NUL
-/// (x86 `COMMAND_LINE_SIZE`).
-pub const CMDLINE_MAX_LEN: usize = 2048;
-/// The command line used when the user gives none.
-pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 pci=off nomodule 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
-
-/// Where the guest's serial console goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SerialOutput {
-    /// The VMM's standard output.
-    Stdout,
-    /// Appended to a file.
-    File(PathBuf),
-    /// Dropped.
-    Off,
-}
-
-impl std::str::FromStr for SerialOutput {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "stdout" => Ok(SerialOutput::Stdout),
-            "off" | "none" => Ok(SerialOutput::Off),
-            _ => match s.strip_prefix("file:") {
-                Some(p) if !p.is_empty() => Ok(SerialOutput::File(PathBuf::from(p))),
-                _ => Err(ConfigError::BadSerial(s.to_string())),
-            },
-        }
-    }
-}
+pub use bulkhead_vmm_contract::limits::{
+    CMDLINE_MAX_LEN, DEFAULT_CMDLINE, MAX_MEMORY_MIB, MAX_VCPUS, MIN_GUEST_CID, MIN_MEMORY_MIB,
+    MIN_VCPUS,
+};
+pub use bulkhead_vmm_contract::SerialOutput;
+use bulkhead_vmm_contract::VmmArgs;
 
 /// The hybrid vsock device: guest CID and the host unix socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,13 +66,29 @@ pub enum ConfigError {
     CmdlineTooLong { len: usize, max: usize },
     #[error("kernel command line contains a NUL or newline")]
     CmdlineBadChar,
-    #[error("--serial must be stdout, off or file:PATH, got {0:?}")]
-    BadSerial(String),
     #[error("vsock guest CID must be 3 or more (0-2 are reserved), got {0}")]
     VsockCid(u64),
 }
 
 impl VmConfig {
+    /// The configuration the command line asks for (not yet validated).
+    pub fn from_args(args: &VmmArgs) -> Self {
+        VmConfig {
+            kernel: args.kernel.clone(),
+            initrd: args.initrd.clone(),
+            cmdline: args.cmdline.clone(),
+            vcpus: args.vcpus,
+            memory_mib: args.memory,
+            serial: args.serial.clone(),
+            rng: !args.no_rng,
+            vsock: args.vsock.clone().map(|uds_path| VsockConfig {
+                guest_cid: args.vsock_cid,
+                uds_path,
+            }),
+            fs: args.fs.iter().cloned().map(FsConfig::from).collect(),
+        }
+    }
+
     /// Check everything that can be checked before touching KVM.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(MIN_VCPUS..=MAX_VCPUS).contains(&self.vcpus) {
@@ -134,7 +116,7 @@ impl VmConfig {
             });
         }
         if let Some(v) = &self.vsock {
-            if v.guest_cid < 3 {
+            if v.guest_cid < MIN_GUEST_CID {
                 return Err(ConfigError::VsockCid(v.guest_cid));
             }
         }
@@ -263,16 +245,5 @@ mod tests {
         ));
         c.cmdline = "console=ttyS0\nroot=x".into();
         assert_eq!(c.validate(), Err(ConfigError::CmdlineBadChar));
-    }
-
-    #[test]
-    fn parses_serial_targets() {
-        assert_eq!("stdout".parse::<SerialOutput>(), Ok(SerialOutput::Stdout));
-        assert_eq!(
-            "file:/tmp/x".parse::<SerialOutput>(),
-            Ok(SerialOutput::File("/tmp/x".into()))
-        );
-        assert!("file:".parse::<SerialOutput>().is_err());
-        assert!("tty".parse::<SerialOutput>().is_err());
     }
 }

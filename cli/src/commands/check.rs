@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use bulkhead_sandbox::cgroup::{Cgroup2, Layout};
+use bulkhead_sandbox::host_agent;
 use serde::Serialize;
 
 use super::Ctx;
@@ -173,33 +175,47 @@ fn file(name: &'static str, path: Option<&Path>, fix: &str) -> Check {
     }
 }
 
+/// The agent binary that container isolation runs on the host.
+fn host_agent() -> Check {
+    let c = check("agent", false, true);
+    match host_agent::find_agent_binary() {
+        Ok(p) => c(Outcome::Ok, p.display().to_string(), None),
+        Err(e) => c(
+            Outcome::Fail,
+            e.to_string(),
+            Some(format!(
+                "install {} next to bulkhead (cargo build --release --workspace builds both), \
+                 put it in PATH, or set {}",
+                host_agent::AGENT_BIN_NAME,
+                host_agent::AGENT_BIN_ENV
+            )),
+        ),
+    }
+}
+
 fn cgroups() -> Check {
     let c = check("cgroups", false, true);
-    let is2 = |p: &str| {
-        nix::sys::statfs::statfs(p)
-            .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
-            .unwrap_or(false)
-    };
-    let (path, layout) = if is2("/sys/fs/cgroup") {
-        ("/sys/fs/cgroup", "cgroup v2")
-    } else if is2("/sys/fs/cgroup/unified") {
-        ("/sys/fs/cgroup/unified", "v1/v2 hybrid")
-    } else {
+    let Some(cg) = Cgroup2::find() else {
         return c(
             Outcome::Fail,
             "no cgroup2 hierarchy".into(),
             Some("mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup/unified)".into()),
         );
     };
-    let ctrl = std::fs::read_to_string(format!("{path}/cgroup.controllers")).unwrap_or_default();
+    let layout = match cg.layout {
+        Layout::Unified => "cgroup v2",
+        Layout::Hybrid => "v1/v2 hybrid",
+    };
+    let path = cg.path.display();
+    let ctrl = cg.controllers();
     let missing: Vec<&str> = ["cpu", "memory", "pids"]
         .into_iter()
-        .filter(|n| !ctrl.split_whitespace().any(|c| c == *n))
+        .filter(|n| !ctrl.iter().any(|c| c == n))
         .collect();
     if missing.is_empty() {
         c(
             Outcome::Ok,
-            format!("{layout} at {path}, controllers: {}", ctrl.trim()),
+            format!("{layout} at {path}, controllers: {}", ctrl.join(" ")),
             None,
         )
     } else {
@@ -236,10 +252,11 @@ pub fn report(ctx: &Ctx) -> Report {
         root(),
         kvm,
         cpu(kvm_ok),
-        program("vmm", &cfg.vm.vmm, cfg.vmm_path(), "build it (cargo build --release -p bulkhead-vmm: found next to bulkhead) or put it in PATH, or set vm.vmm / BULKHEAD_VMM"),
-        program("virtiofsd", &cfg.virtiofsd.binary, cfg.virtiofsd_path(), "scripts/install-virtiofsd.sh, or set virtiofsd.binary / BULKHEAD_VIRTIOFSD"),
-        file("guest-kernel", cfg.kernel_path().as_deref(), "build it with kernel-config/build-kernel.sh, or set vm.kernel / BULKHEAD_KERNEL"),
-        file("initramfs", Some(&cfg.initrd_path()), "build the agent initramfs with guest-agent/build-initramfs.sh, or set vm.initrd / BULKHEAD_INITRD"),
+        program("vmm", &cfg.vm.vmm, cfg.vmm_path().ok(), "build it (cargo build --release -p bulkhead-vmm: found next to bulkhead) or put it in PATH, or set vm.vmm / BULKHEAD_VMM"),
+        program("virtiofsd", &cfg.virtiofsd.binary, cfg.virtiofsd_path().ok().flatten(), "scripts/install-virtiofsd.sh, or set virtiofsd.binary / BULKHEAD_VIRTIOFSD"),
+        file("guest-kernel", cfg.kernel_path().ok().as_deref(), "build it with kernel-config/build-kernel.sh, or set vm.kernel / BULKHEAD_KERNEL"),
+        file("initramfs", cfg.initrd_path().ok().flatten().as_deref(), "build the agent initramfs with guest-agent/build-initramfs.sh, or set vm.initrd / BULKHEAD_INITRD"),
+        host_agent(),
         cgroups(),
         overlay(),
     ];

@@ -3,7 +3,6 @@
 mod check;
 mod exec;
 mod gc;
-mod host_agent;
 mod images;
 mod import;
 mod inspect;
@@ -18,13 +17,14 @@ mod stop;
 mod supervise;
 mod unpack;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use bulkhead_images::Store;
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{self, Config, Layer, RunLayout};
 use crate::state::Containers;
 
 #[derive(Parser, Debug)]
@@ -46,6 +46,9 @@ pub struct Cli {
     /// error, warn, info, debug or trace (overrides `log_level`).
     #[arg(long, global = true)]
     pub log_level: Option<String>,
+    /// Log lines as text or json (overrides `log_format`).
+    #[arg(long, global = true)]
+    pub log_format: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -82,9 +85,6 @@ pub enum Command {
     /// (internal) Supervise a detached container.
     #[command(hide = true)]
     Supervise(supervise::Args),
-    /// (internal) The agent on the host, for `--isolation container`.
-    #[command(hide = true, name = "__agent")]
-    HostAgent(host_agent::Args),
 }
 
 #[derive(Subcommand, Debug)]
@@ -129,38 +129,45 @@ impl Ctx {
         a.push(self.cfg.store_root.clone().into());
         a.push("--run-root".into());
         a.push(self.cfg.run_root.clone().into());
+        a.push("--log-format".into());
+        a.push(crate::logger::format(self.cfg.log_format).as_str().into());
         a.push("--log-level".into());
-        a.push(self.cfg.log_level.clone().into());
+        a.push(self.cfg.log_level_name().into());
         a
     }
 }
 
 /// Loads the configuration and applies the global flags.
 pub fn context(cli: &Cli) -> anyhow::Result<Ctx> {
-    let mut cfg = Config::load(cli.config.as_deref())?;
+    context_in(cli, &std::env::vars().collect())
+}
+
+/// [`context`] with the environment `env`.
+pub fn context_in(cli: &Cli, env: &HashMap<String, String>) -> anyhow::Result<Ctx> {
+    let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+    let mut flags = Vec::new();
     if let Some(r) = &cli.root {
-        cfg.store_root = r.clone();
+        flags.push(Layer::flag("--root", "store_root", path(r)));
     }
     if let Some(r) = &cli.run_root {
-        cfg.run_root = r.clone();
+        flags.push(Layer::flag("--run-root", "run_root", path(r)));
     }
     if let Some(l) = &cli.log_level {
-        cfg.log_level = l.clone();
+        flags.push(Layer::flag("--log-level", "log_level", l.clone()));
     }
-    cfg.validate()?;
+    if let Some(f) = &cli.log_format {
+        flags.push(Layer::flag("--log-format", "log_format", f.clone()));
+    }
     Ok(Ctx {
-        cfg,
+        cfg: config::load(cli.config.as_deref(), env, flags)?,
         config_path: cli.config.clone(),
     })
 }
 
 /// Runs a command; `Ok(code)` is the process exit status.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    if let Command::HostAgent(a) = cli.command {
-        return host_agent::run(a).map(|()| 0);
-    }
     let ctx = context(&cli)?;
-    crate::logger::install(ctx.cfg.log_level());
+    crate::logger::install(ctx.cfg.log_level, ctx.cfg.log_format);
     let done = |r: anyhow::Result<()>| r.map(|()| 0);
     match cli.command {
         Command::Run(a) => run::run(&ctx, a),
@@ -179,7 +186,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Image(ImageCommand::Unpack(a)) => done(unpack::run(&ctx.store()?, a)),
         Command::Image(ImageCommand::Import(a)) => done(import::run(&ctx.store()?, a)),
         Command::Image(ImageCommand::Gc(a)) => done(gc::run(&ctx.store()?, a)),
-        Command::HostAgent(_) => unreachable!("handled above"),
     }
 }
 
@@ -241,5 +247,106 @@ pub fn ago(t: u64) -> String {
         60..=3599 => format!("{} minutes ago", d / 60),
         3600..=86399 => format!("{} hours ago", d / 3600),
         _ => format!("{} days ago", d / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use bulkhead_sandbox::config::VENDOR_DEFAULTS_PATH;
+
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> HashMap<String, String> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The configuration files the repository ships (`config/*.toml`).
+    fn shipped() -> Vec<PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "no configuration in {}", dir.display());
+        files
+    }
+
+    #[test]
+    fn every_shipped_configuration_loads_through_the_cli() {
+        for file in shipped() {
+            let cli = Cli::try_parse_from(["bulkhead", "--config", file.to_str().unwrap(), "ps"])
+                .unwrap();
+            let ctx =
+                context_in(&cli, &env(&[])).unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
+            let expected = Config::load(&[
+                Layer::OptionalFile(VENDOR_DEFAULTS_PATH.into()),
+                Layer::File(file.clone()),
+            ])
+            .unwrap();
+            assert_eq!(ctx.cfg, expected, "{}", file.display());
+            assert_eq!(
+                ctx.cfg.containers_dir(),
+                ctx.cfg.run_root.join("containers")
+            );
+            if file.ends_with("bulkhead.toml") && !Path::new(VENDOR_DEFAULTS_PATH).exists() {
+                assert_eq!(ctx.cfg, Config::default());
+            }
+        }
+    }
+
+    #[test]
+    fn flags_over_environment_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(
+            &file,
+            "store_root = \"/file/store\"\nrun_root = \"/file/run\"\n[cli]\nisolation = \"container\"\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let cli = Cli::try_parse_from(["bulkhead", "--config", f, "ps"]).unwrap();
+        let ctx = context_in(&cli, &env(&[("BULKHEAD_RUN_ROOT", "/env/run")])).unwrap();
+        assert_eq!(ctx.cfg.store_root, Path::new("/file/store"));
+        assert_eq!(ctx.cfg.run_root, Path::new("/env/run"));
+        assert_eq!(ctx.cfg.cli.isolation, config::Isolation::Container);
+        let cli = Cli::try_parse_from([
+            "bulkhead",
+            "--config",
+            f,
+            "--run-root",
+            "/flag/run",
+            "--log-level",
+            "debug",
+            "--log-format",
+            "json",
+            "ps",
+        ])
+        .unwrap();
+        let ctx = context_in(&cli, &env(&[("BULKHEAD_RUN_ROOT", "/env/run")])).unwrap();
+        assert_eq!(ctx.cfg.run_root, Path::new("/flag/run"));
+        let args: Vec<String> = ctx
+            .global_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            args.ends_with(&[
+                "--log-format".to_owned(),
+                "json".to_owned(),
+                "--log-level".to_owned(),
+                "debug".to_owned()
+            ]),
+            "{args:?}"
+        );
+        let cli =
+            Cli::try_parse_from(["bulkhead", "--config", f, "--log-level", "loud", "ps"]).unwrap();
+        let err = context_in(&cli, &env(&[])).err().unwrap();
+        assert!(format!("{err:#}").contains("--log-level"), "{err:#}");
     }
 }

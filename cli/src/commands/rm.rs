@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use anyhow::bail;
+use bulkhead_sandbox::cgroup::Cgroup2;
+use bulkhead_sandbox::leftovers;
 
 use super::stop::wait_supervisor;
 use super::Ctx;
@@ -26,18 +28,24 @@ fn kill_pid(pid: u32) {
     }
 }
 
-/// Cleans what a dead supervisor left: the VMM, the sandbox run dir, the cgroup.
+/// Cleans what a dead supervisor left: the VMM and virtiofsd, the sandbox run dir, the
+/// container's cgroup.
 fn clean_leftovers(s: &State) -> anyhow::Result<()> {
     if let Some(dir) = &s.sandbox_dir {
-        // The VMM and virtiofsd were started by the dead supervisor.
-        if let Some(pid) = s.vmm_pid {
-            if std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok() {
-                kill_pid(pid);
-            }
-        }
+        // The VMM and virtiofsd were started by the dead supervisor; their command lines
+        // name the run directory.
+        let killed = leftovers::kill_processes_using(dir);
         bulkhead_sandbox::run_dir::remove_tree(dir)?;
+        let left = leftovers::wait_gone(&killed, Duration::from_secs(3));
+        if !left.is_empty() {
+            log::warn!("processes {left:?} of {} are still ending", dir.display());
+        }
     }
-    let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/unified/bulkhead/{}", s.id));
+    if let Some(cg) = Cgroup2::find() {
+        if let Err(e) = cg.remove_container_cgroup(&s.id) {
+            log::warn!("{:#}", anyhow::Error::new(e));
+        }
+    }
     Ok(())
 }
 

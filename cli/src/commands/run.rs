@@ -126,7 +126,9 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
     }
     let isolation = match args.isolation {
         Some(i) => i,
-        None if ctx.cfg.container.isolation == "container" => Isolation::Container,
+        None if ctx.cfg.cli.isolation == crate::config::Isolation::Container => {
+            Isolation::Container
+        }
         None => Isolation::Vm,
     };
     if !nix::unistd::geteuid().is_root() {

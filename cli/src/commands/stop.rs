@@ -31,7 +31,7 @@ pub fn wait_supervisor(s: &State, limit: Duration) -> bool {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
-    let timeout = args.time.unwrap_or(ctx.cfg.container.stop_timeout_secs);
+    let timeout = args.time.unwrap_or(ctx.cfg.cli.stop_timeout_secs);
     let containers = ctx.containers();
     let rt = super::runtime()?;
     super::for_each_container(&args.containers, "stopped", |c| {

@@ -22,7 +22,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::rootfs;
 use crate::state::{now, process_start_time, ContainerDir, Status};
 use crate::term;
 use crate::timings;
@@ -300,13 +299,15 @@ pub async fn supervise(
     }
     let _ = std::fs::remove_dir_all(dir.socket_dir());
     // libcontainer removes the cgroup it made; a killed agent may leave it (empty).
-    for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
-        let _ = std::fs::remove_dir(format!("{root}/bulkhead/{}", state.id));
+    if let Some(cg) = bulkhead_sandbox::cgroup::Cgroup2::find() {
+        if let Err(e) = cg.remove_container_cgroup(&state.id) {
+            log::warn!("{:#}", anyhow::Error::new(e));
+        }
     }
     if rc.auto_remove {
         dir.remove()?;
     } else {
-        let _ = rootfs::unmount(&dir.rootfs());
+        let _ = bulkhead_sandbox::mount::unmount(&dir.rootfs());
     }
     timings::mark("exit");
     Ok(status)

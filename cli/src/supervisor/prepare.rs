@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use bulkhead_images::process::{ProcessOverrides, UserDb};
 use bulkhead_images::Store;
+use bulkhead_sandbox::cgroup::{self, Cgroup2};
+use bulkhead_sandbox::mount;
 use oci_spec::runtime::Spec;
 
 use crate::backend::{Backend, VmRequest};
 use crate::config::Config;
-use crate::rootfs;
 use crate::spec::{self, SpecInput, Volume};
 use crate::state::{ContainerDir, Isolation, State};
 use crate::supervisor::Reporter;
@@ -34,8 +35,8 @@ pub struct Mounts(pub Vec<PathBuf>);
 impl Mounts {
     pub fn unmount_all(&mut self) {
         for m in self.0.drain(..).rev() {
-            if let Err(e) = rootfs::unmount(&m) {
-                log::warn!("{e:#}");
+            if let Err(e) = mount::unmount(&m) {
+                log::warn!("{:#}", anyhow::Error::new(e));
             }
         }
     }
@@ -44,13 +45,7 @@ impl Mounts {
 /// A cgroup v2 controller usable by containers on this host (the host agent binds the
 /// cgroup2 hierarchy on /sys/fs/cgroup in its own mount namespace).
 fn host_controller(name: &str) -> bool {
-    [
-        "/sys/fs/cgroup/unified/cgroup.controllers",
-        "/sys/fs/cgroup/cgroup.controllers",
-    ]
-    .iter()
-    .filter_map(|p| std::fs::read_to_string(p).ok())
-    .any(|s| s.split_whitespace().any(|c| c == name))
+    Cgroup2::find().is_some_and(|cg| cg.has_controller(name))
 }
 
 pub async fn prepare(
@@ -70,9 +65,11 @@ pub async fn prepare(
     let lowers = {
         let store = store.clone();
         let rec = rec.clone();
-        tokio::task::spawn_blocking(move || store.rootfs_layers(&rec))
-            .await
-            .context("unpacking layers")??
+        tokio::task::spawn_blocking(move || {
+            bulkhead_images::rootfs_layers(&store, &rec, &bulkhead_images::Limits::default())
+        })
+        .await
+        .context("unpacking layers")??
     };
     timings::mark("image");
 
@@ -81,7 +78,7 @@ pub async fn prepare(
     let (backend, host_rootfs, runtime_rootfs, volumes, cgroups_path) = match state.isolation {
         Isolation::Container => {
             let target = dir.rootfs();
-            rootfs::mount_overlay(&lowers, &dir.upper(), &dir.work(), &target)?;
+            mount::mount_overlay(&lowers, &dir.upper(), &dir.work(), &target)?;
             mounts.0.push(target.clone());
             timings::mark("rootfs");
             if memory_bytes.is_some() && !host_controller("memory") {
@@ -95,9 +92,9 @@ pub async fn prepare(
                 );
                 cpu_millis = None;
             }
-            let backend = Backend::start_host(dir, &cfg.log_level).await?;
+            let backend = Backend::start_host(dir, &cfg.log_level_name()).await?;
             timings::mark("agent-start");
-            let cg = PathBuf::from(format!("/bulkhead/{}", state.id));
+            let cg = cgroup::container_cgroups_path(&state.id);
             (
                 backend,
                 target.clone(),
@@ -123,12 +120,12 @@ pub async fn prepare(
                 .context("the microVM has no shared directory")?;
             let cdir = shared.join(&state.id);
             let target = cdir.join("rootfs");
-            rootfs::mount_overlay(&lowers, &dir.upper(), &dir.work(), &target)?;
+            mount::mount_overlay(&lowers, &dir.upper(), &dir.work(), &target)?;
             mounts.0.push(target.clone());
             let mut volumes = Vec::new();
             for (i, v) in rc.volumes.iter().enumerate() {
                 let at = cdir.join("volumes").join(i.to_string());
-                rootfs::bind(&v.host, &at, v.readonly)?;
+                mount::bind(&v.host, &at, v.readonly)?;
                 mounts.0.push(at.clone());
                 volumes.push(Volume {
                     host: backend

@@ -15,9 +15,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
 /// take 15-60 s; a boot under load up to the configured 300 s).
 pub const RUN_LIMIT_SECS: u64 = 600;
 
-pub fn skip(reason: &str) {
-    eprintln!("SKIPPED: {reason}");
-}
+pub use bulkhead_test_skip::skip;
 
 /// Root, busybox and a cgroup2 hierarchy: what container mode needs.
 pub fn host_ready() -> Result<(), String> {
@@ -131,7 +129,7 @@ impl Env {
             .unwrap();
         // Boots under the harness's nested emulation take tens of seconds.
         let cfg = format!(
-            "store_root = {:?}\nrun_root = {:?}\nlog_level = \"info\"\n[vm]\nboot_timeout_secs = 300\n[container]\nisolation = {:?}\nstop_timeout_secs = 10\n",
+            "store_root = {:?}\nrun_root = {:?}\nlog_level = \"info\"\n[vm]\nboot_timeout_secs = 300\n[cli]\nisolation = {:?}\nstop_timeout_secs = 10\n",
             store(),
             dir.path().join("run"),
             isolation

@@ -28,9 +28,7 @@ const APPLETS: &[&str] = &[
     "ls", "kill", "tr", "wc", "printf", "test", "mkdir",
 ];
 
-pub fn skip(reason: &str) {
-    eprintln!("SKIPPED: {reason}");
-}
+pub use bulkhead_test_skip::skip;
 
 /// Runs this test thread in its own mount namespace where /sys/fs/cgroup is
 /// a cgroup2 mount (the host's hybrid layout puts it at .../unified).
@@ -173,7 +171,7 @@ impl TestEnv {
             return None;
         }
         if let Err(e) = enter_cgroup2_ns() {
-            skip(&format!("no usable cgroup2: {e}"));
+            skip(format!("no usable cgroup2: {e}"));
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -194,6 +192,7 @@ impl TestEnv {
     pub fn options(&self) -> Options {
         Options {
             log_level: log::LevelFilter::Debug,
+            log_format: Default::default(),
             api: ListenAddr::Unix(self.api.clone()),
             stdio: ListenAddr::Unix(self.stdio.clone()),
             state_dir: self.dir.path().join("state"),

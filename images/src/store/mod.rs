@@ -219,18 +219,6 @@ impl Store {
         serde_json::from_slice(&data).map_err(|e| Error::json("image config", e))
     }
 
-    /// Lower directories for an overlay mount of `rec`, topmost first,
-    /// unpacking any layer not yet unpacked.
-    pub fn rootfs_layers(&self, rec: &ImageRecord) -> Result<Vec<PathBuf>> {
-        crate::unpack::ensure_layers(self, rec, &crate::unpack::Limits::default())?;
-        Ok(rec
-            .layers
-            .iter()
-            .rev()
-            .map(|l| self.layer_dir(&l.diff_id))
-            .collect())
-    }
-
     /// Removes blobs and unpacked layers no image refers to, and stale
     /// temp files. Waits for running pulls (they hold the shared lock).
     pub fn gc(&self) -> Result<GcReport> {

@@ -10,7 +10,7 @@ mod gzip;
 use std::fs;
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use apply::{Mode, Stats};
 
@@ -142,6 +142,18 @@ pub fn ensure_layers(store: &Store, rec: &ImageRecord, limits: &Limits) -> Resul
         }
     }
     Ok(())
+}
+
+/// Lower directories for an overlay mount of `rec`, topmost first, unpacking
+/// (within `limits`) any layer not yet unpacked.
+pub fn rootfs_layers(store: &Store, rec: &ImageRecord, limits: &Limits) -> Result<Vec<PathBuf>> {
+    ensure_layers(store, rec, limits)?;
+    Ok(rec
+        .layers
+        .iter()
+        .rev()
+        .map(|l| store.layer_dir(&l.diff_id))
+        .collect())
 }
 
 fn ensure_layer(store: &Store, layer: &LayerRecord, limits: &Limits) -> Result<()> {

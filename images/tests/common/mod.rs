@@ -25,11 +25,15 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Skips (returns None after printing why) unless every binary exists.
+/// Skips the test (returns after `bulkhead_test_skip::skip` said why) unless every binary
+/// exists.
 #[macro_export]
 macro_rules! require {
     ($($bin:expr),*) => {
-        $( if !common::have($bin) { eprintln!("SKIPPED: {} not installed", $bin); return; } )*
+        $( if !common::have($bin) {
+            bulkhead_test_skip::skip(format!("{} not installed", $bin));
+            return;
+        } )*
     };
 }
 

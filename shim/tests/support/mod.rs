@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 pub const RUNTIME: &str = "io.containerd.bulkhead.v2";
 pub const IMAGE: &str = "docker.io/bulkhead/busybox:e2e";
 
-pub fn skip(reason: &str) {
-    eprintln!("SKIPPED: {reason}");
-}
+pub use bulkhead_test_skip::skip;
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -548,7 +546,7 @@ pub fn host_agent_containerd_with(agent: &Path, cri_sandbox_image: Option<&str>)
             ("BULKHEAD_INITRD", ""),
             ("BULKHEAD_VIRTIOFSD", ""),
         ],
-        &format!("kernel_cmdline = \"agent={}\"\n", agent.display()),
+        &format!("[vm]\ncmdline = \"agent={}\"\n", agent.display()),
         cri_sandbox_image,
     )
 }

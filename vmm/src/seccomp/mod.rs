@@ -28,8 +28,10 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
+/// How strictly the allow-lists are enforced (`--seccomp`, part of the VMM's command line).
+pub use bulkhead_vmm_contract::SeccompMode;
 pub use privileges::{Identity, PrivilegeError};
-pub use sigsys::STATUS_SECCOMP_VIOLATION;
+pub use sigsys::STATUS_SECCOMP_KILL;
 
 /// Errors building or installing the filters.
 #[derive(Debug, thiserror::Error)]
@@ -50,41 +52,6 @@ pub enum SeccompError {
         #[source]
         source: seccompiler::Error,
     },
-}
-
-/// How strictly the allow-lists are enforced.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum SeccompMode {
-    /// A syscall not on the list ends the VMM (after the SIGSYS reporter names it).
-    #[default]
-    Strict,
-    /// A syscall not on the list runs and is logged by the kernel (for finding missing ones).
-    Log,
-    /// No filter.
-    Off,
-}
-
-impl std::str::FromStr for SeccompMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "strict" => Ok(SeccompMode::Strict),
-            "log" => Ok(SeccompMode::Log),
-            "off" => Ok(SeccompMode::Off),
-            _ => Err(format!("{s:?} is not one of strict, log, off")),
-        }
-    }
-}
-
-impl std::fmt::Display for SeccompMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SeccompMode::Strict => "strict",
-            SeccompMode::Log => "log",
-            SeccompMode::Off => "off",
-        })
-    }
 }
 
 /// A compiled filter for one thread kind, cheap to clone into every vCPU thread. Applying it
@@ -322,17 +289,4 @@ impl Confinement {
             identity: Identity::default(),
         }
     }
-}
-
-/// "a: b: c" from an error and its sources, for messages that travel as strings (the vCPU
-/// threads report failures to the event loop that way).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

@@ -1,6 +1,7 @@
 //! The SIGSYS reporter: in strict mode a forbidden syscall traps (SECCOMP_RET_TRAP) into this
 //! handler, which writes one line naming the syscall number and the thread kind to stderr and
-//! ends the process with [`STATUS_SECCOMP_VIOLATION`]. The syscall itself never runs.
+//! ends the process with [`STATUS_SECCOMP_KILL`] (159, the contract's status). The syscall
+//! itself never runs.
 //!
 //! The handler only uses `write` and `exit_group`, which every filter allows. It cannot be
 //! replaced after the filters are in (`rt_sigaction` is allowed for SIGABRT only), and if
@@ -9,9 +10,7 @@
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-/// Exit status of a VMM that made a forbidden syscall (128 + SIGSYS, as a shell reports a
-/// process killed by SIGSYS).
-pub const STATUS_SECCOMP_VIOLATION: i32 = 128 + libc::SIGSYS;
+pub use bulkhead_vmm_contract::exit::STATUS_SECCOMP_KILL;
 
 thread_local! {
     /// Which filter this thread runs under, for the report ("vmm": only the process-wide one,
@@ -109,7 +108,7 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
     // the buffer is valid for its length.
     unsafe {
         libc::write(libc::STDERR_FILENO, bytes.as_ptr().cast(), bytes.len());
-        libc::syscall(libc::SYS_exit_group, STATUS_SECCOMP_VIOLATION);
+        libc::syscall(libc::SYS_exit_group, STATUS_SECCOMP_KILL);
     }
 }
 
@@ -161,6 +160,6 @@ mod tests {
 
     #[test]
     fn status_reads_as_killed_by_sigsys() {
-        assert_eq!(STATUS_SECCOMP_VIOLATION, 159);
+        assert_eq!(STATUS_SECCOMP_KILL, 159);
     }
 }

@@ -46,7 +46,7 @@ fn assert_killed(case: &str, nr: i64, thread: &str) {
     let err = stderr(&out);
     assert_eq!(
         out.status.code(),
-        Some(STATUS_SECCOMP_VIOLATION),
+        Some(STATUS_SECCOMP_KILL),
         "case {case}: {:?}\nstderr: {err}",
         out.status
     );
@@ -109,7 +109,7 @@ fn vcpu_filter_kills_on_spawning_a_process() {
     let out = run_child("vcpu-spawn");
     let by_sigsys = std::os::unix::process::ExitStatusExt::signal(&out.status)
         == Some(libc::SIGSYS)
-        || out.status.code() == Some(STATUS_SECCOMP_VIOLATION);
+        || out.status.code() == Some(STATUS_SECCOMP_KILL);
     assert!(by_sigsys, "{:?}\n{}", out.status, stderr(&out));
     assert!(!String::from_utf8_lossy(&out.stdout).contains(CHILD_OK));
 }

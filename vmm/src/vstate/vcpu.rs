@@ -242,7 +242,7 @@ impl Vcpu {
             .spawn(move || {
                 // seccomp: the vCPU allow-list, last step before guest code runs (fail closed).
                 if let Err(e) = seccomp.apply() {
-                    let why = crate::seccomp::error_chain(&e);
+                    let why = crate::error_chain(&e);
                     events.send(index, VcpuEvent::Failed(why));
                     return;
                 }

@@ -17,6 +17,7 @@
 //! | 0x9fc00 .. 1 MiB   | reserved: MP table (EBDA), legacy VGA/BIOS hole  |
 //! | 1 MiB ..           | RAM: kernel, initrd at the top of low RAM        |
 
+use bulkhead_vmm_contract::limits::{CMDLINE_MAX_LEN, MIN_MEMORY_MIB};
 use vm_memory::GuestAddress;
 
 /// Boot GDT: null, null, code (0x10), data (0x18), TSS (0x20).
@@ -49,8 +50,8 @@ pub const PDE_START: u64 = 0xb000;
 
 /// Kernel command line.
 pub const CMDLINE_START: u64 = 0x20000;
-/// x86 `COMMAND_LINE_SIZE`, including the terminating NUL.
-pub const CMDLINE_MAX_SIZE: usize = 2048;
+/// x86 `COMMAND_LINE_SIZE`, including the terminating NUL (the contract's limit).
+pub const CMDLINE_MAX_SIZE: usize = CMDLINE_MAX_LEN;
 
 /// MP floating pointer and configuration table: the last KiB of base memory, which Linux scans.
 pub const MPTABLE_START: u64 = 0x9fc00;
@@ -90,18 +91,15 @@ pub const VIRTIO_MMIO_IRQS: [u32; 18] = [
 /// Maximum number of virtio-mmio devices (one IRQ each).
 pub const MAX_VIRTIO_MMIO_DEVICES: usize = VIRTIO_MMIO_IRQS.len();
 
-/// Smallest guest memory accepted by configuration validation.
-pub const MIN_MEMORY_MIB: u64 = 32;
-/// Largest guest memory accepted by configuration validation (64 GiB).
-pub const MAX_MEMORY_MIB: u64 = 64 << 10;
-/// Largest number of vCPUs (APIC IDs 0..n, IOAPIC ID n, all in the MP table's base KiB).
-pub const MAX_VCPUS: u8 = 32;
+/// Largest number of vCPUs (APIC IDs 0..n, IOAPIC ID n, all in the MP table's base KiB): the
+/// contract's limit, checked against the MP table's room in `mptable`'s tests.
+pub use bulkhead_vmm_contract::limits::MAX_VCPUS;
 
 // Layout invariants, checked at compile time: the boot stack lies between the zero page and
 // the page tables, the smallest guest has RAM above 1 MiB, the device window is in the gap.
 const _: () = assert!(BOOT_STACK_POINTER > ZERO_PAGE_START + 4096);
 const _: () = assert!(BOOT_STACK_POINTER < PML4_START);
-const _: () = assert!((MIN_MEMORY_MIB << 20) > HIMEM_START);
+const _: () = assert!(((MIN_MEMORY_MIB as u64) << 20) > HIMEM_START);
 const _: () = assert!(VIRTIO_MMIO_BASE >= MMIO_GAP_START);
 
 /// Address and IRQ of the virtio-mmio device in slot `index`, or `None` past the last slot.

@@ -2,9 +2,12 @@
 
 pub mod device;
 pub mod fs;
+pub mod metrics;
 pub mod mmio;
 pub mod rate_limited;
 pub mod rng;
+#[cfg(test)]
+pub mod test_utils;
 pub mod vsock;
 
 pub use device::{ActivateError, Queue, VirtioDevice, VirtioInterrupt, VirtioInterruptType};

@@ -1,11 +1,15 @@
-//! What a virtio-fs device is configured with (`--fs TAG=SOCKET`), and the device
-//! configuration space the guest reads (virtio spec 5.11.4: `tag[36]`, `num_request_queues`).
+//! What a virtio-fs device is configured with (`--fs TAG=SOCKET`, [`FsSpec`] in the VMM
+//! contract, plus the queue layout), and the device configuration space the guest reads
+//! (virtio spec 5.11.4: `tag[36]`, `num_request_queues`).
 
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use bulkhead_vmm_contract::args::validate_tag;
+pub use bulkhead_vmm_contract::{FsSpec, FsSpecError};
+
 /// Length of the tag field in the configuration space; a tag uses at most this many bytes.
-pub const TAG_LEN: usize = 36;
+pub const TAG_LEN: usize = bulkhead_vmm_contract::limits::FS_TAG_MAX_LEN;
 /// Default number of request queues (besides the high-priority queue).
 pub const DEFAULT_REQUEST_QUEUES: u16 = 1;
 /// Default size of every queue.
@@ -16,16 +20,8 @@ pub const CONFIG_SPACE_LEN: usize = TAG_LEN + 4;
 /// Errors in a virtio-fs configuration.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FsConfigError {
-    #[error("virtio-fs device must be given as TAG=SOCKET, got {0:?}")]
-    Syntax(String),
-    #[error("virtio-fs tag is empty")]
-    EmptyTag,
-    #[error("virtio-fs tag {tag:?} is {len} bytes long, at most {TAG_LEN} are allowed")]
-    TagTooLong { tag: String, len: usize },
-    #[error("virtio-fs tag {0:?} contains a NUL byte")]
-    TagNul(String),
-    #[error("virtio-fs socket path is empty")]
-    EmptySocket,
+    #[error(transparent)]
+    Spec(#[from] FsSpecError),
     #[error("virtio-fs needs at least one request queue")]
     NoRequestQueues,
     #[error("virtio-fs queue size {0} is not a power of two between 2 and 32768")]
@@ -61,20 +57,9 @@ impl FsConfig {
 
     /// Check the tag, the socket path and the queue layout.
     pub fn validate(&self) -> Result<(), FsConfigError> {
-        if self.tag.is_empty() {
-            return Err(FsConfigError::EmptyTag);
-        }
-        if self.tag.len() > TAG_LEN {
-            return Err(FsConfigError::TagTooLong {
-                tag: self.tag.clone(),
-                len: self.tag.len(),
-            });
-        }
-        if self.tag.contains('\0') {
-            return Err(FsConfigError::TagNul(self.tag.clone()));
-        }
+        validate_tag(&self.tag)?;
         if self.socket.as_os_str().is_empty() {
-            return Err(FsConfigError::EmptySocket);
+            return Err(FsSpecError::EmptySocket.into());
         }
         if self.num_request_queues == 0 {
             return Err(FsConfigError::NoRequestQueues);
@@ -101,15 +86,24 @@ impl FsConfig {
     }
 }
 
+/// A `--fs` device with the default queue layout.
+impl From<FsSpec> for FsConfig {
+    fn from(spec: FsSpec) -> Self {
+        FsConfig {
+            tag: spec.tag,
+            socket: spec.socket,
+            num_request_queues: DEFAULT_REQUEST_QUEUES,
+            queue_size: DEFAULT_QUEUE_SIZE,
+        }
+    }
+}
+
 /// Parses the command-line form `TAG=SOCKET` (the socket path may itself contain `=`).
 impl FromStr for FsConfig {
     type Err = FsConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (tag, socket) = s
-            .split_once('=')
-            .ok_or_else(|| FsConfigError::Syntax(s.to_string()))?;
-        Self::new(tag, socket)
+        Ok(s.parse::<FsSpec>()?.into())
     }
 }
 
@@ -129,29 +123,20 @@ mod tests {
 
     #[test]
     fn rejects_bad_specs() {
+        // The `TAG=SOCKET` syntax and the tag rules are the contract's (tested there).
         assert!(matches!(
             "rootfs".parse::<FsConfig>(),
-            Err(FsConfigError::Syntax(_))
+            Err(FsConfigError::Spec(FsSpecError::Syntax(_)))
         ));
-        assert_eq!("=/tmp/s".parse::<FsConfig>(), Err(FsConfigError::EmptyTag));
-        assert_eq!("t=".parse::<FsConfig>(), Err(FsConfigError::EmptySocket));
         let long = "x".repeat(TAG_LEN + 1);
         assert!(matches!(
-            format!("{long}=/s").parse::<FsConfig>(),
-            Err(FsConfigError::TagTooLong { len: 37, .. })
+            FsConfig::new(&long, "/s"),
+            Err(FsConfigError::Spec(FsSpecError::TagTooLong { len: 37, .. }))
         ));
-        // 36 bytes is fine, counted in bytes not chars.
-        assert!(format!("{}=/s", "x".repeat(TAG_LEN))
-            .parse::<FsConfig>()
-            .is_ok());
-        assert!(matches!(
-            format!("{}=/s", "é".repeat(19)).parse::<FsConfig>(),
-            Err(FsConfigError::TagTooLong { len: 38, .. })
-        ));
-        assert!(matches!(
-            "a\0b=/s".parse::<FsConfig>(),
-            Err(FsConfigError::TagNul(_))
-        ));
+        assert_eq!(
+            FsConfig::new("t", ""),
+            Err(FsConfigError::Spec(FsSpecError::EmptySocket))
+        );
         let mut c = FsConfig::new("t", "/s").unwrap();
         c.num_request_queues = 0;
         assert_eq!(c.validate(), Err(FsConfigError::NoRequestQueues));
@@ -160,6 +145,12 @@ mod tests {
         assert_eq!(c.validate(), Err(FsConfigError::QueueSize(1000)));
         c.queue_size = 1;
         assert_eq!(c.validate(), Err(FsConfigError::QueueSize(1)));
+        c.queue_size = 2;
+        c.tag = String::new();
+        assert_eq!(
+            c.validate(),
+            Err(FsConfigError::Spec(FsSpecError::EmptyTag))
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::vhost_user::{VhostUserConn, VhostUserError, REQUEST_TIMEOUT};
 use crate::devices::virtio::device::{
     ActivateError, ActivatedQueue, VirtioDevice, VirtioInterrupt,
 };
+use crate::error_chain;
 
 /// Errors when creating the device.
 #[derive(Debug, thiserror::Error)]
@@ -168,18 +169,6 @@ impl Fs {
     }
 }
 
-/// `e` and its sources on one line.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
-}
-
 impl VirtioDevice for Fs {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_FS
@@ -216,7 +205,7 @@ impl VirtioDevice for Fs {
     ) -> Result<(), ActivateError> {
         let result = self.try_activate(mem, interrupt, queues);
         if result.is_err() {
-            FsMetrics::inc(&self.metrics.activate_fails);
+            self.metrics.activate_fails.inc();
         }
         result
     }

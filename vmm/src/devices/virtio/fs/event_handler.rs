@@ -6,7 +6,6 @@ use std::os::fd::AsRawFd;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use super::device::DeviceState;
-use super::metrics::FsMetrics;
 use super::Fs;
 use crate::devices::virtio::device::VirtioInterruptType;
 
@@ -20,13 +19,13 @@ impl Fs {
     /// virtiofsd used buffers of a queue: tell the guest.
     fn forward_call(&self) {
         let DeviceState::Active(active) = &self.state else {
-            FsMetrics::inc(&self.metrics.stray_calls);
+            self.metrics.stray_calls.inc();
             return;
         };
         match active.interrupt.trigger(VirtioInterruptType::Queue) {
-            Ok(()) => FsMetrics::inc(&self.metrics.interrupts),
+            Ok(()) => self.metrics.interrupts.inc(),
             Err(e) => {
-                FsMetrics::inc(&self.metrics.interrupt_fails);
+                self.metrics.interrupt_fails.inc();
                 log::error!(
                     "virtio-fs {}: cannot raise queue interrupt: {e}",
                     self.tag()
@@ -42,7 +41,7 @@ impl MutEventSubscriber for Fs {
         // once; a call that arrives while the device is inactive is dropped.
         for call in &self.calls {
             if let Err(e) = ops.add(Events::new(call, EventSet::IN)) {
-                FsMetrics::inc(&self.metrics.event_fails);
+                self.metrics.event_fails.inc();
                 log::error!(
                     "virtio-fs {}: cannot register call eventfd: {e}",
                     self.tag()
@@ -50,7 +49,7 @@ impl MutEventSubscriber for Fs {
             }
         }
         if let Err(e) = ops.add(Events::new(&self.conn, socket_events())) {
-            FsMetrics::inc(&self.metrics.event_fails);
+            self.metrics.event_fails.inc();
             log::error!(
                 "virtio-fs {}: cannot watch the vhost-user socket: {e}",
                 self.tag()

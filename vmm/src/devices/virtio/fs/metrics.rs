@@ -1,31 +1,20 @@
 //! Counters of a virtio-fs device, readable from any thread.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::devices::virtio::metrics::device_metrics;
 
-/// What the virtio-fs frontend did. The file system work itself happens in virtiofsd; these
-/// count what passes through the VMM.
-#[derive(Debug, Default)]
-pub struct FsMetrics {
-    /// Backend "used buffers" signals forwarded to the guest as queue interrupts.
-    pub interrupts: AtomicU64,
-    /// Interrupts that could not be raised.
-    pub interrupt_fails: AtomicU64,
-    /// Backend signals that arrived while the device was inactive (dropped).
-    pub stray_calls: AtomicU64,
-    /// Activations refused or failed.
-    pub activate_fails: AtomicU64,
-    /// Event-loop registration failures.
-    pub event_fails: AtomicU64,
-}
-
-impl FsMetrics {
-    /// Add one to `counter`.
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Read `counter`.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+device_metrics! {
+    /// What the virtio-fs frontend did. The file system work itself happens in virtiofsd;
+    /// these count what passes through the VMM.
+    pub struct FsMetrics {
+        /// Backend "used buffers" signals forwarded to the guest as queue interrupts.
+        pub interrupts,
+        /// Interrupts that could not be raised.
+        pub interrupt_fails,
+        /// Backend signals that arrived while the device was inactive (dropped).
+        pub stray_calls,
+        /// Activations refused or failed.
+        pub activate_fails,
+        /// Event-loop registration failures.
+        pub event_fails,
     }
 }

@@ -57,13 +57,12 @@ mod metrics;
 #[cfg(test)]
 mod tests;
 pub mod vhost_user;
-pub mod virtiofsd;
 mod watchdog;
 
 pub use config::{
-    FsConfig, FsConfigError, CONFIG_SPACE_LEN, DEFAULT_QUEUE_SIZE, DEFAULT_REQUEST_QUEUES, TAG_LEN,
+    FsConfig, FsConfigError, FsSpec, FsSpecError, CONFIG_SPACE_LEN, DEFAULT_QUEUE_SIZE,
+    DEFAULT_REQUEST_QUEUES, TAG_LEN,
 };
 pub use device::{Fs, FsError};
 pub use failure::DeviceFailure;
 pub use metrics::FsMetrics;
-pub use virtiofsd::{find_virtiofsd, CacheMode, Sandbox, VirtiofsdOptions};

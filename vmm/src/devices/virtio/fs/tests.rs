@@ -1,6 +1,7 @@
 //! virtio-fs against the real virtiofsd: handshake, FUSE requests through the rings, and
 //! virtiofsd dying. Skipped (with a message) when virtiofsd is not installed; install it with
-//! `scripts/install-virtiofsd.sh` or point `BULKHEAD_VIRTIOFSD` at a binary.
+//! `scripts/install-virtiofsd.sh` or point `BULKHEAD_VIRTIOFSD` at a binary. virtiofsd runs
+//! with the options the host uses ([`VirtiofsdOptions`], the VMM contract's).
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -10,21 +11,20 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempdir::TempDir;
 
+use bulkhead_vmm_contract::virtiofsd::VIRTIOFSD_VERSION;
+use bulkhead_vmm_contract::{FsConfinement, VirtiofsdOptions};
+
 use super::vhost_user::VhostUserError;
 use super::*;
 use crate::devices::bus::lock;
-use crate::devices::virtio::device::{
-    ActivateError, ActivatedQueue, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
-};
+use crate::devices::virtio::device::{ActivateError, ActivatedQueue, VirtioDevice};
+use crate::devices::virtio::test_utils::{desc, used, FakeInterrupt, NEXT, WRITE};
 use crate::vstate::memory::create_shared_guest_memory;
 
 type Manager = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
@@ -35,6 +35,21 @@ const REQUEST_RING: u64 = 0x10_0000;
 const REQ_BUF: u64 = 0x20_0000;
 const OUT_BUF: u64 = 0x21_0000;
 const OUT_LEN: u32 = 0x1000;
+
+/// The virtiofsd binary: `$BULKHEAD_VIRTIOFSD` if set, else the pinned version in the tool
+/// cache (`${BULKHEAD_CACHE:-/var/cache/bulkhead}/virtiofsd-<version>/bin/virtiofsd`).
+/// `None` if that file does not exist.
+fn find_virtiofsd() -> Option<PathBuf> {
+    let path = match std::env::var_os("BULKHEAD_VIRTIOFSD") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::var_os("BULKHEAD_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/cache/bulkhead"))
+            .join(format!("virtiofsd-{VIRTIOFSD_VERSION}"))
+            .join("bin/virtiofsd"),
+    };
+    path.is_file().then_some(path)
+}
 
 /// A virtiofsd child serving a fresh temporary directory; killed on drop.
 struct Virtiofsd {
@@ -60,11 +75,12 @@ impl Virtiofsd {
         std::fs::write(shared.join("hello.txt"), vec![b'x'; 1234]).unwrap();
         let socket = dir.as_path().join("vfs.sock");
         let opts = VirtiofsdOptions {
-            sandbox: Sandbox::None,
+            binary,
+            confinement: FsConfinement::None,
             ..Default::default()
         };
-        let child = opts
-            .command(&binary, &socket, &shared)
+        let child = std::process::Command::new(&opts.binary)
+            .args(opts.args(&socket, &shared))
             .arg("--log-level=error")
             .stdout(Stdio::null())
             .spawn()
@@ -99,23 +115,6 @@ impl Virtiofsd {
 impl Drop for Virtiofsd {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// Records every interrupt raised.
-#[derive(Default)]
-struct FakeInterrupt(Mutex<Vec<VirtioInterruptType>>);
-
-impl FakeInterrupt {
-    fn count(&self) -> usize {
-        lock(&self.0).len()
-    }
-}
-
-impl VirtioInterrupt for FakeInterrupt {
-    fn trigger(&self, kind: VirtioInterruptType) -> std::io::Result<()> {
-        lock(&self.0).push(kind);
-        Ok(())
     }
 }
 
@@ -178,8 +177,8 @@ impl Guest {
         self.mem.write_slice(body, GuestAddress(base + 40)).unwrap();
         let first = index * 2;
         let descs = [
-            desc(base, header.len, VRING_DESC_F_NEXT as u16, first + 1),
-            desc(out, OUT_LEN, VRING_DESC_F_WRITE as u16, 0),
+            desc(base, header.len, NEXT, first + 1),
+            desc(out, OUT_LEN, WRITE, 0),
         ];
         // With EVENT_IDX the driver asks for an interrupt once the device used the entry at
         // `used_event`: ask for this request's.
@@ -194,13 +193,7 @@ impl Guest {
 
     /// The used ring of the request queue as (head, len).
     fn used(&self) -> Vec<(u32, u32)> {
-        let used = self.request.used();
-        (0..used.idx().load())
-            .map(|i| {
-                let e = used.ring().ref_at(usize::from(i)).unwrap().load();
-                (e.id(), e.len())
-            })
-            .collect()
+        used(&self.request)
     }
 
     fn reply(&self, index: u16) -> (FuseOutHeader, Vec<u8>) {
@@ -212,10 +205,6 @@ impl Guest {
             .unwrap();
         (header, body)
     }
-}
-
-fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
 }
 
 const FUSE_LOOKUP: u32 = 1;
@@ -373,7 +362,7 @@ fn fuse_requests_go_through_the_rings_to_virtiofsd() {
     let (header, _) = guest.reply(2);
     assert_eq!(header.error, -libc::ENOENT);
 
-    assert_eq!(FsMetrics::get(&lock(&fs).metrics().interrupts), 3);
+    assert_eq!(lock(&fs).metrics().interrupts.get(), 3);
     assert!(!lock(&fs).failure().has_failed());
 }
 

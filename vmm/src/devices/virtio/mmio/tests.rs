@@ -520,9 +520,8 @@ fn transport_rejects_devices_without_version_1() {
 #[test]
 fn rng_device_behind_the_transport_on_a_real_event_loop() {
     use crate::devices::virtio::rng::{Rng, RNG_QUEUE_SIZE};
+    use crate::devices::virtio::test_utils::{desc, WRITE};
     use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
 
     let mem = test_mem();
@@ -546,7 +545,7 @@ fn rng_device_behind_the_transport_on_a_real_event_loop() {
         "activation event"
     );
 
-    let buf = RawDescriptor::from(Descriptor::new(0x8_0000, 64, VRING_DESC_F_WRITE as u16, 0));
+    let buf = desc(0x8_0000, 64, WRITE, 0);
     vq.add_desc_chains(&[buf], 0).unwrap();
     h.w(0x50, 0); // QueueNotify through the bus (no ioeventfd in this test)
     assert_eq!(manager.run_with_timeout(100).unwrap(), 1, "queue event");

@@ -2,7 +2,6 @@
 //! host entropy.
 
 use std::io;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -114,7 +113,7 @@ impl Rng {
             let chain = match active.queue.iter(&active.mem) {
                 Ok(mut avail) => avail.next(),
                 Err(e) => {
-                    RngMetrics::inc(&self.metrics.queue_errors);
+                    self.metrics.queue_errors.inc();
                     warn_limited!(self.log, "virtio-rng: cannot read the avail ring: {e}");
                     None
                 }
@@ -125,10 +124,8 @@ impl Rng {
             let head = chain.head_index();
             let len = match fill_chain(&active.mem, chain) {
                 Ok(len) => {
-                    RngMetrics::inc(&self.metrics.requests);
-                    self.metrics
-                        .entropy_bytes
-                        .fetch_add(u64::from(len), Ordering::Relaxed);
+                    self.metrics.requests.inc();
+                    self.metrics.entropy_bytes.add(u64::from(len));
                     len
                 }
                 Err(e) => {
@@ -136,13 +133,13 @@ impl Rng {
                         ChainError::Entropy(_) => &self.metrics.host_rng_fails,
                         _ => &self.metrics.malformed_chains,
                     };
-                    RngMetrics::inc(counter);
+                    counter.inc();
                     warn_limited!(self.log, "virtio-rng: chain {head} answered empty: {e}");
                     0
                 }
             };
             if let Err(e) = active.queue.add_used(&active.mem, head, len) {
-                RngMetrics::inc(&self.metrics.used_ring_fails);
+                self.metrics.used_ring_fails.inc();
                 warn_limited!(
                     self.log,
                     "virtio-rng: cannot add chain {head} to used ring: {e}"
@@ -158,7 +155,7 @@ impl Rng {
         let notify = active.queue.needs_notification(&active.mem).unwrap_or(true);
         if notify {
             if let Err(e) = active.interrupt.trigger(VirtioInterruptType::Queue) {
-                RngMetrics::inc(&self.metrics.interrupt_fails);
+                self.metrics.interrupt_fails.inc();
                 warn_limited!(self.log, "virtio-rng: cannot raise queue interrupt: {e}");
             }
         }
@@ -273,7 +270,7 @@ impl VirtioDevice for Rng {
     ) -> Result<(), ActivateError> {
         let result = self.try_activate(mem, interrupt, queues);
         if result.is_err() {
-            RngMetrics::inc(&self.metrics.activate_fails);
+            self.metrics.activate_fails.inc();
         }
         result
     }
@@ -283,7 +280,7 @@ impl VirtioDevice for Rng {
         // Tell the event loop to drop the queue eventfd. If that fails, the stale registration
         // only delivers events the inactive device ignores.
         if let Err(e) = self.activate_evt.write(1) {
-            RngMetrics::inc(&self.metrics.event_fails);
+            self.metrics.event_fails.inc();
             log::error!("virtio-rng: cannot signal reset to the event loop: {e}");
         }
         true
@@ -332,8 +329,8 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
 
-    fn m(metrics: &std::sync::atomic::AtomicU64) -> u64 {
-        RngMetrics::get(metrics)
+    fn m(counter: &crate::devices::virtio::metrics::Counter) -> u64 {
+        counter.get()
     }
 
     #[test]

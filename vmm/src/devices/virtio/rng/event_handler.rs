@@ -4,7 +4,6 @@ use std::os::fd::AsRawFd;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
-use super::metrics::RngMetrics;
 use super::Rng;
 
 impl Rng {
@@ -13,7 +12,7 @@ impl Rng {
     fn sync_queue_events(&mut self, ops: &mut EventOps) {
         for evt in self.registered.drain(..) {
             if let Err(e) = ops.remove(Events::new(&*evt, EventSet::IN)) {
-                RngMetrics::inc(&self.metrics.event_fails);
+                self.metrics.event_fails.inc();
                 log::error!("virtio-rng: cannot unregister queue eventfd: {e}");
             }
         }
@@ -21,7 +20,7 @@ impl Rng {
             match ops.add(Events::new(&*evt, EventSet::IN)) {
                 Ok(()) => self.registered.push(evt),
                 Err(e) => {
-                    RngMetrics::inc(&self.metrics.event_fails);
+                    self.metrics.event_fails.inc();
                     log::error!("virtio-rng: cannot register queue eventfd: {e}");
                 }
             }
@@ -33,7 +32,7 @@ impl MutEventSubscriber for Rng {
     fn init(&mut self, ops: &mut EventOps) {
         // If `activate()` already ran, the eventfd is readable and `process` catches up.
         if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
-            RngMetrics::inc(&self.metrics.event_fails);
+            self.metrics.event_fails.inc();
             log::error!("virtio-rng: cannot register activation eventfd: {e}");
         }
     }
@@ -100,7 +99,7 @@ mod tests {
         assert_eq!(manager.run_with_timeout(100).unwrap(), 1);
         assert_eq!(used(&vq), vec![(0, 16), (1, 32)]);
         assert_eq!(irq.queue_count(), 2);
-        assert_eq!(RngMetrics::get(&lock(&rng).metrics().entropy_bytes), 48);
+        assert_eq!(lock(&rng).metrics().entropy_bytes.get(), 48);
 
         // After a reset the queue eventfd is no longer watched.
         assert!(lock(&rng).reset());
@@ -110,7 +109,7 @@ mod tests {
         notify.write(1).unwrap();
         assert_eq!(manager.run_with_timeout(50).unwrap(), 0);
         assert_eq!(used(&vq).len(), 2);
-        assert_eq!(RngMetrics::get(&lock(&rng).metrics().event_fails), 0);
+        assert_eq!(lock(&rng).metrics().event_fails.get(), 0);
     }
 
     #[test]
@@ -135,7 +134,7 @@ mod tests {
         again.notify = notify.clone();
         lock(&rng).activate(mem.clone(), irq, vec![again]).unwrap();
         manager.run_with_timeout(100).unwrap();
-        assert_eq!(RngMetrics::get(&lock(&rng).metrics().event_fails), 0);
+        assert_eq!(lock(&rng).metrics().event_fails.get(), 0);
 
         vq.add_desc_chains(&[desc(BUF, 8, WRITE, 0)], 0).unwrap();
         notify.write(1).unwrap();

@@ -10,13 +10,14 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::metrics::{LogLimiter, VsockMetrics};
+use super::metrics::VsockMetrics;
 use super::muxer::{Muxer, Poller};
 use super::packet::{read_tx_packet, RxBuffer, HOST_CID};
 use super::VsockError;
 use crate::devices::virtio::device::{
     ActivateError, ActivatedQueue, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
 };
+use crate::devices::virtio::rate_limited::{warn_limited, LogLimiter};
 
 /// Virtio device id of vsock.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -76,7 +77,7 @@ impl Vsock {
             registered_notify: Vec::new(),
             tx_paused: false,
             metrics,
-            log_limit: LogLimiter::new(10),
+            log_limit: LogLimiter::new(),
         })
     }
 
@@ -113,18 +114,18 @@ impl Vsock {
             let head = chain.head_index();
             let result = read_tx_packet(&active.mem, chain);
             if let Err(e) = active.queues[TXQ].add_used(&active.mem, head, 0) {
-                if self.log_limit.allow() {
-                    warn!("vsock: tx add_used failed: {e}");
-                }
+                warn_limited!(self.log_limit, "vsock: tx add_used failed: {e}");
             }
             used = true;
             match result {
                 Ok(pkt) => self.muxer.recv_guest(pkt, poller),
                 Err(e) => {
                     self.metrics.tx_malformed.inc();
-                    if self.log_limit.allow() {
-                        warn!("vsock: dropping malformed tx packet: {}", e.error);
-                    }
+                    warn_limited!(
+                        self.log_limit,
+                        "vsock: dropping malformed tx packet: {}",
+                        e.error
+                    );
                     if let Some(hdr) = e.hdr {
                         self.muxer.reject(&hdr, poller);
                     }
@@ -158,16 +159,12 @@ impl Vsock {
                 },
                 Err(e) => {
                     self.metrics.rx_malformed.inc();
-                    if self.log_limit.allow() {
-                        warn!("vsock: unusable rx buffer: {e}");
-                    }
+                    warn_limited!(self.log_limit, "vsock: unusable rx buffer: {e}");
                     0
                 }
             };
             if let Err(e) = active.queues[RXQ].add_used(&active.mem, head, len) {
-                if self.log_limit.allow() {
-                    warn!("vsock: rx add_used failed: {e}");
-                }
+                warn_limited!(self.log_limit, "vsock: rx add_used failed: {e}");
             }
             used = true;
         }
@@ -197,9 +194,7 @@ fn signal(active: &mut Active, q: usize, log_limit: &mut LogLimiter) {
         .unwrap_or(true);
     if needed {
         if let Err(e) = active.interrupt.trigger(VirtioInterruptType::Queue) {
-            if log_limit.allow() {
-                warn!("vsock: interrupt failed: {e}");
-            }
+            warn_limited!(log_limit, "vsock: interrupt failed: {e}");
         }
     }
 }

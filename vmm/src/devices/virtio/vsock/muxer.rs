@@ -10,16 +10,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use event_manager::EventSet;
-use log::warn;
 
 use super::connection::{Connection, Outcome};
-use super::metrics::{LogLimiter, VsockMetrics};
+use super::metrics::VsockMetrics;
 use super::packet::{
     Header, RxBuffer, TxPacket, HOST_CID, MAX_PAYLOAD, OP_CREDIT_REQUEST, OP_REQUEST, OP_RST,
     TYPE_STREAM,
 };
 use super::unix::{connect_nonblocking, port_path, HostListener};
 use super::VsockError;
+use crate::devices::virtio::rate_limited::{warn_limited, LogLimiter};
 
 /// Connections plus unfinished handshakes we keep at most.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -88,7 +88,7 @@ impl Muxer {
             next_local_port: FIRST_LOCAL_PORT,
             scratch: vec![0u8; MAX_PAYLOAD],
             metrics,
-            log_limit: LogLimiter::new(10),
+            log_limit: LogLimiter::new(),
         })
     }
 
@@ -118,9 +118,7 @@ impl Muxer {
     }
 
     fn log(&mut self, msg: std::fmt::Arguments<'_>) {
-        if self.log_limit.allow() {
-            warn!("vsock: {msg}");
-        }
+        warn_limited!(self.log_limit, "vsock: {msg}");
     }
 
     fn reply_header(&self, to: &Header, op: u16) -> Header {

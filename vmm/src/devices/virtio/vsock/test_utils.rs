@@ -1,5 +1,6 @@
-//! Test doubles: a temp directory, a counting interrupt, a minimal split-queue driver acting
-//! as the guest, and a harness running the device under a real event manager.
+//! Test doubles: a temp directory, a minimal split-queue driver acting as the guest, and a
+//! harness running the device under a real event manager (with the shared
+//! [`FakeInterrupt`]).
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
@@ -15,9 +16,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::device::{Vsock, QUEUE_SIZE};
 use super::packet::{Header, HDR_SIZE, HOST_CID, TYPE_STREAM};
 use crate::devices::bus::lock;
-use crate::devices::virtio::device::{
-    ActivatedQueue, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
-};
+use crate::devices::virtio::device::{ActivatedQueue, VirtioDevice};
+pub use crate::devices::virtio::test_utils::FakeInterrupt;
 
 /// A directory under the system temp dir, removed on drop.
 pub struct TempDir(PathBuf);
@@ -42,17 +42,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Counts queue interrupts.
-#[derive(Default)]
-pub struct FakeInterrupt(pub AtomicUsize);
-
-impl VirtioInterrupt for FakeInterrupt {
-    fn trigger(&self, _kind: VirtioInterruptType) -> std::io::Result<()> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
     }
 }
 

@@ -121,11 +121,11 @@ fn rejects_reserved_cids_and_live_socket() {
 #[test]
 fn host_connect_handshake_and_data_both_ways() {
     let mut h = Harness::new();
-    let irqs = h.irq.0.load(std::sync::atomic::Ordering::SeqCst);
+    let irqs = h.irq.count();
     let (mut c, hp) = establish_host(&mut h, 5000, 64 * 1024);
     assert!(hp >= 1 << 30);
     assert!(
-        h.irq.0.load(std::sync::atomic::Ordering::SeqCst) >= irqs + 2,
+        h.irq.count() >= irqs + 2,
         "used buffers on rx and tx raise interrupts"
     );
 

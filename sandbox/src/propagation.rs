@@ -1,16 +1,20 @@
-//! Mount propagation of the run root: virtiofsd (`--sandbox namespace`) copies the host's
-//! mount table into a namespace of its own when it starts, as slaves. Mounts the shim makes
-//! later below the pod's shared directory (a container's rootfs) reach that copy only if
-//! their parent mount is shared. Hosts under systemd have `/` shared; elsewhere (a plain
-//! init, the test harness) it is private and the guest would see empty directories.
-//! [`ensure_shared`] makes the run root a shared mount point once per host.
+//! Mount propagation of the run root. virtiofsd (`--sandbox namespace`) copies the host's
+//! mount table into a namespace of its own when it starts, as slaves. Mounts made later
+//! below a sandbox's shared directory (a container's rootfs, a volume) reach that copy
+//! only if their parent mount is shared. Hosts under systemd have `/` shared; elsewhere (a
+//! plain init, the test harness) it is private and the guest would see empty directories.
+//! [`ensure_shared`] makes the run root a shared mount point, once per host, for the CLI
+//! and the shim alike.
 
 use std::ffi::CString;
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
+
+use crate::mountinfo::{self, MountEntry};
 
 #[derive(Debug, Error)]
 pub enum PropagationError {
@@ -18,75 +22,34 @@ pub enum PropagationError {
     Create {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
     #[error("cannot read the mount table")]
-    MountInfo(#[source] std::io::Error),
+    MountInfo(#[source] io::Error),
     #[error("cannot lock {path}")]
     Lock {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
     #[error("cannot {what} {path}")]
     Mount {
         what: &'static str,
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
 }
 
-/// How `dir` appears in a mountinfo table: `None` when it is not a mount point, otherwise
-/// whether its (topmost) mount has shared propagation.
-pub fn shared_state(mountinfo: &[u8], dir: &Path) -> Option<bool> {
-    let want = dir.as_os_str().as_bytes();
-    let mut found = None;
-    for line in mountinfo.split(|b| *b == b'\n') {
-        let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
-        let Some(mount_point) = fields.get(4) else {
-            continue;
-        };
-        if unescape(mount_point) != want {
-            continue;
-        }
-        // Optional fields run from index 6 to the "-" separator; later lines are mounts
-        // stacked on top, so the last match wins.
-        let shared = fields
-            .iter()
-            .skip(6)
-            .take_while(|f| **f != b"-")
-            .any(|f| f.starts_with(b"shared:"));
-        found = Some(shared);
-    }
-    found
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let octal = field
-            .get(i + 1..i + 4)
-            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push(((d[0] - b'0') << 6) | ((d[1] - b'0') << 3) | (d[2] - b'0'));
-                i += 4;
-            }
-            None => {
-                out.push(field[i]);
-                i += 1;
-            }
-        }
-    }
-    out
+/// How `dir` appears in a mount table: `None` when it is not a mount point, otherwise
+/// whether its topmost mount has shared propagation.
+pub fn shared_state(entries: &[MountEntry], dir: &Path) -> Option<bool> {
+    mountinfo::topmost(entries, dir).map(|m| m.propagation.shared.is_some())
 }
 
 /// Makes `dir` (created if missing) a mount point with shared propagation: a recursive
 /// bind onto itself when it is not a mount point, then `MS_SHARED`. Idempotent; serialised
-/// between shims with a lock on the directory. Blocking.
+/// between processes (shims, CLI supervisors) with a lock on the directory. Blocking.
 pub fn ensure_shared(dir: &Path) -> Result<(), PropagationError> {
     std::fs::create_dir_all(dir).map_err(|source| PropagationError::Create {
         path: dir.to_path_buf(),
@@ -104,10 +67,10 @@ pub fn ensure_shared(dir: &Path) -> Result<(), PropagationError> {
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(PropagationError::Lock {
             path: dir,
-            source: std::io::Error::last_os_error(),
+            source: io::Error::last_os_error(),
         });
     }
-    let table = std::fs::read("/proc/self/mountinfo").map_err(PropagationError::MountInfo)?;
+    let table = mountinfo::read_self().map_err(PropagationError::MountInfo)?;
     match shared_state(&table, &dir) {
         Some(true) => return Ok(()),
         Some(false) => {}
@@ -133,9 +96,9 @@ fn mount(
         source,
     };
     let src = CString::new(source.as_os_str().as_bytes())
-        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+        .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
     let dst = CString::new(target.as_os_str().as_bytes())
-        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+        .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
     // SAFETY: both strings are NUL-terminated and outlive the call; no fstype or data.
     let rc = unsafe {
         libc::mount(
@@ -147,7 +110,7 @@ fn mount(
         )
     };
     if rc != 0 {
-        return Err(err(std::io::Error::last_os_error()));
+        return Err(err(io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -155,32 +118,21 @@ fn mount(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const TABLE: &[u8] = b"\
-22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
-30 22 0:40 / /run rw - tmpfs tmpfs rw\n\
-31 30 0:40 /bulkhead /run/bulkhead rw master:3 - tmpfs tmpfs rw\n\
-32 30 0:41 / /run/a\\040b rw shared:7 - tmpfs tmpfs rw\n\
-33 30 0:42 / /run/stack rw shared:8 - tmpfs tmpfs rw\n\
-34 33 0:43 / /run/stack rw - tmpfs tmpfs rw\n";
+    use crate::mountinfo::tests::TABLE;
 
     #[test]
     fn reads_whether_a_mount_point_is_shared() {
-        assert_eq!(shared_state(TABLE, Path::new("/")), Some(true));
-        assert_eq!(shared_state(TABLE, Path::new("/run")), Some(false));
-        // A slave is not shared.
-        assert_eq!(shared_state(TABLE, Path::new("/run/bulkhead")), Some(false));
-        assert_eq!(shared_state(TABLE, Path::new("/run/a b")), Some(true));
-        assert_eq!(shared_state(TABLE, Path::new("/run/nothing")), None);
+        let t = mountinfo::parse(TABLE);
+        assert_eq!(shared_state(&t, Path::new("/")), Some(true));
+        assert_eq!(shared_state(&t, Path::new("/run")), Some(false));
+        // A slave is not shared; shared and a slave is.
+        assert_eq!(shared_state(&t, Path::new("/run/bulkhead")), Some(false));
+        assert_eq!(shared_state(&t, Path::new("/run/a b")), Some(true));
+        assert_eq!(shared_state(&t, Path::new("/run/nothing")), None);
         // The topmost of stacked mounts decides.
-        assert_eq!(shared_state(TABLE, Path::new("/run/stack")), Some(false));
-    }
-
-    #[test]
-    fn garbage_lines_are_ignored() {
-        assert_eq!(shared_state(b"\n\nxx\n1 2 3\n", Path::new("/")), None);
-        assert_eq!(unescape(b"a\\04"), b"a\\04");
-        assert_eq!(unescape(b"a\\134b"), b"a\\b");
+        assert_eq!(shared_state(&t, Path::new("/run/stack")), Some(false));
+        let garbage = mountinfo::parse(b"\n\nxx\n1 2 3\n");
+        assert_eq!(shared_state(&garbage, Path::new("/")), None);
     }
 
     fn is_root() -> bool {
@@ -193,20 +145,16 @@ mod tests {
     #[test]
     fn later_mounts_reach_a_slave_namespace_as_root() {
         if !is_root() || !Path::new("/usr/bin/unshare").exists() {
-            eprintln!("SKIPPED: needs root and unshare(1)");
-            return;
+            return bulkhead_test_skip::skip("needs root and unshare(1)");
         }
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("run");
         ensure_shared(&root).unwrap();
         ensure_shared(&root).unwrap();
-        let table = std::fs::read("/proc/self/mountinfo").unwrap();
+        let table = mountinfo::read_self().unwrap();
         let canonical = std::fs::canonicalize(&root).unwrap();
         assert_eq!(shared_state(&table, &canonical), Some(true));
-        let stacked = String::from_utf8_lossy(&table)
-            .lines()
-            .filter(|l| l.split(' ').nth(4) == canonical.to_str())
-            .count();
+        let stacked = table.iter().filter(|m| m.mount_point == canonical).count();
         assert_eq!(stacked, 1, "idempotent: one mount");
 
         let sub = root.join("sb/shared/c1");
@@ -235,9 +183,9 @@ mod tests {
         child.wait().unwrap();
         assert_eq!(text, "propagated");
         // Clean up: the bind, then the run root.
-        // SAFETY: NUL-terminated paths; detaching our own mounts.
         for p in [&sub, &canonical] {
             let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+            // SAFETY: NUL-terminated path; detaching our own mounts.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
     }

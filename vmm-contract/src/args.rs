@@ -1,0 +1,338 @@
+//! The VMM's command line: [`VmmArgs`] (what `bulkhead-vmm --help` shows) and the value types
+//! of its flags. The VMM parses it; the host builds it with [`crate::VmmCommand`].
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::Parser;
+
+use crate::exit::EXIT_STATUS_HELP;
+use crate::limits::{DEFAULT_CMDLINE, FS_TAG_MAX_LEN};
+
+/// What `bulkhead-vmm --help` says the binary is.
+pub const ABOUT: &str =
+    "Bulkhead's microVM monitor: KVM VM, vCPUs, Linux boot, serial and virtio-mmio devices";
+
+/// Boot a Linux guest in a KVM microVM.
+#[derive(Parser, Debug, Clone, PartialEq, Eq)]
+#[command(name = "bulkhead-vmm", version, about = ABOUT, long_about = None)]
+#[command(after_help = EXIT_STATUS_HELP)]
+pub struct VmmArgs {
+    /// Guest kernel: ELF vmlinux (booted by PVH) or bzImage.
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Initramfs (newc cpio, optionally compressed as the kernel supports).
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; the VMM appends its virtio-mmio device entries.
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    pub cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub memory: u32,
+    /// Serial console: stdout, off, or file:PATH.
+    #[arg(long, default_value = "stdout")]
+    pub serial: SerialOutput,
+    /// Leave out the virtio-rng device.
+    #[arg(long)]
+    pub no_rng: bool,
+    /// Hybrid vsock: host unix socket path; guest connections to host port P go to PATH_P.
+    #[arg(long, value_name = "UDS_PATH")]
+    pub vsock: Option<PathBuf>,
+    /// virtio-fs device: mount tag and the vhost-user socket of its virtiofsd (repeatable).
+    #[arg(long, value_name = "TAG=SOCKET")]
+    pub fs: Vec<FsSpec>,
+    /// Guest CID for the vsock device.
+    #[arg(long, default_value_t = 3)]
+    pub vsock_cid: u64,
+    /// Seccomp per thread after set-up: strict (a syscall off the allow-list ends the VMM with
+    /// status 159), log (allowed, logged by the kernel: find missing syscalls in dmesg), off.
+    #[arg(long, default_value = "strict")]
+    pub seccomp: SeccompMode,
+    /// After set-up, switch to this user ID (run as root to use it).
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// After set-up, switch to this group ID and drop supplementary groups.
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Log level: off, error, warn, info, debug, trace.
+    #[arg(long, default_value = "info", env = "BULKHEAD_VMM_LOG", value_parser = parse_log_level)]
+    pub log_level: log::LevelFilter,
+    /// Log format: text (human-readable) or json (one object per line); without the flag,
+    /// BULKHEAD_LOG_FORMAT, else text.
+    #[arg(long)]
+    pub log_format: Option<bulkhead_log::Format>,
+}
+
+/// A flag value that is not one of the accepted words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not one of {expected}")]
+pub struct ParseValueError {
+    /// What was given.
+    pub value: String,
+    /// The accepted forms.
+    pub expected: &'static str,
+}
+
+/// `--log-level`: a `log` level name.
+pub fn parse_log_level(s: &str) -> Result<log::LevelFilter, ParseValueError> {
+    s.parse().map_err(|_| ParseValueError {
+        value: s.to_owned(),
+        expected: "off, error, warn, info, debug, trace",
+    })
+}
+
+/// `--serial`: where the guest's serial console goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SerialOutput {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// Appended to a file (`file:PATH`).
+    File(PathBuf),
+    /// Dropped (`off`, or `none`).
+    Off,
+}
+
+impl FromStr for SerialOutput {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdout" => Ok(SerialOutput::Stdout),
+            "off" | "none" => Ok(SerialOutput::Off),
+            _ => match s.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(SerialOutput::File(PathBuf::from(p))),
+                _ => Err(ParseValueError {
+                    value: s.to_owned(),
+                    expected: "stdout, off, file:PATH",
+                }),
+            },
+        }
+    }
+}
+
+impl SerialOutput {
+    /// The flag value (`file:` followed by the path, which may be any bytes).
+    pub fn to_arg(&self) -> std::ffi::OsString {
+        match self {
+            SerialOutput::Stdout => "stdout".into(),
+            SerialOutput::Off => "off".into(),
+            SerialOutput::File(path) => {
+                let mut arg = std::ffi::OsString::from("file:");
+                arg.push(path);
+                arg
+            }
+        }
+    }
+}
+
+/// `--seccomp`: how strictly the VMM's per-thread allow-lists are enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SeccompMode {
+    /// A syscall not on the list ends the VMM (status 159, after the SIGSYS reporter names it).
+    #[default]
+    Strict,
+    /// A syscall not on the list runs and is logged by the kernel (for finding missing ones).
+    Log,
+    /// No filter.
+    Off,
+}
+
+impl FromStr for SeccompMode {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "strict" => Ok(SeccompMode::Strict),
+            "log" => Ok(SeccompMode::Log),
+            "off" => Ok(SeccompMode::Off),
+            _ => Err(ParseValueError {
+                value: s.to_owned(),
+                expected: "strict, log, off",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for SeccompMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SeccompMode::Strict => "strict",
+            SeccompMode::Log => "log",
+            SeccompMode::Off => "off",
+        })
+    }
+}
+
+/// Errors in a `--fs TAG=SOCKET` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FsSpecError {
+    #[error("virtio-fs device must be given as TAG=SOCKET, got {0:?}")]
+    Syntax(String),
+    #[error("virtio-fs tag is empty")]
+    EmptyTag,
+    #[error("virtio-fs tag {tag:?} is {len} bytes long, at most {FS_TAG_MAX_LEN} are allowed")]
+    TagTooLong { tag: String, len: usize },
+    #[error("virtio-fs tag {0:?} contains a NUL byte")]
+    TagNul(String),
+    #[error("virtio-fs tag {0:?} contains '='")]
+    TagEquals(String),
+    #[error("virtio-fs socket path is empty")]
+    EmptySocket,
+}
+
+/// `--fs TAG=SOCKET`: one virtio-fs device, the tag the guest mounts
+/// (`mount -t virtiofs TAG /mnt`) and the vhost-user socket of the virtiofsd serving it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsSpec {
+    /// Mount tag, 1 to [`FS_TAG_MAX_LEN`] bytes of UTF-8 without NUL or `=`.
+    pub tag: String,
+    /// Path of virtiofsd's listening vhost-user socket.
+    pub socket: PathBuf,
+}
+
+impl FsSpec {
+    /// A checked spec.
+    pub fn new(tag: &str, socket: impl Into<PathBuf>) -> Result<Self, FsSpecError> {
+        let spec = FsSpec {
+            tag: tag.to_owned(),
+            socket: socket.into(),
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Check the tag and the socket path.
+    pub fn validate(&self) -> Result<(), FsSpecError> {
+        validate_tag(&self.tag)?;
+        if self.socket.as_os_str().is_empty() {
+            return Err(FsSpecError::EmptySocket);
+        }
+        Ok(())
+    }
+
+    /// The flag value `TAG=SOCKET`.
+    pub fn to_arg(&self) -> std::ffi::OsString {
+        let mut arg = std::ffi::OsString::from(&self.tag);
+        arg.push("=");
+        arg.push(&self.socket);
+        arg
+    }
+}
+
+/// Check a virtio-fs tag: 1 to [`FS_TAG_MAX_LEN`] bytes, no NUL, no `=` (it ends the tag in
+/// `TAG=SOCKET`).
+pub fn validate_tag(tag: &str) -> Result<(), FsSpecError> {
+    if tag.is_empty() {
+        return Err(FsSpecError::EmptyTag);
+    }
+    if tag.len() > FS_TAG_MAX_LEN {
+        return Err(FsSpecError::TagTooLong {
+            tag: tag.to_owned(),
+            len: tag.len(),
+        });
+    }
+    if tag.contains('\0') {
+        return Err(FsSpecError::TagNul(tag.to_owned()));
+    }
+    if tag.contains('=') {
+        return Err(FsSpecError::TagEquals(tag.to_owned()));
+    }
+    Ok(())
+}
+
+/// Parses `TAG=SOCKET` (the socket path may itself contain `=`).
+impl FromStr for FsSpec {
+    type Err = FsSpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (tag, socket) = s
+            .split_once('=')
+            .ok_or_else(|| FsSpecError::Syntax(s.to_owned()))?;
+        FsSpec::new(tag, socket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_definition_is_consistent() {
+        VmmArgs::command().debug_assert();
+        let help = VmmArgs::command().render_help().to_string();
+        assert!(help.starts_with(ABOUT), "{help}");
+        assert!(help.contains("159 forbidden syscall"), "{help}");
+        assert!(help.contains("--fs <TAG=SOCKET>"), "{help}");
+    }
+
+    #[test]
+    fn parses_serial_targets() {
+        assert_eq!("stdout".parse::<SerialOutput>(), Ok(SerialOutput::Stdout));
+        assert_eq!("none".parse::<SerialOutput>(), Ok(SerialOutput::Off));
+        assert_eq!(
+            "file:/tmp/x".parse::<SerialOutput>(),
+            Ok(SerialOutput::File("/tmp/x".into()))
+        );
+        assert!("file:".parse::<SerialOutput>().is_err());
+        let err = "tty".parse::<SerialOutput>().unwrap_err().to_string();
+        assert!(err.contains("file:PATH"), "{err}");
+    }
+
+    #[test]
+    fn seccomp_mode_names_round_trip() {
+        for m in [SeccompMode::Strict, SeccompMode::Log, SeccompMode::Off] {
+            assert_eq!(m.to_string().parse::<SeccompMode>(), Ok(m));
+        }
+        assert!("kill".parse::<SeccompMode>().is_err());
+        assert_eq!(SeccompMode::default(), SeccompMode::Strict);
+    }
+
+    #[test]
+    fn log_levels() {
+        assert_eq!(parse_log_level("debug"), Ok(log::LevelFilter::Debug));
+        assert_eq!(parse_log_level("off"), Ok(log::LevelFilter::Off));
+        assert!(parse_log_level("loud").is_err());
+    }
+
+    #[test]
+    fn parses_fs_specs() {
+        let c: FsSpec = "rootfs=/run/bulkhead/vfs=1.sock".parse().unwrap();
+        assert_eq!(c.tag, "rootfs");
+        assert_eq!(c.socket, PathBuf::from("/run/bulkhead/vfs=1.sock"));
+        assert_eq!(c.to_arg(), "rootfs=/run/bulkhead/vfs=1.sock");
+        assert!(matches!(
+            "rootfs".parse::<FsSpec>(),
+            Err(FsSpecError::Syntax(_))
+        ));
+        assert_eq!("=/tmp/s".parse::<FsSpec>(), Err(FsSpecError::EmptyTag));
+        assert_eq!("t=".parse::<FsSpec>(), Err(FsSpecError::EmptySocket));
+        let long = "x".repeat(FS_TAG_MAX_LEN + 1);
+        assert!(matches!(
+            format!("{long}=/s").parse::<FsSpec>(),
+            Err(FsSpecError::TagTooLong { len: 37, .. })
+        ));
+        // Counted in bytes, not chars.
+        assert!(format!("{}=/s", "x".repeat(FS_TAG_MAX_LEN))
+            .parse::<FsSpec>()
+            .is_ok());
+        assert!(matches!(
+            format!("{}=/s", "é".repeat(19)).parse::<FsSpec>(),
+            Err(FsSpecError::TagTooLong { len: 38, .. })
+        ));
+        assert!(matches!(
+            "a\0b=/s".parse::<FsSpec>(),
+            Err(FsSpecError::TagNul(_))
+        ));
+        assert!(matches!(
+            FsSpec::new("a=b", "/s"),
+            Err(FsSpecError::TagEquals(_))
+        ));
+    }
+}
