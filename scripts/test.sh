@@ -6,13 +6,13 @@
 #      container code as root, a real registry, containerd with the shim (tests that need a
 #      KVM that boots Linux print `SKIPPED <test>: <reason>` here; the timeline counts them
 #      and the end of the log lists them);
-#   4. the end-to-end tests that boot real guests, one test binary per entry of the KVM
+#   4. the end-to-end tests that boot real guests, all test binaries in one boot of the KVM
 #      host harness (tests/harness/run-in-kvm.sh: directly on hosts with vmx/svm, else in
-#      a level-1 QEMU VM; when a binary's level-1 VM froze, the tests it has not passed get
+#      a level-1 QEMU VM; when the level-1 VM froze, the tests that have not passed get
 #      up to three more VMs). The harness sets BULKHEAD_NO_SKIP=1: there a test that cannot
-#      run fails instead of skipping, and test.sh counts and names such tests. One more
-#      harness boot checks exactly that (tests/harness/selftest.sh with a test binary whose
-#      prerequisite is missing on purpose).
+#      run fails instead of skipping, and test.sh counts and names such tests; the same
+#      boot first checks exactly that (run-tests.sh --check-no-skip: a test whose
+#      prerequisite is missing on purpose must fail).
 # Exits non-zero when any step or test fails. `.ci/run` runs exactly this.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -100,61 +100,57 @@ for line in sys.stdin:
 ' "$e2e_targets"
 )
 [ "${#bins[@]}" -gt 0 ] || { echo "test.sh: no end-to-end test binaries found" >&2; exit 1; }
-# The harness itself, and that a test whose prerequisite is missing fails there instead of
-# skipping (no level-2 guest boots: the VMM is what is missing).
 vmm_boot_bin=""
 for bin in "${bins[@]}"; do
     case "$(basename "$bin")" in vmm_boot-*) vmm_boot_bin="$bin" ;; esac
 done
 [ -n "$vmm_boot_bin" ] || { echo "test.sh: no vmm_boot test binary" >&2; exit 1; }
-began=$SECONDS
-tests/harness/selftest.sh "$vmm_boot_bin" || { mark "harness self-test: FAILED"; exit 1; }
-mark "harness self-test (a missing prerequisite fails): passed after $((SECONDS - began)) s"
-# One harness boot per binary (about 15 s each): when the level-1 VM freezes (QEMU's
-# nested-SVM emulation livelocks now and then; run-in-kvm.sh's watchdog then exits 124),
-# that binary's tests that have not passed yet run again in a fresh VM, up to three more
-# times, and the log says so.
+# All binaries share one harness boot (a boot costs 15-30 s, and every boot is a chance
+# for the level-1 VM to freeze). First, inside it, a test whose prerequisite is missing must
+# fail there instead of skipping (run-tests.sh --check-no-skip; no guest boots for that).
+# When the level-1 VM freezes (run-in-kvm.sh's watchdog exits 124), the tests that have not
+# passed yet run again in a fresh VM, up to three more times, and the log says so.
 # CI stops the whole run at 90 minutes. Past BULKHEAD_TEST_BUDGET_SECS (default 80 min) a
-# frozen binary gets no new VM and binaries not yet started are not run: both count as
-# failed, so the run ends with its own verdict and timeline instead of being cut off.
+# frozen run gets no new VM: the tests not yet run count as failed, so the run ends with
+# its own verdict and timeline instead of being cut off.
 budget="${BULKHEAD_TEST_BUDGET_SECS:-4800}"
 attempts=4
 out="$(mktemp /var/tmp/bulkhead-test-out.XXXXXX)" # removed by the EXIT trap
-failed=()
-for bin in "${bins[@]}"; do
-    name="$(basename "$bin")"
-    status=none
-    passed="" # tests of this binary that passed in a VM that then froze: not run again
-    skips=0   # tests of this binary that could not run in the harness
-    for attempt in $(seq "$attempts"); do
-        if [ $((SECONDS - started)) -ge "$budget" ]; then
-            echo "test.sh: out of time (${budget} s): $name not run (attempt $attempt)" >&2
-            mark "$name: not run, out of time (attempt $attempt)"
-            break
-        fi
-        began=$SECONDS
-        set +e
-        BULKHEAD_E2E_SKIP="$passed" \
-            tests/harness/run-in-kvm.sh tests/harness/run-tests.sh "$bin" | tee "$out"
-        status=${PIPESTATUS[0]}
-        set -e
-        mark "$name: exit status $status after $((SECONDS - began)) s (attempt $attempt)"
-        # Inside the harness a skip panics (BULKHEAD_NO_SKIP=1): the test failed, and its
-        # message says which and why.
-        no_skip="$(sed -n 's/^\(.*\) cannot run here: \(.*\), and BULKHEAD_NO_SKIP is set$/SKIPPED \1: \2/p' "$out")"
-        if [ -n "$no_skip" ]; then
-            note_skips "$name in the harness (each a failure)" <<<"$no_skip"
-            skips=$((skips + 1))
-        fi
-        [ "$status" = 124 ] || break
-        passed+=" $(sed -n 's/^test \([^ ]*\) \.\.\. ok$/\1/p' "$out" | tr '\n' ' ')"
-        echo "test.sh: HARNESS FROZE while running $name (attempt $attempt of $attempts);" \
-            "passed so far, not run again:${passed:- none}" >&2
-    done
-    [ "$status" = 0 ] && [ "$skips" = 0 ] || failed+=("$name")
+status=none
+passed=""      # tests that passed in a VM that then froze: not run again
+harness_skips=0 # tests that could not run in the harness: each a failure
+for attempt in $(seq "$attempts"); do
+    if [ $((SECONDS - started)) -ge "$budget" ]; then
+        echo "test.sh: out of time (${budget} s): end-to-end tests not run (attempt $attempt)" >&2
+        mark "end-to-end tests: not run, out of time (attempt $attempt)"
+        break
+    fi
+    began=$SECONDS
+    set +e
+    BULKHEAD_E2E_SKIP="$passed" tests/harness/run-in-kvm.sh tests/harness/run-tests.sh \
+        --check-no-skip "$vmm_boot_bin" "${bins[@]}" | tee "$out"
+    status=${PIPESTATUS[0]}
+    set -e
+    # Each binary's time and status, and the no-skip check, as run-tests.sh printed them.
+    while IFS= read -r line; do
+        mark "  ${line#run-tests.sh: }"
+    done < <(grep -E '^run-tests.sh: ([^ ]+ exit [0-9]+ after|no-skip check)' "$out")
+    mark "harness run: exit status $status after $((SECONDS - began)) s (attempt $attempt)"
+    # Inside the harness a skip panics (BULKHEAD_NO_SKIP=1): the test failed, and its
+    # message says which and why.
+    no_skip="$(sed -n 's/^\(.*\) cannot run here: \(.*\), and BULKHEAD_NO_SKIP is set$/SKIPPED \1: \2/p' "$out")"
+    if [ -n "$no_skip" ]; then
+        note_skips "in the harness (each a failure)" <<<"$no_skip"
+        harness_skips=$((harness_skips + $(wc -l <<<"$no_skip")))
+    fi
+    [ "$status" = 124 ] || break
+    passed+=" $(sed -n 's/^test \([^ ]*\) \.\.\. ok$/\1/p' "$out" | tr '\n' ' ')"
+    echo "test.sh: HARNESS FROZE (attempt $attempt of $attempts);" \
+        "passed so far, not run again:${passed:- none}" >&2
 done
-if [ "${#failed[@]}" -gt 0 ]; then
-    echo "test.sh: end-to-end tests failed: ${failed[*]}" >&2
+if [ "$status" != 0 ] || [ "$harness_skips" != 0 ]; then
+    echo "test.sh: end-to-end tests failed (status $status, $harness_skips could not run):" \
+        "$(grep -h '^run-tests.sh: failed:' "$out" | tail -n 1)" >&2
     exit 1
 fi
 step "all tests passed"

@@ -3,20 +3,11 @@
 //! `2026-12-01T18:26:50.123456Z INFO  bulkhead[4242]: message`, or JSON lines.
 
 use bulkhead_log::Format;
-use bulkhead_sandbox::config::LogFormat;
-
-/// The configuration's log format as `bulkhead-log` names it.
-pub fn format(f: LogFormat) -> Format {
-    match f {
-        LogFormat::Text => Format::Text,
-        LogFormat::Json => Format::Json,
-    }
-}
 
 /// Installs the logger (once per process; the supervisor is a process of its own, so the
 /// process id in each line tells the two apart).
-pub fn install(level: log::LevelFilter, log_format: LogFormat) {
+pub fn install(level: log::LevelFilter, format: Format) {
     bulkhead_log::Logger::new(format!("bulkhead[{}]", std::process::id()), level)
-        .format(format(log_format))
+        .format(format)
         .init();
 }

@@ -136,12 +136,13 @@ pub fn split_boot(
     }
 }
 
-/// `[    0.041000] INFO  bulkhead-vmm: vcpus: 1 started` → 41 ms.
+/// `[    0.041000] INFO  bulkhead-vmm: vcpus: 1 started` → 41 ms; in a JSON log
+/// (`log_format = "json"`), the line's `"uptime":0.041000`.
 fn vcpus_started(vmm_log: &str) -> Option<Duration> {
     vmm_log
         .lines()
         .find(|l| l.contains("vcpus:") && l.contains("started"))
-        .and_then(bracket_time)
+        .and_then(|l| bracket_time(l).or_else(|| json_uptime(l)))
 }
 
 /// `[    0.812345] Run /init as init process` → 812 ms of kernel time.
@@ -156,6 +157,13 @@ fn init_started(console: &str) -> Option<Duration> {
 fn bracket_time(line: &str) -> Option<Duration> {
     let rest = line.trim_start().strip_prefix('[')?;
     let secs: f64 = rest.get(..rest.find(']')?)?.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+/// The seconds of a JSON log line's `"uptime"` field (the VMM's clock).
+fn json_uptime(line: &str) -> Option<Duration> {
+    let rest = line.split_once("\"uptime\":")?.1;
+    let secs: f64 = rest.get(..rest.find([',', '}'])?)?.trim().parse().ok()?;
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
@@ -237,6 +245,18 @@ mod tests {
         assert_eq!(bracket_time("[-1.0] x"), None);
         assert_eq!(bracket_time("no bracket"), None);
         assert_eq!(bracket_time("[ 1.0 no end"), None);
+    }
+
+    #[test]
+    fn a_json_vmm_log_splits_too() {
+        let json =
+            "{\"time\":\"2026-12-01T18:26:50.123456Z\",\"uptime\":0.041000,\"level\":\"info\",\
+                    \"binary\":\"bulkhead-vmm\",\"target\":\"bulkhead_vmm::builder\",\
+                    \"msg\":\"vcpus: 1 started\"}\n";
+        let s = split_boot(ms(1200), Some(ms(100)), json, CONSOLE);
+        assert_eq!(s.vmm_start, ms(41));
+        assert_eq!(json_uptime("{\"uptime\":-1.0}"), None);
+        assert_eq!(json_uptime("{\"time\":\"x\"}"), None);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bulkhead_images::Digest;
+use bulkhead_sandbox::mountinfo;
 use support::{check_says_vm_ready, skip, vm_host_ready, BIN};
 
 const MARKER: &str = "bulkhead image e2e marker 7f3a\n";
@@ -114,11 +115,11 @@ impl Env {
     fn mounts_left(&self) -> Vec<String> {
         let root = self.dir.path().join("run");
         let own = root.join("sandboxes");
-        fs::read_to_string("/proc/self/mountinfo")
+        mountinfo::read_self()
             .unwrap()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-            .filter(|m| Path::new(m).starts_with(&root) && Path::new(m) != own)
+            .into_iter()
+            .filter(|e| e.mount_point.starts_with(&root) && e.mount_point != own)
+            .map(|e| e.mount_point.display().to_string())
             .collect()
     }
 
@@ -148,15 +149,15 @@ impl Drop for Env {
         // The sandboxes directory's shared bind (and anything a failed test left) must go
         // before the directory can be removed.
         let root = self.dir.path().join("run");
-        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        let mut mounts: Vec<PathBuf> = mountinfo::read_self()
             .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-            .filter(|m| Path::new(m).starts_with(&root))
+            .into_iter()
+            .map(|e| e.mount_point)
+            .filter(|m| m.starts_with(&root))
             .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
         for m in mounts {
-            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }

@@ -14,6 +14,7 @@ use bulkhead_protocol::types::{
 };
 use bulkhead_protocol::SHARED_FS_MOUNT_POINT;
 use bulkhead_vmm_contract::args::parse_log_level;
+use bulkhead_vmm_contract::limits::DEFAULT_CMDLINE;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 
@@ -31,6 +32,8 @@ pub const DEFAULT_RUN_ROOT: &str = "/run/bulkhead";
 /// virtio-fs tag of the shared directory (the agent mounts it at
 /// [`SHARED_FS_MOUNT_POINT`]).
 pub const SHARED_FS_TAG: &str = "bulkhead";
+/// The guest agent's log format on the kernel command line (`bulkhead.log_format=json`).
+pub const GUEST_LOG_FORMAT_PARAM: &str = "bulkhead.log_format";
 /// Console lines quoted in error messages.
 pub const CONSOLE_TAIL_LINES: usize = 20;
 /// How long a VM may take from launch to a version-checked agent (generous: under software
@@ -65,6 +68,10 @@ pub struct SandboxConfig {
     pub dns: DnsConfig,
     /// `--log-level` for the VMM.
     pub vmm_log_level: Option<String>,
+    /// The log format of the VMM (`--log-format`) and of the guest agent
+    /// ([`GUEST_LOG_FORMAT_PARAM`] on the kernel command line); `None` keeps their
+    /// defaults (the VMM's `BULKHEAD_LOG_FORMAT`, the agent's text).
+    pub log_format: Option<bulkhead_log::Format>,
 }
 
 impl SandboxConfig {
@@ -87,7 +94,26 @@ impl SandboxConfig {
             hostname: None,
             dns: DnsConfig::default(),
             vmm_log_level: None,
+            log_format: None,
         }
+    }
+
+    /// The guest kernel's command line: [`SandboxConfig::cmdline`] (else the VMM's
+    /// default), plus `bulkhead.log_format=json` when JSON is configured and the command
+    /// line does not set the agent's format itself. `None` keeps the VMM's default.
+    pub fn guest_cmdline(&self) -> Option<String> {
+        let json = self.log_format == Some(bulkhead_log::Format::Json);
+        let base = self.cmdline.as_deref();
+        let key = format!("{GUEST_LOG_FORMAT_PARAM}=");
+        let has_format = base.is_some_and(|c| c.split_whitespace().any(|w| w.starts_with(&key)));
+        if !json || has_format {
+            return self.cmdline.clone();
+        }
+        let base = base.unwrap_or(DEFAULT_CMDLINE);
+        Some(format!(
+            "{base} {GUEST_LOG_FORMAT_PARAM}={}",
+            bulkhead_log::Format::Json
+        ))
     }
 }
 
@@ -207,7 +233,7 @@ impl Sandbox {
         let command = VmmCommand {
             kernel: config.kernel.clone(),
             initrd: config.initrd.clone(),
-            cmdline: config.cmdline.clone(),
+            cmdline: config.guest_cmdline(),
             vcpus: u8::try_from(config.size.vcpus).unwrap_or(u8::MAX),
             memory_mib: u32::try_from(config.size.memory_mib).unwrap_or(u32::MAX),
             serial: SerialOutput::File(dir.console_log()),
@@ -221,7 +247,7 @@ impl Sandbox {
             uid: None,
             gid: None,
             log_level,
-            log_format: None,
+            log_format: config.log_format,
         };
         let vmm_config = VmmConfig {
             binary: config.vmm_binary.clone(),
@@ -499,6 +525,39 @@ mod tests {
         assert_eq!(
             guest_path(shared, Path::new("/run/bulkhead/pod/shared/../../x")),
             None
+        );
+    }
+
+    #[test]
+    fn json_logging_reaches_the_guest_command_line() {
+        use bulkhead_log::Format;
+        let mut c = SandboxConfig::new("p", Path::new("/vmm"), Path::new("/k"));
+        // Nothing configured, or text: the command line as given (None: the VMM's default).
+        assert_eq!(c.guest_cmdline(), None);
+        c.log_format = Some(Format::Text);
+        assert_eq!(c.guest_cmdline(), None);
+        c.cmdline = Some("console=ttyS0 quiet".into());
+        assert_eq!(c.guest_cmdline().as_deref(), Some("console=ttyS0 quiet"));
+        // JSON: the agent is told, after the configured command line or the VMM's default.
+        c.log_format = Some(Format::Json);
+        assert_eq!(
+            c.guest_cmdline().as_deref(),
+            Some("console=ttyS0 quiet bulkhead.log_format=json")
+        );
+        c.cmdline = None;
+        let line = c.guest_cmdline().unwrap();
+        assert_eq!(line, format!("{DEFAULT_CMDLINE} bulkhead.log_format=json"));
+        // What the agent reads (guest-agent/src/config.rs): the last word of its key.
+        let format = line
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("bulkhead.log_format="))
+            .next_back();
+        assert_eq!(format.map(str::parse::<Format>), Some(Ok(Format::Json)));
+        // A command line that sets the agent's format itself is left alone.
+        c.cmdline = Some("console=ttyS0 bulkhead.log_format=text".into());
+        assert_eq!(
+            c.guest_cmdline().as_deref(),
+            Some("console=ttyS0 bulkhead.log_format=text")
         );
     }
 }

@@ -70,20 +70,18 @@ fn init_logging(flags: &Flags, config: &Result<ShimConfig, String>) {
     let configured = config.as_ref().ok();
     let mut level = std::env::var(containerd_shim::logger::LOG_ENV)
         .ok()
-        .or_else(|| configured.map(|c| c.log_level.clone()))
         .and_then(|l| l.parse().ok())
+        .or_else(|| configured.map(|c| c.config.log_level))
         .unwrap_or(log::LevelFilter::Info);
     if flags.debug {
         level = level.max(log::LevelFilter::Debug);
     }
-    let format = match configured.map(|c| c.log_format) {
-        Some(crate::config::LogFormat::Text) => bulkhead_log::Format::Text,
-        Some(crate::config::LogFormat::Json) => bulkhead_log::Format::Json,
-        None => bulkhead_log::Format::from_env()
+    let format = configured.map(|c| c.config.log_format).unwrap_or_else(|| {
+        bulkhead_log::Format::from_env()
             .ok()
             .flatten()
-            .unwrap_or_default(),
-    };
+            .unwrap_or_default()
+    });
     bulkhead_log::Logger::new("containerd-shim-bulkhead-v2", level)
         .format(format)
         .target(target)
@@ -213,10 +211,8 @@ mod tests {
     #[test]
     fn leftover_processes_are_killed_and_their_directory_removed() {
         let tmp = tempfile::tempdir().unwrap();
-        let config = ShimConfig {
-            run_root: tmp.path().to_path_buf(),
-            ..Default::default()
-        };
+        let mut config = ShimConfig::default();
+        config.config.run_root = tmp.path().to_path_buf();
         let run_dir = pod::run_dir(&config, "default", "c1");
         std::fs::create_dir_all(run_dir.join("shared/c1/rootfs")).unwrap();
         std::fs::write(run_dir.join("console.log"), "boot\n").unwrap();
@@ -259,10 +255,8 @@ mod tests {
     #[test]
     fn a_members_cleanup_removes_only_its_directory() {
         let tmp = tempfile::tempdir().unwrap();
-        let config = ShimConfig {
-            run_root: tmp.path().to_path_buf(),
-            ..Default::default()
-        };
+        let mut config = ShimConfig::default();
+        config.config.run_root = tmp.path().to_path_buf();
         let run_dir = pod::run_dir(&config, "k8s.io", "pod1");
         std::fs::create_dir_all(run_dir.join("shared/web/rootfs")).unwrap();
         std::fs::create_dir_all(run_dir.join("shared/pod1/rootfs")).unwrap();

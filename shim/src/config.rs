@@ -6,39 +6,21 @@
 //! resolved. `config/bulkhead.toml` documents every key.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::time::Duration;
 
-use bulkhead_sandbox::config::{standard_layers, AUTO};
+use bulkhead_sandbox::config::{standard_layers, VmFiles};
 pub use bulkhead_sandbox::config::{Config, ConfigError, Layer, LogFormat, CONFIG_ENV};
 use bulkhead_sandbox::VirtiofsdOptions;
 
-/// The configuration as the shim uses it.
+/// The configuration as the shim uses it: the shared schema's values, and the VM's files.
+/// VM sizes and sandbox configurations come from [`Config::vm_size`] and
+/// [`Config::sandbox_config`], as in the CLI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShimConfig {
-    /// `vm.kernel`, resolved.
-    pub kernel: PathBuf,
-    /// `vm.initrd`, resolved; `None` when configured as "".
-    pub initrd: Option<PathBuf>,
-    /// `vm.vmm`, resolved.
-    pub vmm: PathBuf,
-    /// `vm.cmdline`; `None` keeps the VMM's default.
-    pub kernel_cmdline: Option<String>,
-    /// VM vCPUs of a pod without a CPU limit (`vm.vcpus`).
-    pub default_vcpus: Option<u32>,
-    /// VM memory of a pod without a memory limit (`vm.memory_mib`).
-    pub default_memory_mib: Option<u64>,
-    /// `log_level`, lowercase.
-    pub log_level: String,
-    pub log_format: LogFormat,
-    /// `vm.vmm_log_level`; `None` keeps the VMM's default.
-    pub vmm_log_level: Option<String>,
-    /// Run directories go to `<run_root>/<namespace>/<sandbox id>`.
-    pub run_root: PathBuf,
-    /// `vm.boot_timeout_secs`.
-    pub agent_timeout: Duration,
-    /// `None` boots without a shared filesystem (containers then cannot get a rootfs).
-    pub virtiofsd: Option<VirtiofsdOptions>,
+    /// The loaded configuration (`run_root`, `log_level`, `log_format`, `[vm]`, ...).
+    pub config: Config,
+    /// The VM's files: resolved by [`ShimConfig::load`] and [`ShimConfig::resolve`]; as
+    /// configured ("auto" left as it is) in [`ShimConfig::load_lenient`] and the default.
+    pub files: VmFiles,
 }
 
 impl Default for ShimConfig {
@@ -69,13 +51,9 @@ impl ShimConfig {
 
     /// The configuration with the VM's files found ("auto" and bare names resolved).
     pub fn resolve(cfg: &Config) -> Result<Self, ConfigError> {
-        let files = cfg.vm_files()?;
         Ok(ShimConfig {
-            kernel: files.kernel,
-            initrd: files.initrd,
-            vmm: files.vmm,
-            virtiofsd: files.virtiofsd,
-            ..Self::unresolved(cfg)
+            config: cfg.clone(),
+            files: cfg.vm_files()?,
         })
     }
 
@@ -88,38 +66,37 @@ impl ShimConfig {
             .unwrap_or_default()
     }
 
+    /// The configuration with the VM's files as configured, nothing looked up.
     fn unresolved(cfg: &Config) -> Self {
-        ShimConfig {
+        let files = VmFiles {
             kernel: cfg.vm.kernel.clone(),
             initrd: (!cfg.vm.initrd.as_os_str().is_empty()).then(|| cfg.vm.initrd.clone()),
             vmm: cfg.vm.vmm.clone(),
-            kernel_cmdline: cfg.cmdline(),
-            default_vcpus: Some(cfg.vm.vcpus),
-            default_memory_mib: Some(cfg.vm.memory_mib),
-            log_level: cfg.log_level_name(),
-            log_format: cfg.log_format,
-            vmm_log_level: cfg.vmm_log_level(),
-            run_root: cfg.run_root.clone(),
-            agent_timeout: cfg.boot_timeout(),
             virtiofsd: (!cfg.virtiofsd.binary.as_os_str().is_empty()).then(|| VirtiofsdOptions {
-                binary: AUTO.into(),
+                binary: cfg.virtiofsd.binary.clone(),
                 cache: cfg.virtiofsd.cache,
                 confinement: cfg.virtiofsd.confinement,
                 thread_pool_size: cfg.virtiofsd.thread_pool_size,
                 ..Default::default()
             }),
+        };
+        ShimConfig {
+            config: cfg.clone(),
+            files,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
 
     use bulkhead_sandbox::config::VENDOR_DEFAULTS_PATH;
     use bulkhead_sandbox::{FsCache, FsConfinement};
 
     use super::*;
+    use crate::bootstrap::error_chain as chain;
 
     fn env(vars: &[(&str, &str)]) -> HashMap<String, String> {
         vars.iter()
@@ -134,10 +111,6 @@ mod tests {
         ("BULKHEAD_VMM", "/bin/sh"),
         ("BULKHEAD_VIRTIOFSD", "/bin/true"),
     ];
-
-    fn chain(e: &dyn std::error::Error) -> String {
-        crate::bootstrap::error_chain(e)
-    }
 
     #[test]
     fn every_shipped_configuration_loads_through_the_shim() {
@@ -165,15 +138,16 @@ mod tests {
             assert_eq!(cfg.virtiofsd.cache, expected.virtiofsd.cache);
             let c = ShimConfig::load_in(&env(&vars))
                 .unwrap_or_else(|e| panic!("{}: {}", file.display(), chain(&e)));
-            assert_eq!(c.kernel, Path::new("/k/vmlinux"));
-            assert_eq!(c.initrd.as_deref(), Some(Path::new("/k/initrd")));
-            assert_eq!(c.vmm, Path::new("/bin/sh"));
-            assert_eq!(c.run_root, expected.run_root);
-            assert_eq!(c.log_level, expected.log_level_name());
-            assert_eq!(c.agent_timeout, expected.boot_timeout());
-            assert_eq!(c.default_vcpus, Some(expected.vm.vcpus));
-            assert_eq!(c.default_memory_mib, Some(expected.vm.memory_mib));
-            let fsd = c.virtiofsd.unwrap();
+            assert_eq!(c.files.kernel, Path::new("/k/vmlinux"));
+            assert_eq!(c.files.initrd.as_deref(), Some(Path::new("/k/initrd")));
+            assert_eq!(c.files.vmm, Path::new("/bin/sh"));
+            assert_eq!(c.config.run_root, expected.run_root);
+            assert_eq!(c.config.log_level, expected.log_level);
+            assert_eq!(c.config.log_format, expected.log_format);
+            assert_eq!(c.config.boot_timeout(), expected.boot_timeout());
+            assert_eq!(c.config.vm.vcpus, expected.vm.vcpus);
+            assert_eq!(c.config.vm.memory_mib, expected.vm.memory_mib);
+            let fsd = c.files.virtiofsd.unwrap();
             assert_eq!(fsd.binary, Path::new("/bin/true"));
             assert_eq!(
                 (fsd.cache, fsd.confinement),
@@ -194,25 +168,23 @@ mod tests {
         let file = dir.path().join("bulkhead.toml");
         std::fs::write(
             &file,
-            "run_root = \"/file/run\"\nlog_level = \"debug\"\n\
+            "run_root = \"/file/run\"\nlog_level = \"debug\"\nlog_format = \"json\"\n\
              [vm]\nkernel = \"/file/k\"\nvmm = \"/bin/sh\"\ncmdline = \"quiet\"\nvcpus = 2\n\
              memory_mib = 512\nboot_timeout_secs = 120\nvmm_log_level = \"trace\"\n\
-             [virtiofsd]\nbinary = \"/bin/true\"\nsandbox = \"none\"\ncache = \"never\"\n",
+             [virtiofsd]\nbinary = \"/bin/true\"\nconfinement = \"none\"\ncache = \"never\"\n",
         )
         .unwrap();
         let f = file.to_str().unwrap();
         let c = ShimConfig::load_in(&env(&[(CONFIG_ENV, f), ("BULKHEAD_INITRD", "")])).unwrap();
-        assert_eq!(c.kernel, Path::new("/file/k"));
-        assert_eq!(c.initrd, None);
-        assert_eq!(c.kernel_cmdline.as_deref(), Some("quiet"));
-        assert_eq!(
-            (c.default_vcpus, c.default_memory_mib),
-            (Some(2), Some(512))
-        );
-        assert_eq!(c.agent_timeout, Duration::from_secs(120));
-        assert_eq!(c.log_level, "debug");
-        assert_eq!(c.vmm_log_level.as_deref(), Some("trace"));
-        let fsd = c.virtiofsd.unwrap();
+        assert_eq!(c.files.kernel, Path::new("/file/k"));
+        assert_eq!(c.files.initrd, None);
+        assert_eq!(c.config.cmdline().as_deref(), Some("quiet"));
+        assert_eq!((c.config.vm.vcpus, c.config.vm.memory_mib), (2, 512));
+        assert_eq!(c.config.boot_timeout(), Duration::from_secs(120));
+        assert_eq!(c.config.log_level, log::LevelFilter::Debug);
+        assert_eq!(c.config.log_format, LogFormat::Json);
+        assert_eq!(c.config.vmm_log_level().as_deref(), Some("trace"));
+        let fsd = c.files.virtiofsd.unwrap();
         assert_eq!(
             (fsd.confinement, fsd.cache),
             (FsConfinement::None, FsCache::Never)
@@ -223,15 +195,17 @@ mod tests {
             ("BULKHEAD_KERNEL", "/env/k"),
             ("BULKHEAD_RUN_ROOT", "/env/run"),
             ("BULKHEAD_LOG", "error"),
+            ("BULKHEAD_LOG_FORMAT", "text"),
             ("BULKHEAD_INITRD", ""),
             ("BULKHEAD_VIRTIOFSD", ""),
         ]))
         .unwrap();
-        assert_eq!(c.kernel, Path::new("/env/k"));
-        assert_eq!(c.run_root, Path::new("/env/run"));
-        assert_eq!(c.log_level, "error");
-        assert_eq!(c.virtiofsd, None);
-        assert_eq!(c.default_vcpus, Some(2));
+        assert_eq!(c.files.kernel, Path::new("/env/k"));
+        assert_eq!(c.config.run_root, Path::new("/env/run"));
+        assert_eq!(c.config.log_level, log::LevelFilter::Error);
+        assert_eq!(c.config.log_format, LogFormat::Text);
+        assert_eq!(c.files.virtiofsd, None);
+        assert_eq!(c.config.vm.vcpus, 2);
     }
 
     #[test]

@@ -118,26 +118,18 @@ pub fn vm_resources(role: &Role, spec: &Value) -> Result<PodResources> {
     }
 }
 
-/// The VM size: the sandbox crate's sizing, with the configured defaults for a pod
-/// without a CPU or memory limit.
+/// The VM size: the sandbox crate's sizing, with the configured `vm.vcpus` and
+/// `vm.memory_mib` for a pod without a CPU or memory limit ([`Config::vm_size`], as in
+/// the CLI).
+///
+/// [`Config::vm_size`]: bulkhead_sandbox::config::Config::vm_size
 pub fn vm_size(resources: &PodResources, config: &ShimConfig, host_cpus: u32) -> VmSize {
-    let mut size = VmSize::for_pod(resources, host_cpus);
-    if resources.cpu_millis.is_none() {
-        if let Some(n) = config.default_vcpus {
-            size.vcpus = n.min(host_cpus.max(1));
-        }
-    }
-    if resources.memory_bytes.is_none() {
-        if let Some(m) = config.default_memory_mib {
-            size.memory_mib = m;
-        }
-    }
-    size
+    config.config.vm_size(resources, host_cpus)
 }
 
 /// Run directories of one containerd namespace.
 pub fn run_root(config: &ShimConfig, namespace: &str) -> PathBuf {
-    config.run_root.join(namespace)
+    config.config.run_root.join(namespace)
 }
 
 /// The run directory of sandbox `sandbox_id` (what `Sandbox::start` creates).
@@ -151,7 +143,10 @@ pub fn vm_name(sandbox_id: &str) -> String {
     naming::sandbox_name(sandbox_id)
 }
 
-/// The sandbox configuration of a new VM.
+/// The sandbox configuration of a new VM ([`Config::sandbox_config`], as in the CLI): named
+/// [`vm_name`], below the namespace's [`run_root`], with the pod's hostname.
+///
+/// [`Config::sandbox_config`]: bulkhead_sandbox::config::Config::sandbox_config
 pub fn sandbox_config(
     config: &ShimConfig,
     namespace: &str,
@@ -159,15 +154,13 @@ pub fn sandbox_config(
     size: VmSize,
     hostname: Option<String>,
 ) -> SandboxConfig {
-    let mut c = SandboxConfig::new(&vm_name(sandbox_id), &config.vmm, &config.kernel);
-    c.run_root = run_root(config, namespace);
-    c.initrd = config.initrd.clone();
-    c.cmdline = config.kernel_cmdline.clone();
-    c.size = size;
-    c.virtiofsd = config.virtiofsd.clone();
-    c.agent_timeout = config.agent_timeout;
+    let mut c = config.config.sandbox_config(
+        &config.files,
+        &vm_name(sandbox_id),
+        &run_root(config, namespace),
+        size,
+    );
     c.hostname = hostname.filter(|h| !h.is_empty());
-    c.vmm_log_level = config.vmm_log_level.clone();
     c
 }
 
@@ -296,11 +289,9 @@ mod tests {
 
     #[test]
     fn configured_defaults_size_unlimited_pods() {
-        let config = ShimConfig {
-            default_vcpus: Some(2),
-            default_memory_mib: Some(1024),
-            ..Default::default()
-        };
+        let mut config = ShimConfig::default();
+        config.config.vm.vcpus = 2;
+        config.config.vm.memory_mib = 1024;
         let size = vm_size(&PodResources::default(), &config, 8);
         assert_eq!((size.vcpus, size.memory_mib), (2, 1024));
         // Never more vCPUs than the host has.
@@ -358,7 +349,9 @@ mod tests {
             PathBuf::from("/run/bulkhead/k8s.io/pod1")
         );
         assert_eq!(c.hostname.as_deref(), Some("web-0"));
-        assert_eq!(c.initrd, config.initrd);
-        assert_eq!(c.virtiofsd, config.virtiofsd);
+        assert_eq!(c.initrd, config.files.initrd);
+        assert_eq!(c.virtiofsd, config.files.virtiofsd);
+        assert_eq!(c.log_format, Some(config.config.log_format));
+        assert_eq!(c.agent_timeout, config.config.boot_timeout());
     }
 }

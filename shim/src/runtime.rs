@@ -174,7 +174,7 @@ impl Runtime {
                     size.vcpus,
                     size.memory_mib
                 );
-                let run_root = config.run_root.clone();
+                let run_root = config.config.run_root.clone();
                 blocking(move || bulkhead_sandbox::propagation::ensure_shared(&run_root))
                     .await?
                     .map_err(ShimError::RunRoot)?;

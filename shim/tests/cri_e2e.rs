@@ -305,14 +305,8 @@ fn prepare(c: &mut Containerd) {
 
 /// The controllers of the host's cgroup v2 hierarchy.
 fn cgroup2_controllers() -> Vec<String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let root = mountinfo.lines().find_map(|l| {
-        let (head, tail) = l.split_once(" - ")?;
-        tail.starts_with("cgroup2 ")
-            .then(|| head.split(' ').nth(4).map(str::to_owned))
-            .flatten()
-    });
-    root.and_then(|r| std::fs::read_to_string(Path::new(&r).join("cgroup.controllers")).ok())
+    cgroup2_root()
+        .and_then(|r| std::fs::read_to_string(r.join("cgroup.controllers")).ok())
         .map(|c| c.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default()
 }

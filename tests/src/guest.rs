@@ -212,12 +212,19 @@ pub fn leftovers(run_root: &Path, vmm_pid: u32) -> Vec<String> {
             .filter(|l| l.contains(&root))
             .map(|l| format!("socket: {l}")),
     );
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     left.extend(
-        mounts
-            .lines()
-            .filter(|l| l.contains(&root))
-            .map(|l| format!("mount: {l}")),
+        bulkhead_sandbox::mountinfo::read_self()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.mount_point.starts_with(run_root))
+            .map(|e| {
+                format!(
+                    "mount: {} ({} {})",
+                    e.mount_point.display(),
+                    e.fs_type,
+                    e.source
+                )
+            }),
     );
     if let Ok(entries) = std::fs::read_dir(run_root) {
         left.extend(

@@ -154,6 +154,16 @@ mod tests {
         parsed
     }
 
+    /// `cmd`'s arguments as one line.
+    fn line(cmd: &VmmCommand) -> String {
+        let args: Vec<String> = cmd
+            .args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        args.join(" ")
+    }
+
     fn fs(tag: &str, socket: &str) -> FsSpec {
         FsSpec::new(tag, socket).unwrap()
     }
@@ -162,13 +172,8 @@ mod tests {
     fn defaults_round_trip() {
         let cmd = VmmCommand::new("/k/vmlinux");
         round_trip(&cmd);
-        let args: Vec<String> = cmd
-            .args()
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
         assert_eq!(
-            args.join(" "),
+            line(&cmd),
             "--kernel /k/vmlinux --vcpus 1 --memory 128 --serial stdout"
         );
     }
@@ -188,13 +193,8 @@ mod tests {
             ..VmmCommand::new("/k/vmlinux")
         };
         round_trip(&cmd);
-        let args: Vec<String> = cmd
-            .args()
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
         assert_eq!(
-            args.join(" "),
+            line(&cmd),
             "--kernel /k/vmlinux --initrd /k/initrd.img --vcpus 2 --memory 384 \
              --serial file:/run/bulkhead/p/console.log --vsock /run/bulkhead/p/vsock.sock \
              --vsock-cid 3 --fs bulkhead=/run/bulkhead/p/fs.sock"

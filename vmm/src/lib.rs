@@ -32,14 +32,6 @@ pub mod vstate;
 
 /// "a: b: c" from an error and its sources: printed once where the error is handled (the
 /// binary's edge), or carried as a string where errors travel as messages (vCPU threads report
-/// failures to the event loop that way; a device's failure reason).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
+/// failures to the event loop that way; a device's failure reason). The one helper of every
+/// Bulkhead binary.
+pub use bulkhead_log::error_chain;

@@ -84,7 +84,7 @@ fn over_long_command_line_is_refused() {
 #[test]
 fn corrupt_kernels_are_refused() {
     if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: /dev/kvm is absent");
+        bulkhead_test_skip::skip("/dev/kvm is absent");
         return;
     }
     let garbage = file_with(&[0x5au8; 8192]);
@@ -105,7 +105,7 @@ fn corrupt_kernels_are_refused() {
 #[test]
 fn an_initramfs_that_does_not_fit_is_refused() {
     if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: /dev/kvm is absent");
+        bulkhead_test_skip::skip("/dev/kvm is absent");
         return;
     }
     // A minimal ELF64 executable with one PT_LOAD segment of 16 bytes at 1 MiB.

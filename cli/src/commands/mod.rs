@@ -130,7 +130,7 @@ impl Ctx {
         a.push("--run-root".into());
         a.push(self.cfg.run_root.clone().into());
         a.push("--log-format".into());
-        a.push(crate::logger::format(self.cfg.log_format).as_str().into());
+        a.push(self.cfg.log_format.as_str().into());
         a.push("--log-level".into());
         a.push(self.cfg.log_level_name().into());
         a

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use bulkhead_sandbox::mountinfo;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
 
 /// Longest a single `bulkhead` command of a test may take (VM runs in the nested harness
@@ -217,11 +219,11 @@ impl Env {
     pub fn mounts_left(&self) -> Vec<String> {
         let root = self.run_root();
         let own = self.sandboxes_mount();
-        std::fs::read_to_string("/proc/self/mountinfo")
+        mountinfo::read_self()
             .unwrap()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-            .filter(|m| Path::new(m).starts_with(&root) && Path::new(m) != own)
+            .into_iter()
+            .filter(|e| e.mount_point.starts_with(&root) && e.mount_point != own)
+            .map(|e| e.mount_point.display().to_string())
             .collect()
     }
 

@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// `log_format`: the one log format of every Bulkhead binary (text or json).
+pub use bulkhead_log::Format as LogFormat;
 pub use error::ConfigError;
 pub use load::{standard_layers, EnvOverride, Layer, ENV_OVERRIDES};
 
@@ -117,16 +119,6 @@ pub struct CliSection {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShimSection {}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// One human-readable line per record.
-    #[default]
-    Text,
-    /// One JSON object per record.
-    Json,
-}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -424,6 +416,7 @@ impl Config {
         c.virtiofsd = files.virtiofsd.clone();
         c.agent_timeout = self.boot_timeout();
         c.vmm_log_level = self.vmm_log_level();
+        c.log_format = Some(self.log_format);
         c
     }
 }

@@ -1,6 +1,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use bulkhead_log::error_chain;
+
 use super::*;
 
 const DOCUMENTED: &str = include_str!("../../../config/bulkhead.toml");
@@ -9,17 +11,6 @@ fn env(vars: &[(&str, &str)]) -> HashMap<String, String> {
     vars.iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-/// The error's message with its causes.
-fn message(e: &ConfigError) -> String {
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(c) = source {
-        s.push_str(&format!(": {c}"));
-        source = c.source();
-    }
-    s
 }
 
 /// `section.key` of every key in a table, with its value.
@@ -162,7 +153,7 @@ fn unknown_keys_name_the_key_and_the_file() {
         ("kernel = \"/k\"", 1, "kernel"),
     ] {
         let e = Config::parse(t, "/etc/bulkhead/config.toml").unwrap_err();
-        let m = message(&e);
+        let m = error_chain(&e);
         assert!(
             matches!(e, ConfigError::Parse { line: Some(l), .. } if l == line),
             "{t}: {m}"
@@ -180,7 +171,7 @@ fn an_unknown_key_reads_well() {
         "/etc/bulkhead/config.toml",
     );
     assert_eq!(
-        message(&e.unwrap_err()),
+        error_chain(&e.unwrap_err()),
         "/etc/bulkhead/config.toml, line 3: vm.vcpu: unknown field `vcpu`, expected one of \
          `kernel`, `initrd`, `vmm`, `cmdline`, `vcpus`, `memory_mib`, `boot_timeout_secs`, \
          `vmm_log_level`"
@@ -214,7 +205,7 @@ fn bad_values_name_the_key_and_the_file() {
         ("[cli]\nisolation = \"jail\"", "cli.isolation"),
     ] {
         let e = Config::parse(t, "/etc/bulkhead/config.toml").unwrap_err();
-        let m = message(&e);
+        let m = error_chain(&e);
         assert!(m.starts_with("/etc/bulkhead/config.toml"), "{t}: {m}");
         assert!(m.contains(key), "{t}: {m}");
     }
@@ -223,13 +214,13 @@ fn bad_values_name_the_key_and_the_file() {
 #[test]
 fn a_bad_environment_variable_is_named() {
     let layers = Layer::environment(&env(&[("BULKHEAD_LOG", "loud")]));
-    let m = message(&Config::load(&layers).unwrap_err());
+    let m = error_chain(&Config::load(&layers).unwrap_err());
     assert!(
         m.contains("environment variable BULKHEAD_LOG") && m.contains("log_level"),
         "{m}"
     );
     let layers = Layer::environment(&env(&[("BULKHEAD_RUN_ROOT", "run")]));
-    let m = message(&Config::load(&layers).unwrap_err());
+    let m = error_chain(&Config::load(&layers).unwrap_err());
     assert!(
         m.contains("BULKHEAD_RUN_ROOT") && m.contains("absolute"),
         "{m}"
@@ -281,7 +272,7 @@ fn layers_apply_in_order_key_by_key() {
         log::LevelFilter::Error
     );
     layers.push(Layer::flag("--log-level", "log_level", "noisy"));
-    let m = message(&Config::load(&layers).unwrap_err());
+    let m = error_chain(&Config::load(&layers).unwrap_err());
     assert!(m.starts_with("--log-level: log_level"), "{m}");
 }
 
@@ -293,7 +284,7 @@ fn a_named_file_must_exist_the_default_ones_need_not() {
         matches!(&e, ConfigError::Read { path, .. } if path == missing),
         "{e:?}"
     );
-    assert!(message(&e).contains("/nonexistent/bulkhead.toml"));
+    assert!(error_chain(&e).contains("/nonexistent/bulkhead.toml"));
     assert_eq!(
         Config::load(&[Layer::OptionalFile(missing.into())]).unwrap(),
         Config::default()
@@ -348,7 +339,7 @@ fn empty_initrd_and_virtiofsd_mean_none() {
 #[test]
 fn explicit_paths_are_used_and_missing_programs_named() {
     let cfg = Config::parse(
-        "[vm]\nkernel = \"/k/vmlinux\"\ninitrd = \"/k/initrd\"\nvmm = \"/bin/sh\"\n\
+        "log_format = \"json\"\n[vm]\nkernel = \"/k/vmlinux\"\ninitrd = \"/k/initrd\"\nvmm = \"/bin/sh\"\n\
          cmdline = \"console=ttyS0\"\nvmm_log_level = \"debug\"\nboot_timeout_secs = 5\n\
          [virtiofsd]\nbinary = \"sh\"\nconfinement = \"none\"\ncache = \"always\"\nthread_pool_size = 0\n",
         "t",
@@ -372,11 +363,17 @@ fn explicit_paths_are_used_and_missing_programs_named() {
     assert_eq!(sc.run_root, PathBuf::from("/run/x"));
     assert_eq!(sc.cmdline.as_deref(), Some("console=ttyS0"));
     assert_eq!(sc.vmm_log_level.as_deref(), Some("debug"));
+    // The log format reaches the VMM (`--log-format`) and the agent (the command line).
+    assert_eq!(sc.log_format, Some(LogFormat::Json));
+    assert_eq!(
+        sc.guest_cmdline().as_deref(),
+        Some("console=ttyS0 bulkhead.log_format=json")
+    );
     assert_eq!(sc.agent_timeout, std::time::Duration::from_secs(5));
     assert_eq!((sc.size, sc.virtiofsd), (size, files.virtiofsd));
 
     let cfg = Config::parse("[vm]\nvmm = \"/nonexistent/vmm\"", "t").unwrap();
-    let m = message(&cfg.vmm_path().unwrap_err());
+    let m = error_chain(&cfg.vmm_path().unwrap_err());
     assert!(
         m.contains("/nonexistent/vmm") && m.contains("vm.vmm") && m.contains("BULKHEAD_VMM"),
         "{m}"

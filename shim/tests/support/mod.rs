@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use bulkhead_sandbox::mountinfo;
+
 pub const RUNTIME: &str = "io.containerd.bulkhead.v2";
 pub const IMAGE: &str = "docker.io/bulkhead/busybox:e2e";
 
@@ -329,14 +331,16 @@ impl Containerd {
         found
     }
 
-    pub fn mounts_below(&self, dir: &Path) -> Vec<String> {
-        let prefix = dir.to_string_lossy().into_owned();
-        std::fs::read_to_string("/proc/self/mountinfo")
+    /// Mount points at or below `dir`, deepest first (the order to detach them in).
+    pub fn mounts_below(&self, dir: &Path) -> Vec<PathBuf> {
+        let mut mounts: Vec<PathBuf> = mountinfo::read_self()
             .unwrap()
-            .lines()
-            .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
-            .map(str::to_owned)
-            .collect()
+            .into_iter()
+            .map(|e| e.mount_point)
+            .filter(|m| m.starts_with(dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+        mounts
     }
 
     /// Asserts that nothing of ours is left: no process, no run directory content, no
@@ -356,15 +360,14 @@ impl Containerd {
             std::thread::sleep(Duration::from_millis(100));
         }
         // The run root itself stays a (shared) mount point: the shim makes it one once.
-        let run_root = self.run_root.to_string_lossy().into_owned();
-        let below: Vec<String> = self
+        let below: Vec<PathBuf> = self
             .mounts_below(&self.run_root)
             .into_iter()
-            .filter(|l| l.split(' ').nth(4) != Some(run_root.as_str()))
+            .filter(|m| *m != self.run_root)
             .collect();
         assert_eq!(
             below,
-            Vec::<String>::new(),
+            Vec::<PathBuf>::new(),
             "mounts left; containerd log:\n{}",
             self.log()
         );
@@ -414,16 +417,7 @@ impl Containerd {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
-        let cgroup2 = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .find(|l| {
-                l.split(" - ")
-                    .nth(1)
-                    .is_some_and(|t| t.starts_with("cgroup2 "))
-            })
-            .and_then(|l| l.split(' ').nth(4).map(PathBuf::from));
-        if let Some(root) = cgroup2 {
+        if let Some(root) = cgroup2_root() {
             let ours = root.join(&self.namespace);
             let deadline = Instant::now() + Duration::from_secs(5);
             while ours.exists() && Instant::now() < deadline {
@@ -463,13 +457,7 @@ impl Drop for Containerd {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
-        let mut ours: Vec<String> = self
-            .mounts_below(&self.run_root)
-            .into_iter()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in ours {
+        for m in self.mounts_below(&self.run_root) {
             let _ = Command::new("umount").arg("-l").arg(&m).status();
         }
         self.kill_fake_guest_processes();
@@ -484,13 +472,7 @@ impl Drop for Containerd {
             let _ = child.wait();
         }
         // containerd leaves its snapshot mounts below the root: detach them, then the tmpfs.
-        let mut mounts: Vec<String> = self
-            .mounts_below(&self.root)
-            .into_iter()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
+        for m in self.mounts_below(&self.root) {
             let _ = Command::new("umount").arg("-l").arg(&m).status();
         }
         let _ = Command::new("umount")
@@ -664,4 +646,13 @@ impl Drop for LogCollector {
             eprintln!("VM logs:\n{}", self.dump());
         }
     }
+}
+
+/// Where the host mounts its cgroup v2 hierarchy (the first cgroup2 mount), if it does.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    mountinfo::read_self()
+        .ok()?
+        .into_iter()
+        .find(|e| e.fs_type == "cgroup2")
+        .map(|e| e.mount_point)
 }

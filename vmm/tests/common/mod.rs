@@ -32,14 +32,14 @@ impl Write for Sink {
     }
 }
 
-/// Whether `/dev/kvm` exists; prints why a test skips when it does not.
+/// Whether `/dev/kvm` exists; the calling test skips ([`bulkhead_test_skip::skip`]) when it
+/// does not.
 pub fn kvm_available() -> bool {
-    if std::path::Path::new("/dev/kvm").exists() {
-        true
-    } else {
-        eprintln!("SKIP: /dev/kvm is absent");
-        false
+    let there = std::path::Path::new("/dev/kvm").exists();
+    if !there {
+        bulkhead_test_skip::skip("/dev/kvm is absent");
     }
+    there
 }
 
 /// Flat 32-bit protected mode, no paging, and an empty IDT so that any exception ends in a

@@ -68,7 +68,7 @@ pub(crate) mod test_utils {
         let kvm = match Kvm::new() {
             Ok(kvm) => kvm,
             Err(e) => {
-                eprintln!("skipped: /dev/kvm is not usable ({e})");
+                bulkhead_test_skip::skip(format!("/dev/kvm is not usable ({e})"));
                 return None;
             }
         };

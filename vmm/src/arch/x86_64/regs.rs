@@ -336,7 +336,7 @@ mod tests {
         use vm_memory::GuestMemoryBackend;
 
         let Ok(kvm) = Kvm::new() else {
-            eprintln!("skipped: /dev/kvm is not usable");
+            bulkhead_test_skip::skip("/dev/kvm is not usable");
             return None;
         };
         let vm = kvm.create_vm().unwrap();

@@ -60,12 +60,12 @@ struct Virtiofsd {
 }
 
 impl Virtiofsd {
-    /// Start virtiofsd, or `None` (and say why) if it is not installed.
-    fn start(test: &str) -> Option<Self> {
+    /// Start virtiofsd, or `None` (the calling test skips, [`bulkhead_test_skip::skip`]) if
+    /// it is not installed.
+    fn start() -> Option<Self> {
         let Some(binary) = find_virtiofsd() else {
-            eprintln!(
-                "SKIPPED {test}: virtiofsd not found (run scripts/install-virtiofsd.sh or set \
-                 BULKHEAD_VIRTIOFSD)"
+            bulkhead_test_skip::skip(
+                "virtiofsd not found (run scripts/install-virtiofsd.sh or set BULKHEAD_VIRTIOFSD)",
             );
             return None;
         };
@@ -273,7 +273,7 @@ fn new_device(vfsd: &Virtiofsd, tag: &str) -> (Arc<Mutex<Fs>>, Manager) {
 
 #[test]
 fn handshake_offers_ring_features_and_the_config_space() {
-    let Some(vfsd) = Virtiofsd::start("handshake_offers_ring_features_and_the_config_space") else {
+    let Some(vfsd) = Virtiofsd::start() else {
         return;
     };
     let fs = Fs::new(vfsd.config("myfs")).unwrap();
@@ -303,8 +303,7 @@ fn handshake_offers_ring_features_and_the_config_space() {
 
 #[test]
 fn more_request_queues_than_virtiofsd_serves_are_refused() {
-    let Some(vfsd) = Virtiofsd::start("more_request_queues_than_virtiofsd_serves_are_refused")
-    else {
+    let Some(vfsd) = Virtiofsd::start() else {
         return;
     };
     let mut config = vfsd.config("multi");
@@ -326,7 +325,7 @@ fn more_request_queues_than_virtiofsd_serves_are_refused() {
 
 #[test]
 fn fuse_requests_go_through_the_rings_to_virtiofsd() {
-    let Some(vfsd) = Virtiofsd::start("fuse_requests_go_through_the_rings_to_virtiofsd") else {
+    let Some(vfsd) = Virtiofsd::start() else {
         return;
     };
     let (fs, mut manager) = new_device(&vfsd, "rootfs");
@@ -368,9 +367,7 @@ fn fuse_requests_go_through_the_rings_to_virtiofsd() {
 
 #[test]
 fn reset_stops_the_rings_and_the_device_can_be_activated_again() {
-    let Some(vfsd) =
-        Virtiofsd::start("reset_stops_the_rings_and_the_device_can_be_activated_again")
-    else {
+    let Some(vfsd) = Virtiofsd::start() else {
         return;
     };
     let (fs, mut manager) = new_device(&vfsd, "rootfs");
@@ -399,7 +396,7 @@ fn reset_stops_the_rings_and_the_device_can_be_activated_again() {
 
 #[test]
 fn virtiofsd_dying_signals_failure_and_never_hangs() {
-    let Some(mut vfsd) = Virtiofsd::start("virtiofsd_dying_signals_failure_and_never_hangs") else {
+    let Some(mut vfsd) = Virtiofsd::start() else {
         return;
     };
     let (fs, mut manager) = new_device(&vfsd, "rootfs");
@@ -439,8 +436,7 @@ fn virtiofsd_dying_signals_failure_and_never_hangs() {
 
 #[test]
 fn virtiofsd_gone_before_activation_fails_activation() {
-    let Some(mut vfsd) = Virtiofsd::start("virtiofsd_gone_before_activation_fails_activation")
-    else {
+    let Some(mut vfsd) = Virtiofsd::start() else {
         return;
     };
     let fs = Arc::new(Mutex::new(Fs::new(vfsd.config("early")).unwrap()));
@@ -507,7 +503,7 @@ fn fs_behind_the_mmio_transport_serves_fuse_init() {
     use crate::devices::bus::BusDevice;
     use crate::devices::virtio::mmio::{MmioTransport, CONFIG_OFFSET, INT_VRING, NOTIFY_OFFSET};
 
-    let Some(vfsd) = Virtiofsd::start("fs_behind_the_mmio_transport_serves_fuse_init") else {
+    let Some(vfsd) = Virtiofsd::start() else {
         return;
     };
     let (fs, mut manager) = new_device(&vfsd, "viammio");
