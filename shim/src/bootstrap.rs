@@ -22,9 +22,9 @@ use containerd_shim::{api, Config, Flags, StartOpts};
 
 use crate::config::ShimConfig;
 use crate::pod::{self, Role};
+use crate::pod_core::PodCore;
 use crate::process::VM_GONE_EXIT_STATUS;
 use crate::publisher::ContainerdEvents;
-use crate::runtime::Runtime;
 use crate::service::TaskService;
 use crate::translate;
 
@@ -153,13 +153,13 @@ impl Shim for BulkheadShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         let events = Arc::new(ContainerdEvents::new(publisher, &self.namespace));
-        let runtime = Runtime::new(
+        let core = PodCore::new(
             self.config.clone(),
             &self.namespace,
             events,
             self.exit.clone(),
         );
-        TaskService::new(runtime)
+        TaskService::new(core)
     }
 }
 

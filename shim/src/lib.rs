@@ -5,8 +5,8 @@
 //! serves containerd's Task API on top of it.
 //!
 //! - [`bootstrap`]: the `start` and `delete` actions and the serving shim;
-//! - [`service`]: the Task service (ttrpc), a thin layer over [`runtime`];
-//! - [`runtime`]: the VM, its containers and processes, and what each operation does;
+//! - [`service`]: the Task service (ttrpc), a thin layer over [`pod_core`];
+//! - [`pod_core`]: the VM, its containers and processes, and what each operation does;
 //! - [`translate`]: containerd's protobuf messages to and from domain values;
 //!   [`resources`]: the OCI resources of an Update;
 //! - [`pod`]: grouping by sandbox id and VM configuration; [`mounts`]: container
@@ -24,10 +24,10 @@ pub mod events;
 pub mod guest_spec;
 pub mod mounts;
 pub mod pod;
+pub mod pod_core;
 pub mod process;
 pub mod publisher;
 pub mod resources;
-pub mod runtime;
 pub mod service;
 pub mod stdio;
 pub mod translate;

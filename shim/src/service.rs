@@ -1,5 +1,5 @@
 //! containerd's Task service (task API v2, ttrpc): each call is translated into domain
-//! values (`translate`), handled by the [`Runtime`], and its error mapped once
+//! values (`translate`), handled by the [`PodCore`], and its error mapped once
 //! (`error::ShimError` -> ttrpc status). Failures are logged here, where they are handled.
 
 use std::sync::Arc;
@@ -12,21 +12,21 @@ use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc;
 
 use crate::error::{Result, ShimError};
+use crate::pod_core::PodCore;
 use crate::resources;
-use crate::runtime::Runtime;
 use crate::translate;
 
 pub struct TaskService {
-    runtime: Arc<Runtime>,
+    core: Arc<PodCore>,
 }
 
 impl TaskService {
-    pub fn new(runtime: Arc<Runtime>) -> Self {
-        TaskService { runtime }
+    pub fn new(core: Arc<PodCore>) -> Self {
+        TaskService { core }
     }
 
-    pub fn runtime(&self) -> &Arc<Runtime> {
-        &self.runtime
+    pub fn core(&self) -> &Arc<PodCore> {
+        &self.core
     }
 }
 
@@ -53,7 +53,7 @@ impl Task for TaskService {
     ) -> ttrpc::Result<api::CreateTaskResponse> {
         let r = async {
             let t = translate::create_task(&req)?;
-            self.runtime.create(t).await
+            self.core.create(t).await
         }
         .await;
         let pid = answer("create", &req.id, r)?;
@@ -69,7 +69,7 @@ impl Task for TaskService {
     ) -> ttrpc::Result<api::StartResponse> {
         let r = async {
             let p = translate::process_ref(&req.id, &req.exec_id)?;
-            self.runtime.start(&p).await
+            self.core.start(&p).await
         }
         .await;
         let pid = answer("start", &req.id, r)?;
@@ -85,7 +85,7 @@ impl Task for TaskService {
     ) -> ttrpc::Result<api::DeleteResponse> {
         let r = async {
             let p = translate::process_ref(&req.id, &req.exec_id)?;
-            self.runtime.delete(&p).await
+            self.core.delete(&p).await
         }
         .await;
         let (pid, exit) = answer("delete", &req.id, r)?;
@@ -99,7 +99,7 @@ impl Task for TaskService {
     ) -> ttrpc::Result<api::Empty> {
         let r = async {
             let t = translate::exec_task(&req)?;
-            self.runtime.exec(t).await
+            self.core.exec(t).await
         }
         .await;
         answer("exec", &req.id, r)?;
@@ -114,7 +114,7 @@ impl Task for TaskService {
         let r = async {
             let p = translate::process_ref(&req.id, &req.exec_id)?;
             let size = translate::win_size(&req)?;
-            self.runtime.resize(&p, size).await
+            self.core.resize(&p, size).await
         }
         .await;
         answer("resize_pty", &req.id, r)?;
@@ -126,8 +126,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> ttrpc::Result<api::StateResponse> {
-        let r =
-            translate::process_ref(&req.id, &req.exec_id).and_then(|p| self.runtime.state_of(&p));
+        let r = translate::process_ref(&req.id, &req.exec_id).and_then(|p| self.core.state_of(&p));
         let s = answer("state", &req.id, r)?;
         Ok(translate::state_response(&s))
     }
@@ -137,14 +136,14 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> ttrpc::Result<api::PidsResponse> {
-        let pids = answer("pids", &req.id, self.runtime.pids(&req.id))?;
+        let pids = answer("pids", &req.id, self.core.pids(&req.id))?;
         Ok(translate::pids_response(&pids))
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<api::Empty> {
         let r = async {
             let k = translate::kill_task(&req)?;
-            self.runtime.kill(k).await
+            self.core.kill(k).await
         }
         .await;
         answer("kill", &req.id, r)?;
@@ -158,7 +157,7 @@ impl Task for TaskService {
     ) -> ttrpc::Result<api::WaitResponse> {
         let r = async {
             let p = translate::process_ref(&req.id, &req.exec_id)?;
-            self.runtime.wait(&p).await
+            self.core.wait(&p).await
         }
         .await;
         let exit = answer("wait", &req.id, r)?;
@@ -171,7 +170,7 @@ impl Task for TaskService {
         req: api::StatsRequest,
     ) -> ttrpc::Result<api::StatsResponse> {
         let r = async {
-            let s = self.runtime.stats(&req.id).await?;
+            let s = self.core.stats(&req.id).await?;
             translate::stats_response(&s)
         }
         .await;
@@ -183,7 +182,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: api::ConnectRequest,
     ) -> ttrpc::Result<api::ConnectResponse> {
-        let (shim_pid, task_pid) = self.runtime.connect();
+        let (shim_pid, task_pid) = self.core.connect();
         Ok(translate::connect_response(shim_pid, task_pid))
     }
 
@@ -192,7 +191,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ShutdownRequest,
     ) -> ttrpc::Result<api::Empty> {
-        self.runtime.shutdown(req.now).await;
+        self.core.shutdown(req.now).await;
         Ok(api::Empty::new())
     }
 
@@ -206,7 +205,7 @@ impl Task for TaskService {
         }
         let r = async {
             let p = translate::process_ref(&req.id, &req.exec_id)?;
-            self.runtime.close_stdin(&p).await
+            self.core.close_stdin(&p).await
         }
         .await;
         answer("close_io", &req.id, r)?;
@@ -223,7 +222,7 @@ impl Task for TaskService {
                 Some(any) => resources::from_any(any)?,
                 None => ResourceUpdate::default(),
             };
-            self.runtime.update(&req.id, &resources).await
+            self.core.update(&req.id, &resources).await
         }
         .await;
         answer("update", &req.id, r)?;
@@ -235,7 +234,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::PauseRequest,
     ) -> ttrpc::Result<api::Empty> {
-        let r = self.runtime.pause(&req.id).await;
+        let r = self.core.pause(&req.id).await;
         answer("pause", &req.id, r)?;
         Ok(api::Empty::new())
     }
@@ -245,7 +244,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResumeRequest,
     ) -> ttrpc::Result<api::Empty> {
-        let r = self.runtime.resume(&req.id).await;
+        let r = self.core.resume(&req.id).await;
         answer("resume", &req.id, r)?;
         Ok(api::Empty::new())
     }

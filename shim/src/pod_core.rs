@@ -81,7 +81,7 @@ struct State {
     containers: HashMap<String, Container>,
 }
 
-pub struct Runtime {
+pub struct PodCore {
     config: std::result::Result<ShimConfig, String>,
     namespace: String,
     events: Arc<dyn EventSink>,
@@ -90,7 +90,7 @@ pub struct Runtime {
     state: Mutex<State>,
 }
 
-impl Runtime {
+impl PodCore {
     /// `config` is the loaded configuration, or why it could not be loaded (reported to
     /// containerd on the first Create).
     pub fn new(
@@ -99,7 +99,7 @@ impl Runtime {
         events: Arc<dyn EventSink>,
         exit: Arc<ExitSignal>,
     ) -> Arc<Self> {
-        Arc::new(Runtime {
+        Arc::new(PodCore {
             config,
             namespace: namespace.to_owned(),
             events,
