@@ -8,6 +8,7 @@
 //! request is decoded or sent.
 
 pub mod client;
+pub mod network;
 pub mod resources;
 pub mod stdio;
 pub mod types;
