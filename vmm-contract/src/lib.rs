@@ -8,6 +8,7 @@
 //!   output is parsed back by [`VmmArgs`] in this crate's tests;
 //! - [`exit`]: the VMM's exit statuses and [`VmmExit`], their classification;
 //! - [`limits`]: vCPU, memory and command-line limits, and the default command line;
+//! - [`net`]: [`net::MacAddr`], the guest NIC address the host, the VMM and the agent share;
 //! - [`virtiofsd`]: how virtiofsd is run for a virtio-fs device ([`VirtiofsdOptions`]).
 //!
 //! The crate is small on purpose (clap, thiserror, libc, log, bulkhead-log): the VMM binary
@@ -17,6 +18,7 @@ pub mod args;
 pub mod command;
 pub mod exit;
 pub mod limits;
+pub mod net;
 pub mod virtiofsd;
 
 pub use args::{FsSpec, FsSpecError, ParseValueError, SeccompMode, SerialOutput, VmmArgs};
