@@ -243,6 +243,7 @@ impl Sandbox {
                 cid: u64::from(config.vsock_cid),
             }),
             fs,
+            net: Vec::new(),
             seccomp: None,
             uid: None,
             gid: None,

@@ -9,6 +9,7 @@ use clap::Parser;
 
 use crate::exit::EXIT_STATUS_HELP;
 use crate::limits::{DEFAULT_CMDLINE, FS_TAG_MAX_LEN};
+use crate::net::NetSpec;
 
 /// What `bulkhead-vmm --help` says the binary is.
 pub const ABOUT: &str =
@@ -46,6 +47,12 @@ pub struct VmmArgs {
     /// virtio-fs device: mount tag and the vhost-user socket of its virtiofsd (repeatable).
     #[arg(long, value_name = "TAG=SOCKET")]
     pub fs: Vec<FsSpec>,
+    /// virtio-net device on a tap (repeatable): tap=NAME opens /dev/net/tun and attaches the
+    /// tap NAME (needs CAP_NET_ADMIN to create it); fd=N uses an inherited fd already attached
+    /// to a tap with IFF_VNET_HDR. mac= sets the guest NIC's address (default: random, locally
+    /// administered), mtu= the MTU the guest is told.
+    #[arg(long, value_name = "tap=NAME|fd=N[,mac=MAC][,mtu=N]")]
+    pub net: Vec<NetSpec>,
     /// Guest CID for the vsock device.
     #[arg(long, default_value_t = 3)]
     pub vsock_cid: u64,
@@ -270,6 +277,10 @@ mod tests {
         assert!(help.starts_with(ABOUT), "{help}");
         assert!(help.contains("159 forbidden syscall"), "{help}");
         assert!(help.contains("--fs <TAG=SOCKET>"), "{help}");
+        assert!(
+            help.contains("--net <tap=NAME|fd=N[,mac=MAC][,mtu=N]>"),
+            "{help}"
+        );
     }
 
     #[test]

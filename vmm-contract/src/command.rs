@@ -8,6 +8,7 @@ use std::path::PathBuf;
 #[cfg(doc)]
 use crate::args::VmmArgs;
 use crate::args::{FsSpec, SeccompMode, SerialOutput};
+use crate::net::NetSpec;
 
 /// The hybrid vsock device: the host unix socket and the guest's CID.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +41,9 @@ pub struct VmmCommand {
     pub vsock: Option<VsockSpec>,
     /// `--fs`, once per device.
     pub fs: Vec<FsSpec>,
+    /// `--net`, once per virtio-net device. An `fd=N` backend must be open in the VMM
+    /// process at N (the launcher passes it down without `FD_CLOEXEC`).
+    pub net: Vec<NetSpec>,
     /// `--seccomp`; `None` keeps the VMM's default (strict).
     pub seccomp: Option<SeccompMode>,
     /// `--uid`.
@@ -54,7 +58,7 @@ pub struct VmmCommand {
 
 impl VmmCommand {
     /// A command for `kernel` with the VMM's defaults: 1 vCPU, 128 MiB, console on stdout,
-    /// virtio-rng, no vsock, no virtio-fs.
+    /// virtio-rng, no vsock, no virtio-fs, no network.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         VmmCommand {
             kernel: kernel.into(),
@@ -66,6 +70,7 @@ impl VmmCommand {
             rng: true,
             vsock: None,
             fs: Vec::new(),
+            net: Vec::new(),
             seccomp: None,
             uid: None,
             gid: None,
@@ -97,6 +102,9 @@ impl VmmCommand {
         }
         for fs in &self.fs {
             push("--fs", fs.to_arg());
+        }
+        for net in &self.net {
+            push("--net", net.to_string().into());
         }
         if let Some(mode) = self.seccomp {
             push("--seccomp", mode.to_string().into());
@@ -144,6 +152,7 @@ mod tests {
         assert_eq!(parsed.vsock, cmd.vsock.as_ref().map(|v| v.uds.clone()));
         assert_eq!(parsed.vsock_cid, cmd.vsock.as_ref().map_or(3, |v| v.cid));
         assert_eq!(parsed.fs, cmd.fs);
+        assert_eq!(parsed.net, cmd.net);
         assert_eq!(parsed.seccomp, cmd.seccomp.unwrap_or_default());
         assert_eq!(parsed.uid, cmd.uid);
         assert_eq!(parsed.gid, cmd.gid);
@@ -220,6 +229,11 @@ mod tests {
                 fs("data", "/run/b/p/fs=2.sock"),
                 fs(&"t".repeat(crate::limits::FS_TAG_MAX_LEN), "/s"),
             ],
+            net: vec![
+                "tap=bh0".parse().unwrap(),
+                "fd=9,mac=02:42:0a:58:00:05,mtu=9000".parse().unwrap(),
+                "tap=t1,mtu=68".parse().unwrap(),
+            ],
             seccomp: Some(SeccompMode::Log),
             uid: Some(1000),
             gid: Some(0),
@@ -228,6 +242,7 @@ mod tests {
         };
         let parsed = round_trip(&cmd);
         assert_eq!(parsed.fs.len(), 3);
+        assert_eq!(parsed.net.len(), 3);
         for seccomp in [SeccompMode::Strict, SeccompMode::Off] {
             for level in [log::LevelFilter::Off, log::LevelFilter::Warn] {
                 round_trip(&VmmCommand {

@@ -8,7 +8,8 @@
 //!   output is parsed back by [`VmmArgs`] in this crate's tests;
 //! - [`exit`]: the VMM's exit statuses and [`VmmExit`], their classification;
 //! - [`limits`]: vCPU, memory and command-line limits, and the default command line;
-//! - [`net`]: [`net::MacAddr`], the guest NIC address the host, the VMM and the agent share;
+//! - [`net`]: [`NetSpec`] (`--net`, a virtio-net device on a tap) and [`net::MacAddr`], the
+//!   guest NIC address the host, the VMM and the agent share;
 //! - [`virtiofsd`]: how virtiofsd is run for a virtio-fs device ([`VirtiofsdOptions`]).
 //!
 //! The crate is small on purpose (clap, thiserror, libc, log, bulkhead-log): the VMM binary
@@ -24,4 +25,5 @@ pub mod virtiofsd;
 pub use args::{FsSpec, FsSpecError, ParseValueError, SeccompMode, SerialOutput, VmmArgs};
 pub use command::{VmmCommand, VsockSpec};
 pub use exit::VmmExit;
+pub use net::{MacAddr, NetSpec, NetSpecError, TapBackend};
 pub use virtiofsd::{FsCache, FsConfinement, VirtiofsdOptions};
