@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod network;
+pub mod network_proto;
 pub mod resources;
 pub mod stdio;
 pub mod types;

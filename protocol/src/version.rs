@@ -6,7 +6,8 @@ use thiserror::Error;
 /// stdio header). Bump on any incompatible change and on added RPCs: the check
 /// is equality, so a host never talks to an agent lacking an RPC it may call.
 /// 2: PauseContainer, ResumeContainer, UpdateContainer.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: UpdateInterface, UpdateRoutes, UpdateNeighbours.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error("agent protocol version mismatch: ours is {ours}, the peer speaks {theirs}")]
