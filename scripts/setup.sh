@@ -20,6 +20,7 @@ packages=(
     flex bison bc libelf-dev libssl-dev cpio make gcc
     libseccomp-dev libcap-ng-dev protobuf-compiler python3-pip file
     containerd runc docker-registry skopeo umoci iproute2 apache2-utils procps
+    containernetworking-plugins iptables
 )
 
 log() { echo "setup.sh: $*" >&2; }

@@ -66,6 +66,10 @@ pub struct SandboxConfig {
     pub destroy_timeout: Duration,
     pub hostname: Option<String>,
     pub dns: DnsConfig,
+    /// The pod's network namespace on the host (CNI's, or the CLI's bridge network): the
+    /// VM gets a NIC whose tap is mirrored to that namespace's interface, and the agent
+    /// gives it the same addresses and routes. `None`: the guest has loopback only.
+    pub netns: Option<PathBuf>,
     /// `--log-level` for the VMM.
     pub vmm_log_level: Option<String>,
     /// The log format of the VMM (`--log-format`) and of the guest agent
@@ -93,6 +97,7 @@ impl SandboxConfig {
             destroy_timeout: DEFAULT_DESTROY_TIMEOUT,
             hostname: None,
             dns: DnsConfig::default(),
+            netns: None,
             vmm_log_level: None,
             log_format: None,
         }

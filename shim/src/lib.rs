@@ -11,7 +11,8 @@
 //!   [`resources`]: the OCI resources of an Update;
 //! - [`pod`]: grouping by sandbox id and VM configuration; [`mounts`]: container
 //!   filesystems in the shared directory; [`guest_spec`]: host-only spec fields (LSM
-//!   labels) removed for the guest (the run root's propagation, naming and leftovers
+//!   labels) removed for the guest; [`pod_network`]: the pod's network namespace on the
+//!   host and the guest's shared one instead (the run root's propagation, naming and leftovers
 //!   are `bulkhead_sandbox`'s); [`stdio`]: FIFO plumbing; [`process`]: process
 //!   state; [`events`]: task events and their sinks; [`publisher`]: the sink that is
 //!   containerd's event service; [`error`]: errors and their ttrpc codes;
@@ -25,6 +26,7 @@ pub mod guest_spec;
 pub mod mounts;
 pub mod pod;
 pub mod pod_core;
+pub mod pod_network;
 pub mod process;
 pub mod publisher;
 pub mod resources;

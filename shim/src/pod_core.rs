@@ -22,12 +22,12 @@ use tokio::task::JoinHandle;
 use crate::config::ShimConfig;
 use crate::error::{Result, ShimError};
 use crate::events::{EventSink, TaskEvent};
-use crate::guest_spec;
 use crate::mounts::{self, ContainerFs};
 use crate::pod::{self, Role};
 use crate::process::{Exit, Process, Status, OUTPUT_DRAIN_LIMIT};
 use crate::stdio::{self, SandboxStreams, StdioPaths};
 use crate::translate::{CreateTask, ExecTask, KillTask, ProcessState};
+use crate::{guest_spec, pod_network};
 
 /// How long Delete waits for a removed container's init to be reported gone.
 const REMOVE_EXIT_WAIT: Duration = Duration::from_secs(2);
@@ -152,6 +152,15 @@ impl PodCore {
                 removed.join(", ")
             );
         }
+        let pod_netns = pod_network::host_netns(&spec);
+        let joined = pod_network::join_guest_network(&mut spec);
+        if !joined.is_empty() {
+            log::debug!(
+                "create {}: joins the guest's pod network instead of {}",
+                t.id,
+                joined.join(", ")
+            );
+        }
         let role = pod::classify(&t.id, &pod::annotations(&spec));
         let existing = self.state().vm.clone();
         let (vm, new_vm) = match &role {
@@ -168,7 +177,9 @@ impl PodCore {
                     .get("hostname")
                     .and_then(|h| h.as_str())
                     .map(str::to_owned);
-                let sc = pod::sandbox_config(config, &self.namespace, sandbox_id, size, hostname);
+                let mut sc =
+                    pod::sandbox_config(config, &self.namespace, sandbox_id, size, hostname);
+                sc.netns = pod_netns;
                 log::info!(
                     "starting the VM of {sandbox_id}: {} vCPUs, {} MiB",
                     size.vcpus,

@@ -14,8 +14,6 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
     LinuxContainerResources, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
@@ -23,30 +21,9 @@ use k8s_cri::v1::{
     RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
     StopPodSandboxRequest, UpdateContainerResourcesRequest, VersionRequest,
 };
+use support::cri::{connect, prepare, PAUSE};
 use support::scenarios::real_vm_prerequisites;
 use support::*;
-use tonic::transport::{Channel, Endpoint, Uri};
-
-const PAUSE: &str = "docker.io/bulkhead/pause:e2e";
-
-type Client = RuntimeServiceClient<Channel>;
-
-async fn connect(socket: &Path) -> Client {
-    let socket = socket.to_path_buf();
-    let channel = Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connect to containerd's CRI");
-    RuntimeServiceClient::new(channel)
-}
 
 /// kubelet's namespaces for a host-network pod without a shared pid namespace.
 fn namespaces() -> NamespaceOption {
@@ -291,16 +268,6 @@ fn cri_pod(c: &Containerd, vmm: &str) {
         .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.log()));
     });
     c.assert_clean();
-}
-
-fn prepare(c: &mut Containerd) {
-    let images = c.dir().join("images");
-    let busybox = image_archive(&images.join("busybox"), IMAGE, &["/bin/sh"]);
-    let pause = image_archive(&images.join("pause"), PAUSE, &["/bin/sleep", "2147483647"]);
-    c.import_into("k8s.io", &busybox);
-    c.import_into("k8s.io", &pause);
-    // The shims of CRI pods run in containerd's k8s.io namespace.
-    c.namespace = "k8s.io".into();
 }
 
 /// The controllers of the host's cgroup v2 hierarchy.

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cri;
 pub mod scenarios;
 
 use std::io::Write;
@@ -80,7 +81,8 @@ pub fn image_archive(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
     }
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
     for applet in [
-        "sh", "echo", "cat", "sleep", "ls", "true", "false", "hostname",
+        "sh", "echo", "cat", "sleep", "ls", "true", "false", "hostname", "mkdir", "httpd", "wget",
+        "ip",
     ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
@@ -165,6 +167,27 @@ impl Containerd {
         shim_config: &str,
         cri_sandbox_image: Option<&str>,
     ) -> Containerd {
+        Containerd::start_full(env, shim_config, cri_sandbox_image, None)
+    }
+
+    /// The CRI plugin on, as [`Containerd::start_with`], with the CNI configuration list
+    /// `conflist` (JSON) for pod-network pods; `{DIR}` in it is replaced by the test's own
+    /// directory (for host-local's `dataDir`).
+    pub fn start_with_cni(
+        env: &[(&str, &str)],
+        shim_config: &str,
+        cri_sandbox_image: &str,
+        conflist: &str,
+    ) -> Containerd {
+        Containerd::start_full(env, shim_config, Some(cri_sandbox_image), Some(conflist))
+    }
+
+    fn start_full(
+        env: &[(&str, &str)],
+        shim_config: &str,
+        cri_sandbox_image: Option<&str>,
+        conflist: Option<&str>,
+    ) -> Containerd {
         let dir = tempfile::tempdir().unwrap();
         // Everything on a tmpfs: in the harness /tmp is an overlay over 9p, where overlayfs
         // cannot stack (containerd's snapshots, the shim's rootfs mounts) and unix sockets
@@ -185,6 +208,10 @@ impl Containerd {
             Some(image) => {
                 let cni = dir.path().join("cni");
                 std::fs::create_dir_all(&cni).unwrap();
+                if let Some(list) = conflist {
+                    let list = list.replace("{DIR}", &dir.path().to_string_lossy());
+                    std::fs::write(cni.join("10-e2e.conflist"), list).unwrap();
+                }
                 format!(
                     "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
                      sandbox_image = \"{image}\"\n\
