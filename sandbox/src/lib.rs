@@ -17,6 +17,7 @@
 //!   mount; [`mount`]: mount points, bind and overlay mounts, detaching;
 //! - [`host_agent`]: the agent binary on the host (container isolation); [`cgroup`]: the
 //!   host's cgroup2 hierarchy for it; [`leftovers`]: what a dead front end left behind;
+//! - [`network`]: the pod network (taps mirrored with the namespace's NICs);
 //! - [`agent`]: the agent connection (usable alone against an agent on the host);
 //! - [`config`]: the configuration schema and loader of both front ends (layers, defaults,
 //!   "auto" discovery of the kernel, initramfs, VMM and virtiofsd);
@@ -34,6 +35,7 @@ pub mod leftovers;
 pub mod mount;
 pub mod mountinfo;
 pub mod naming;
+pub mod network;
 pub mod propagation;
 pub mod run_dir;
 pub mod sandbox;

@@ -260,6 +260,7 @@ impl Sandbox {
             command,
             console_log: dir.console_log(),
             vmm_log: dir.vmm_log(),
+            pass_fds: Vec::new(),
         };
         let vmm = VmmProcess::spawn(&vmm_config).map_err(SandboxError::VmmStart)?;
         let endpoint = AgentEndpoint::HybridVsock(dir.vsock_socket());

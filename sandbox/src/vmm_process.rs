@@ -9,7 +9,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -18,7 +18,8 @@ use thiserror::Error;
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
-use crate::child_fds::close_inherited_fds;
+use crate::child_fds::pass_fds;
+pub use crate::child_fds::FIRST_PASSED_FD;
 use crate::console;
 
 pub use bulkhead_vmm_contract::exit::{
@@ -32,8 +33,9 @@ pub use bulkhead_vmm_contract::{FsSpec, SerialOutput, VmmCommand, VsockSpec};
 /// How long dropping a [`VmmProcess`] waits for the killed VMM to exit.
 const DROP_EXIT_WAIT: Duration = Duration::from_secs(2);
 
-/// A VMM to launch: the binary, its command line, and where its output goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A VMM to launch: the binary, its command line, where its output goes, and the
+/// descriptors it inherits.
+#[derive(Debug)]
 pub struct VmmConfig {
     /// The `bulkhead-vmm` binary.
     pub binary: PathBuf,
@@ -43,6 +45,11 @@ pub struct VmmConfig {
     pub console_log: PathBuf,
     /// The VMM's own log (its stderr) goes here.
     pub vmm_log: PathBuf,
+    /// Descriptors the VMM inherits (the pod's taps): the `i`-th is fd
+    /// [`FIRST_PASSED_FD`]` + i` in the VMM (3, 4, ...), which is what its command line
+    /// names (`--net fd=3,...`). Every other descriptor above stderr is closed at exec. Ours
+    /// stay open here; drop the config after spawning to close them.
+    pub pass_fds: Vec<OwnedFd>,
 }
 
 impl VmmConfig {
@@ -68,6 +75,8 @@ pub enum VmmError {
     },
     #[error("bad VMM log level")]
     LogLevel(#[source] bulkhead_vmm_contract::ParseValueError),
+    #[error("cannot prepare a descriptor to pass to the VMM")]
+    PassFd(#[source] std::io::Error),
 }
 
 /// A running (or ended, not yet dropped) VMM process.
@@ -100,7 +109,8 @@ impl VmmProcess {
             .stderr(Stdio::from(log))
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = close_inherited_fds(&mut command)
+        let fds: Vec<_> = config.pass_fds.iter().map(|fd| fd.as_fd()).collect();
+        let mut child = pass_fds(&mut command, &fds)
             .spawn()
             .map_err(|source| VmmError::Spawn {
                 binary: config.binary.clone(),
@@ -280,6 +290,7 @@ mod tests {
             },
             console_log: dir.join("console.log"),
             vmm_log: dir.join("vmm.log"),
+            pass_fds: Vec::new(),
         }
     }
 
@@ -311,6 +322,21 @@ mod tests {
             .collect();
         assert_eq!(got.lines().collect::<Vec<_>>(), want);
         assert_eq!(cfg.args(), cfg.command.args());
+    }
+
+    /// A passed descriptor is fd 3 in the VMM (what `--net fd=3` names).
+    #[tokio::test]
+    async fn passed_fds_arrive_from_fd_3_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = script(dir.path(), "readlink /proc/$$/fd/3 > \"$0.fd3\"");
+        let mut cfg = config(dir.path(), bin);
+        let stand_in = dir.path().join("tap-stand-in");
+        cfg.pass_fds = vec![File::create(&stand_in).unwrap().into()];
+        let vmm = VmmProcess::spawn(&cfg).unwrap();
+        assert_eq!(vmm.wait().await, VmExit::Shutdown);
+        let got = std::fs::read_to_string(dir.path().join("fake-vmm.fd3")).unwrap();
+        assert_eq!(got.trim(), stand_in.to_str().unwrap());
+        assert_eq!(FIRST_PASSED_FD, 3);
     }
 
     #[tokio::test]

@@ -75,6 +75,20 @@ pub struct VmmArgs {
     pub log_format: Option<bulkhead_log::Format>,
 }
 
+impl VmmArgs {
+    /// The file descriptors the VMM inherits on purpose: the taps of `--net fd=N`. Every other
+    /// inherited descriptor is closed at start.
+    pub fn inherited_fds(&self) -> Vec<i32> {
+        self.net
+            .iter()
+            .filter_map(|n| match n.backend {
+                crate::net::TapBackend::Fd(fd) => Some(fd),
+                crate::net::TapBackend::Name(_) => None,
+            })
+            .collect()
+    }
+}
+
 /// A flag value that is not one of the accepted words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{value:?} is not one of {expected}")]

@@ -3,6 +3,7 @@
 //! event loop until the guest stops.
 
 use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -13,6 +14,7 @@ use crate::arch::x86_64 as arch;
 use crate::device_manager::{DeviceManagerError, LegacyDevices, MmioSlots};
 use crate::devices::legacy::{ConsoleOutput, SerialConsole, SerialInput};
 use crate::devices::virtio::fs::Fs;
+use crate::devices::virtio::net::{Net, Tap};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::event_loop::{run_until_exit, ExitMonitor, RunError};
@@ -20,7 +22,9 @@ use crate::exit_status::GuestExit;
 use crate::kernel_loader::{self, LoadError};
 use crate::metrics_report::{MetricsReport, ReportOnSignal};
 use crate::seccomp::{self, Confinement, PrivilegeError, SeccompError, StartGate, ThreadFilter};
-use crate::vmm_config::{ConfigError, SerialOutput, VmConfig, CMDLINE_MAX_LEN};
+use crate::vmm_config::{
+    ConfigError, NetSpec, SerialOutput, TapBackend, VmConfig, CMDLINE_MAX_LEN,
+};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{self, Buses, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
@@ -139,6 +143,24 @@ fn console_output(serial: &SerialOutput) -> Result<ConsoleOutput, StartError> {
     ConsoleOutput::new(out).map_err(StartError::Console)
 }
 
+/// A virtio-net device on the tap `spec` names: opened by name, or the inherited fd (which
+/// `main` kept open and `VmConfig::validate` made sure is named once).
+fn open_net(spec: &NetSpec) -> Result<Net, StartError> {
+    let err = |e: Box<dyn std::error::Error + Send + Sync>| StartError::Device("virtio-net", e);
+    let tap = match &spec.backend {
+        TapBackend::Name(name) => Tap::open(name),
+        TapBackend::Fd(fd) => Tap::check_open(*fd).and_then(|()| {
+            // SAFETY: the fd was inherited for this device (`--net fd=N`), kept open by
+            // `close_inherited_fds`, and is named by one `--net` only; nothing else in the
+            // process owns it, so the device may own (and close) it.
+            Tap::from_fd(unsafe { OwnedFd::from_raw_fd(*fd) })
+        }),
+    }
+    .map_err(|e| err(Box::new(e)))?;
+    let offloads = tap.offloads();
+    Net::new(Box::new(tap), offloads, spec.mac, spec.mtu).map_err(|e| err(Box::new(e)))
+}
+
 /// Build the VM described by `config` and start its vCPUs, confined as `confinement` says:
 /// privileges dropped before the vCPU threads start, each vCPU thread under the vCPU filter
 /// from its first `KVM_RUN`, the main thread under the main filter from [`MicroVm::wait`].
@@ -228,6 +250,23 @@ pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<Mic
             &mut cmdline,
             "virtio-fs",
             Arc::new(Mutex::new(fs)),
+        )?;
+    }
+    for spec in &config.net {
+        let net = open_net(spec)?;
+        log::info!(
+            "virtio-net: tap {} ({spec}), guest MAC {}",
+            net.tap_name(),
+            net.mac()
+        );
+        metrics.add(format!("virtio-net {}", net.tap_name()), net.metrics());
+        slots.attach(
+            &vm,
+            &mem,
+            &mut buses,
+            &mut cmdline,
+            "virtio-net",
+            Arc::new(Mutex::new(net)),
         )?;
     }
     log::info!("devices: serial, i8042 and virtio-mmio devices attached");

@@ -14,11 +14,13 @@ use bulkhead_vmm_contract::VmmArgs;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    // seccomp/confinement: nothing the VMM did not open itself stays reachable.
-    let closed = privileges::close_inherited_fds();
+    // Parsing opens nothing and starts no thread.
+    let args = VmmArgs::parse();
+    // seccomp/confinement: nothing the VMM did not open itself stays reachable, except the tap
+    // fds the command line names (`--net fd=N`).
+    let closed = privileges::close_inherited_fds(&args.inherited_fds());
     // Before any thread exists, so SIGUSR1 reaches only the metrics signalfd.
     let blocked = metrics_report::block_report_signal();
-    let args = VmmArgs::parse();
     let format = args.log_format.unwrap_or_else(|| {
         bulkhead_vmm::logger::Format::from_env()
             .ok()

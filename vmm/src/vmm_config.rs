@@ -8,8 +8,8 @@ pub use bulkhead_vmm_contract::limits::{
     CMDLINE_MAX_LEN, DEFAULT_CMDLINE, MAX_MEMORY_MIB, MAX_VCPUS, MIN_GUEST_CID, MIN_MEMORY_MIB,
     MIN_VCPUS,
 };
-pub use bulkhead_vmm_contract::SerialOutput;
 use bulkhead_vmm_contract::VmmArgs;
+pub use bulkhead_vmm_contract::{NetSpec, NetSpecError, SerialOutput, TapBackend};
 
 /// The hybrid vsock device: guest CID and the host unix socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// virtio-fs devices, each a tag served by a vhost-user backend (virtiofsd).
     pub fs: Vec<FsConfig>,
+    /// virtio-net devices, each on a tap.
+    pub net: Vec<NetSpec>,
 }
 
 /// A configuration the VMM refuses, with the reason.
@@ -68,6 +70,10 @@ pub enum ConfigError {
     CmdlineBadChar,
     #[error("vsock guest CID must be 3 or more (0-2 are reserved), got {0}")]
     VsockCid(u64),
+    #[error("invalid --net")]
+    Net(#[source] NetSpecError),
+    #[error("--net {0} is given twice (one tap, one device)")]
+    NetDuplicate(String),
 }
 
 impl VmConfig {
@@ -86,6 +92,7 @@ impl VmConfig {
                 uds_path,
             }),
             fs: args.fs.iter().cloned().map(FsConfig::from).collect(),
+            net: args.net.clone(),
         }
     }
 
@@ -118,6 +125,21 @@ impl VmConfig {
         if let Some(v) = &self.vsock {
             if v.guest_cid < MIN_GUEST_CID {
                 return Err(ConfigError::VsockCid(v.guest_cid));
+            }
+        }
+        for (i, net) in self.net.iter().enumerate() {
+            net.validate().map_err(ConfigError::Net)?;
+            // Two devices on one fd would close it twice; on one tap name, share a queue.
+            if self
+                .net
+                .get(..i)
+                .is_some_and(|before| before.iter().any(|other| other.backend == net.backend))
+            {
+                let what = match &net.backend {
+                    TapBackend::Name(name) => format!("tap={name}"),
+                    TapBackend::Fd(fd) => format!("fd={fd}"),
+                };
+                return Err(ConfigError::NetDuplicate(what));
             }
         }
         Ok(())
@@ -189,6 +211,7 @@ mod tests {
             rng: true,
             vsock: None,
             fs: Vec::new(),
+            net: Vec::new(),
         }
     }
 
@@ -245,5 +268,26 @@ mod tests {
         ));
         c.cmdline = "console=ttyS0\nroot=x".into();
         assert_eq!(c.validate(), Err(ConfigError::CmdlineBadChar));
+    }
+
+    #[test]
+    fn refuses_the_same_tap_twice() {
+        let k = temp_kernel();
+        let mut c = config(k.as_path());
+        c.net = vec!["tap=t0".parse().unwrap(), "fd=7".parse().unwrap()];
+        c.validate().unwrap();
+        c.net.push("fd=7,mac=02:00:00:00:00:01".parse().unwrap());
+        assert_eq!(c.validate(), Err(ConfigError::NetDuplicate("fd=7".into())));
+        c.net = vec!["tap=t0".parse().unwrap(), "tap=t0".parse().unwrap()];
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::NetDuplicate("tap=t0".into()))
+        );
+        c.net = vec![NetSpec {
+            backend: TapBackend::Fd(2),
+            mac: None,
+            mtu: None,
+        }];
+        assert!(matches!(c.validate(), Err(ConfigError::Net(_))));
     }
 }

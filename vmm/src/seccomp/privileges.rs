@@ -8,6 +8,7 @@
 //! (`<uds>_<port>`, vhost-user) belong to the user that started it.
 
 use std::io;
+use std::os::fd::RawFd;
 
 /// Errors dropping privileges.
 #[derive(Debug, thiserror::Error)]
@@ -39,19 +40,51 @@ pub struct Identity {
     pub gid: Option<u32>,
 }
 
-/// Close every file descriptor above stderr that the VMM inherited. Call first in `main`,
-/// before anything is opened.
-pub fn close_inherited_fds() -> io::Result<()> {
-    // SAFETY: close_range(2) only closes descriptors; nothing in this process holds one
-    // above 2 yet.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    if rc == 0 {
+/// Close every file descriptor above stderr that the VMM inherited, except those in `keep`
+/// (the tap fds named by `--net fd=N`), which must be open. Call first in `main`, before
+/// anything is opened.
+pub fn close_inherited_fds(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|fd| *fd > 2).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    for &fd in &keep {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("inherited fd {fd} (--net fd={fd}) is not open: {e}"),
+            ));
+        }
+    }
+    // The ranges between the kept descriptors: [3, k0-1], [k0+1, k1-1], ..., [kn+1, MAX].
+    let mut ranges = Vec::with_capacity(keep.len() + 1);
+    let mut start: u32 = 3;
+    for &fd in &keep {
+        let fd = fd as u32;
+        if fd > start {
+            ranges.push((start, fd - 1));
+        }
+        start = fd + 1;
+    }
+    ranges.push((start, u32::MAX));
+    let mut fallback = false;
+    for &(first, last) in &ranges {
+        // SAFETY: close_range(2) only closes descriptors; nothing in this process holds one
+        // above 2 yet, except those kept.
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+        if rc != 0 {
+            fallback = true;
+            break;
+        }
+    }
+    if !fallback {
         return Ok(());
     }
     // Kernels before 5.9: walk /proc/self/fd.
     let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2)
+        .filter(|fd| *fd > 2 && !keep.contains(fd))
         .collect();
     for fd in fds {
         // SAFETY: see above; the directory's own fd is already closed (EBADF, ignored).

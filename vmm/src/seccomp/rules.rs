@@ -23,6 +23,10 @@ pub const TCGETS: u64 = 0x5401;
 pub const TCSETS: u64 = 0x5402;
 /// Non-blocking mode on a socket (what std's `set_nonblocking` uses).
 pub const FIONBIO: u64 = 0x5421;
+// include/uapi/linux/if_tun.h: _IOW('T', 208, unsigned int).
+/// virtio-net: the offloads the guest accepted, given to the tap when the device activates.
+/// Opening a tap (TUNSETIFF) and probing it happen before confinement and are not allowed.
+pub const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 
 /// A growing rule map. Adding a syscall that is already allowed unconditionally keeps it so;
 /// conditional rules for the same syscall add up (any of them allows the call).
@@ -167,7 +171,7 @@ pub fn process_rules() -> Result<RuleMap, BackendError> {
 }
 
 /// The main thread running the event loop: epoll, device queue work, the rng's entropy, the
-/// vsock unix sockets (accepting host clients, connecting to `<uds>_<port>`), a vhost-user
+/// virtio-net taps (read, write, TUNSETOFFLOAD), the vsock unix sockets (accepting host clients, connecting to `<uds>_<port>`), a vhost-user
 /// socket, the console (stdin, terminal mode), and the end (removing the vsock socket file).
 pub fn main_rules() -> Result<RuleMap, BackendError> {
     let mut b = Builder::new();
@@ -211,8 +215,13 @@ pub fn main_rules() -> Result<RuleMap, BackendError> {
                 ],
             )?,
         )
-        // Non-blocking sockets; the console's terminal mode (read, and restored at the end).
-        .allow_if(libc::SYS_ioctl, when_any(1, &[FIONBIO, TCGETS, TCSETS])?)
+        // Non-blocking sockets; the console's terminal mode (read, and restored at the end);
+        // virtio-net's tap offloads after feature negotiation (tap frames themselves move
+        // with read and write).
+        .allow_if(
+            libc::SYS_ioctl,
+            when_any(1, &[FIONBIO, TCGETS, TCSETS, TUNSETOFFLOAD])?,
+        )
         // The vsock listener removes its socket file when the VM ends, after checking it is
         // still the one it created.
         .allow(libc::SYS_fstat)
@@ -249,7 +258,7 @@ mod tests {
     fn main_list_restricts_sockets_and_ioctls() {
         let rules = main_rules().unwrap();
         assert_eq!(rules[&libc::SYS_socket].len(), 1, "AF_UNIX only");
-        assert_eq!(rules[&libc::SYS_ioctl].len(), 3);
+        assert_eq!(rules[&libc::SYS_ioctl].len(), 4);
         for nr in [
             libc::SYS_open,
             libc::SYS_openat,
@@ -278,10 +287,15 @@ mod tests {
                 "syscall {nr}"
             );
         }
-        // ioctl: KVM_RUN from the vCPU list plus the main thread's three.
-        assert_eq!(all[&libc::SYS_ioctl].len(), 4);
+        // ioctl: KVM_RUN from the vCPU list plus the main thread's four.
+        assert_eq!(all[&libc::SYS_ioctl].len(), 5);
         assert!(!all.contains_key(&libc::SYS_openat));
         assert!(!all.contains_key(&libc::SYS_execve));
+    }
+
+    #[test]
+    fn tunsetoffload_is_the_kernel_number() {
+        assert_eq!(TUNSETOFFLOAD, libc::TUNSETOFFLOAD);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! a child process: this test binary run again with `BULKHEAD_SECCOMP_CHILD=<case>`, which
 //! executes only the ignored `child_process` test below. The parent checks how it ended.
 
+use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -135,6 +136,12 @@ fn main_filter_kills_on_open_and_exec_mappings() {
     assert_killed("main-open", libc::SYS_openat, "main");
     assert_killed("main-exec-mmap", libc::SYS_mmap, "main");
     assert_killed("main-exec-mprotect", libc::SYS_mprotect, "main");
+}
+
+#[test]
+fn main_filter_allows_tunsetoffload_and_kills_on_tunsetiff() {
+    assert_allowed("main-tunsetoffload");
+    assert_killed("main-tunsetiff", libc::SYS_ioctl, "main");
 }
 
 #[test]
@@ -274,6 +281,27 @@ fn child_process() {
             on_thread(move || unix_socket_round_trip(f, &path));
             drop(dir);
         }
+        "main-tunsetoffload" => on_thread(move || {
+            let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            f.main.apply().unwrap();
+            // Not a tap: the kernel refuses it, the filter lets it through.
+            // SAFETY: TUNSETOFFLOAD takes its argument by value.
+            let rc = unsafe {
+                libc::ioctl(
+                    evt.as_raw_fd(),
+                    libc::TUNSETOFFLOAD,
+                    libc::TUN_F_CSUM as u64,
+                )
+            };
+            assert_eq!(rc, -1);
+        }),
+        "main-tunsetiff" => on_thread(move || {
+            let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            f.main.apply().unwrap();
+            let mut ifr = [0u8; 40];
+            // SAFETY: a 40-byte buffer stands for the struct ifreq TUNSETIFF reads.
+            unsafe { libc::ioctl(evt.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) };
+        }),
         "main-inet-socket" => on_thread(move || {
             f.main.apply().unwrap();
             inet_socket();

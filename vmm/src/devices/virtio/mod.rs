@@ -4,6 +4,7 @@ pub mod device;
 pub mod fs;
 pub mod metrics;
 pub mod mmio;
+pub mod net;
 pub mod rate_limited;
 pub mod rng;
 #[cfg(test)]
