@@ -8,6 +8,7 @@ use thiserror::Error;
 use ttrpc::Code;
 
 use crate::container::ContainerError;
+use crate::network::NetworkError;
 
 #[derive(Debug, Error)]
 pub enum AgentError {
@@ -84,6 +85,13 @@ pub enum AgentError {
         #[source]
         source: ContainerError,
     },
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error(
+        "the agent configures the network only as PID 1 of a guest \
+         (here it shares the host's network namespace)"
+    )]
+    NetworkNotManaged,
     #[error("{what}")]
     Io {
         what: String,
@@ -126,6 +134,9 @@ impl AgentError {
                 | ContainerError::Rootfs { .. } => Code::INVALID_ARGUMENT,
                 _ => Code::INTERNAL,
             },
+            AgentError::Network(e) if e.is_not_found() => Code::NOT_FOUND,
+            AgentError::Network(NetworkError::BadRoute { .. }) => Code::INVALID_ARGUMENT,
+            AgentError::NetworkNotManaged => Code::FAILED_PRECONDITION,
             _ => Code::INTERNAL,
         }
     }

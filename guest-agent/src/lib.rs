@@ -11,6 +11,7 @@ pub mod error;
 pub mod fd_stream;
 pub mod init;
 pub mod logger;
+pub mod network;
 pub mod process_io;
 pub mod reaper;
 pub mod sandbox;
@@ -32,6 +33,10 @@ pub async fn run(opts: &config::Options, manage_system: bool) -> Result<(), Agen
         manage_system,
     })?;
     sandbox.spawn_oom_watcher();
+    if manage_system {
+        // Every sandbox has a loopback, with or without a pod network.
+        network::bring_up_loopback(&network::Netlink::open()?).await?;
+    }
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let _server = server::start(Arc::clone(&sandbox), &opts.api, &opts.stdio, shutdown_tx).await?;
     while !*shutdown_rx.borrow_and_update() {

@@ -145,6 +145,12 @@ impl Sandbox {
         }
     }
 
+    /// Whether this agent runs the whole guest (PID 1), and so may change system-wide
+    /// state such as the hostname and the network.
+    pub fn manages_system(&self) -> bool {
+        self.opts.manage_system
+    }
+
     pub async fn next_oom_event(&self) -> Option<String> {
         self.oom_rx.lock().await.recv().await
     }

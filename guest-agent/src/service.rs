@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bulkhead_protocol::network::{GuestInterface, GuestNeighbour, GuestRoute};
 use bulkhead_protocol::proto;
 use bulkhead_protocol::resources::UpdateRequest;
 use bulkhead_protocol::ttrpc_api;
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use ttrpc::r#async::TtrpcContext;
 
 use crate::error::AgentError;
+use crate::network::{self, Netlink};
 use crate::sandbox::Sandbox;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -25,11 +27,25 @@ pub struct AgentService {
     sandbox: Arc<Sandbox>,
     /// Set to true by DestroySandbox once containers are gone.
     shutdown: watch::Sender<bool>,
+    /// One network change at a time: UpdateRoutes reads, removes and adds.
+    network: tokio::sync::Mutex<()>,
 }
 
 impl AgentService {
     pub fn new(sandbox: Arc<Sandbox>, shutdown: watch::Sender<bool>) -> Self {
-        AgentService { sandbox, shutdown }
+        AgentService {
+            sandbox,
+            shutdown,
+            network: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// A netlink connection, when this agent owns the guest's network.
+    fn netlink(&self) -> Result<Netlink, AgentError> {
+        if !self.sandbox.manages_system() {
+            return Err(AgentError::NetworkNotManaged);
+        }
+        Ok(Netlink::open()?)
     }
 
     /// The service table to register with a ttrpc server.
@@ -275,5 +291,50 @@ impl ttrpc_api::Agent for AgentService {
         let mut r = proto::GetOOMEventResponse::new();
         r.container_id = id;
         Ok(r)
+    }
+
+    async fn update_interface(
+        &self,
+        _ctx: &TtrpcContext,
+        req: proto::UpdateInterfaceRequest,
+    ) -> ttrpc::Result<proto::Empty> {
+        let failed = |e| fail("UpdateInterface", e);
+        let iface = GuestInterface::try_from(&req).map_err(|e| failed(e.into()))?;
+        let _one = self.network.lock().await;
+        let nl = self.netlink().map_err(failed)?;
+        network::update_interface(&nl, &iface)
+            .await
+            .map_err(|e| failed(e.into()))?;
+        Ok(proto::Empty::new())
+    }
+
+    async fn update_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: proto::UpdateRoutesRequest,
+    ) -> ttrpc::Result<proto::Empty> {
+        let failed = |e| fail("UpdateRoutes", e);
+        let routes = Vec::<GuestRoute>::try_from(&req).map_err(|e| failed(e.into()))?;
+        let _one = self.network.lock().await;
+        let nl = self.netlink().map_err(failed)?;
+        network::update_routes(&nl, &routes)
+            .await
+            .map_err(|e| failed(e.into()))?;
+        Ok(proto::Empty::new())
+    }
+
+    async fn update_neighbours(
+        &self,
+        _ctx: &TtrpcContext,
+        req: proto::UpdateNeighboursRequest,
+    ) -> ttrpc::Result<proto::Empty> {
+        let failed = |e| fail("UpdateNeighbours", e);
+        let list = Vec::<GuestNeighbour>::try_from(&req).map_err(|e| failed(e.into()))?;
+        let _one = self.network.lock().await;
+        let nl = self.netlink().map_err(failed)?;
+        network::update_neighbours(&nl, &list)
+            .await
+            .map_err(|e| failed(e.into()))?;
+        Ok(proto::Empty::new())
     }
 }

@@ -396,3 +396,48 @@ fn create_and_destroy_sandbox_end_the_agent_run() {
         assert!(!env.dir.path().join("state/containers").join(&id).exists());
     });
 }
+
+/// On the host the agent shares the host's network namespace: the network RPCs check the
+/// request, then refuse to touch anything.
+#[test]
+fn network_rpcs_are_refused_outside_a_guest() {
+    let Some(env) = TestEnv::new() else { return };
+    env.rt.block_on(async {
+        let (_sb, _server) = env.start_agent().await;
+        let client = env.client().await;
+        let status = |err: ttrpc::Error| match err {
+            ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_owned()),
+            other => panic!("{other:?}"),
+        };
+
+        let mut iface = proto::Interface::new();
+        iface.name = "eth0".into();
+        iface.mac = "01:00:5e:00:00:01".into();
+        iface.mtu = 1500;
+        let mut req = proto::UpdateInterfaceRequest::new();
+        req.interface = Some(iface).into();
+        let (code, msg) = status(client.update_interface(ctx(), &req).await.unwrap_err());
+        assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+        assert!(msg.contains("interface.mac"), "{msg}");
+
+        req.interface.as_mut().unwrap().mac = "02:42:c6:12:00:05".into();
+        let (code, msg) = status(client.update_interface(ctx(), &req).await.unwrap_err());
+        assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
+        assert!(msg.contains("only as PID 1"), "{msg}");
+
+        let (code, _) = status(
+            client
+                .update_routes(ctx(), &proto::UpdateRoutesRequest::new())
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
+        let (code, _) = status(
+            client
+                .update_neighbours(ctx(), &proto::UpdateNeighboursRequest::new())
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
+    });
+}
