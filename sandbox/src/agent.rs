@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bulkhead_protocol::client::{client_from_socket, handshake, AgentVersion};
+use bulkhead_protocol::network::GuestNetwork;
+use bulkhead_protocol::network_proto::{validate_interface, validate_neighbours, validate_routes};
 use bulkhead_protocol::proto;
 use bulkhead_protocol::resources::{ResourceUpdate, UpdateRequest};
 use bulkhead_protocol::stdio::{AttachStatus, StdioHeader, StreamKind};
@@ -355,6 +357,41 @@ impl AgentConn {
         Ok(())
     }
 
+    /// Makes the guest's network look like the pod's: each interface (found by MAC,
+    /// renamed, MTU, addresses, up), then the routes (replacing the guest's non-kernel
+    /// routes), then the permanent neighbours. The whole plan is checked before the first
+    /// request; an empty plan (no pod network) sends nothing. Call after CreateSandbox, once
+    /// the VMM gave the guest its NICs. Errors carry the agent's message, which names the
+    /// interface, route or neighbour.
+    pub async fn configure_network(&self, network: &GuestNetwork) -> Result<(), SandboxError> {
+        if *network == GuestNetwork::default() {
+            return Ok(());
+        }
+        for iface in &network.interfaces {
+            validate_interface(iface).map_err(SandboxError::InvalidArgument)?;
+        }
+        validate_routes(&network.routes).map_err(SandboxError::InvalidArgument)?;
+        validate_neighbours(&network.neighbours).map_err(SandboxError::InvalidArgument)?;
+        let failed = |e| SandboxError::from_rpc(Phase::SandboxCreate, e);
+        for iface in &network.interfaces {
+            self.client
+                .update_interface(self.ctx(), &proto::UpdateInterfaceRequest::from(iface))
+                .await
+                .map_err(failed)?;
+        }
+        let req = proto::UpdateRoutesRequest::from(network.routes.as_slice());
+        self.client
+            .update_routes(self.ctx(), &req)
+            .await
+            .map_err(failed)?;
+        let req = proto::UpdateNeighboursRequest::from(network.neighbours.as_slice());
+        self.client
+            .update_neighbours(self.ctx(), &req)
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
     pub async fn remove_container(&self, container_id: &str) -> Result<(), SandboxError> {
         validate_container_id(container_id).map_err(SandboxError::InvalidArgument)?;
         let mut req = proto::RemoveContainerRequest::new();
@@ -414,3 +451,7 @@ async fn open_stdio(
 fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+#[path = "agent_network_tests.rs"]
+mod network_tests;
