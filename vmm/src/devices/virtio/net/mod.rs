@@ -23,6 +23,10 @@ mod rx;
 mod tap;
 mod tx;
 
+#[cfg(test)]
+mod test_utils;
+#[cfg(test)]
+mod tests;
 
 pub use device::{
     offered_features, random_mac, tap_offload_flags, Net, NetError, MAX_BUFFER_LEN, MAX_FRAME_LEN,

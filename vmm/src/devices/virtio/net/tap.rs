@@ -279,3 +279,99 @@ impl TapIo for Tap {
         &self.name
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::FromRawFd;
+
+    use virtio_bindings::virtio_net::VIRTIO_NET_F_HOST_UFO;
+
+    use super::*;
+    use crate::devices::virtio::device::VirtioDevice;
+    use crate::devices::virtio::net::Net;
+
+    /// As root: a real tap in a fresh network namespace (so nothing on the host is touched),
+    /// attached by name and through an fd, and its offloads probed.
+    #[test]
+    fn real_tap_by_name_and_by_fd_in_a_fresh_netns() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            bulkhead_test_skip::skip("needs root to create taps in a new network namespace");
+            return;
+        }
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            bulkhead_test_skip::skip("no /dev/net/tun");
+            return;
+        }
+        std::thread::spawn(|| {
+            // SAFETY: unshare affects only this thread, which ends with the test.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+            let tap = Tap::open("bhtest0").unwrap();
+            assert_eq!(tap.name(), "bhtest0");
+            let offloads = tap.offloads();
+            eprintln!("tap offloads beyond csum/tso: {offloads:?}");
+
+            // The fd path: a tap attached elsewhere with the right flags is taken over.
+            let fd = attach_raw(
+                "bhtest1",
+                libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR,
+            );
+            let tap1 = Tap::from_fd(fd).unwrap();
+            assert_eq!(tap1.name(), "bhtest1");
+            assert_eq!(tap1.offloads(), offloads);
+            // SAFETY: F_GETFL reads flags.
+            let fl = unsafe { libc::fcntl(tap1.as_raw_fd(), libc::F_GETFL) };
+            assert_ne!(fl & libc::O_NONBLOCK, 0, "made non-blocking");
+            let mut tap1 = tap1;
+            let mut buf = [0u8; 100];
+            let e = tap1.read_frame(&mut buf).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+
+            // Without a vnet header, or a tun, or not a tun at all: refused, clearly.
+            let fd = attach_raw("bhtest2", libc::IFF_TAP | libc::IFF_NO_PI);
+            let err = Tap::from_fd(fd).unwrap_err().to_string();
+            assert!(
+                err.contains("IFF_VNET_HDR") && err.contains("bhtest2"),
+                "{err}"
+            );
+            let fd = attach_raw(
+                "bhtun3",
+                libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR,
+            );
+            assert!(matches!(Tap::from_fd(fd), Err(TapError::WrongFlags { .. })));
+            let evt = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+            // SAFETY: a fresh fd duplicated for the OwnedFd.
+            let dup = unsafe { OwnedFd::from_raw_fd(libc::dup(evt.as_raw_fd())) };
+            assert!(matches!(Tap::from_fd(dup), Err(TapError::NotTun { .. })));
+            assert!(matches!(Tap::open(""), Err(TapError::Name(_))));
+
+            // The device on the real tap: features as probed, offloads applied on request.
+            let mut net = Net::new(Box::new(tap), offloads, None, None).unwrap();
+            assert_eq!(
+                net.avail_features() & (1 << VIRTIO_NET_F_HOST_UFO) != 0,
+                offloads.ufo
+            );
+            net.tap
+                .set_offload(libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6)
+                .unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Attach a tun/tap with `flags` the way a privileged launcher would, and hand over its fd.
+    fn attach_raw(name: &str, flags: i32) -> OwnedFd {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .unwrap();
+        let mut req = [0u8; 40];
+        req[..name.len()].copy_from_slice(name.as_bytes());
+        req[16..18].copy_from_slice(&(flags as i16).to_ne_bytes());
+        // SAFETY: a 40-byte buffer laid out as struct ifreq.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, req.as_mut_ptr()) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        OwnedFd::from(file)
+    }
+}
