@@ -159,7 +159,7 @@ async fn attach_inside(netns: PathBuf) -> Result<Attached, NetworkError> {
                 InspectStep::Routes => Step::ReadRoutes,
                 InspectStep::Neighbours => Step::ReadNeighbours,
             },
-            source,
+            source: Box::new(source),
         })?;
     let plan = plan(&snapshot).map_err(|source| NetworkError::Plan {
         netns: netns.clone(),
@@ -193,7 +193,7 @@ async fn attach_nic(
             netns,
             step,
             link,
-            source,
+            source: Box::new(source),
         }
     };
     // Dropping the fd on an error below removes the tap and its qdisc with it.
@@ -273,7 +273,7 @@ async fn detach_inside(netns: PathBuf, links: Vec<(u32, u32, String)>) -> Result
                     netns: netns.clone(),
                     step,
                     link: link_name.clone(),
-                    source,
+                    source: Box::new(source),
                 });
             }
         }

@@ -65,7 +65,8 @@ impl fmt::Display for Step {
 }
 
 /// Why the pod network could not be attached or detached; names the namespace, the step
-/// and the link.
+/// and the link. Netlink errors are boxed: they carry whole messages, and this error travels
+/// inside the sandbox's.
 #[derive(Debug, Error)]
 pub enum NetworkError {
     #[error(transparent)]
@@ -81,7 +82,7 @@ pub enum NetworkError {
         netns: PathBuf,
         step: Step,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     #[error("cannot plan the pod network of {netns}")]
     Plan {
@@ -102,6 +103,26 @@ pub enum NetworkError {
         step: Step,
         link: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_step_the_link_and_the_namespace_and_stay_small() {
+        let e = NetworkError::Link {
+            netns: "/var/run/netns/cni-1".into(),
+            step: Step::AddRedirectFilter,
+            link: "eth0".into(),
+            source: Box::new(rtnetlink::Error::RequestFailed),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot add the redirect filter on eth0 in /var/run/netns/cni-1"
+        );
+        assert!(std::mem::size_of::<NetworkError>() <= 96);
+    }
 }
