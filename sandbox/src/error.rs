@@ -10,6 +10,7 @@ use bulkhead_protocol::types::InvalidField;
 use thiserror::Error;
 
 use crate::hybrid_vsock::ConnectError;
+use crate::network::NetworkError;
 use crate::run_dir::RunDirError;
 use crate::virtiofsd_process::VirtiofsdError;
 use crate::vmm_process::{VmExit, VmmError};
@@ -18,6 +19,7 @@ use crate::vmm_process::{VmExit, VmmError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     RunDir,
+    Network,
     Virtiofsd,
     VmmStart,
     KernelBoot,
@@ -45,6 +47,7 @@ impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Phase::RunDir => "creating the run directory",
+            Phase::Network => "attaching the pod network",
             Phase::Virtiofsd => "starting virtiofsd",
             Phase::VmmStart => "starting the VMM",
             Phase::KernelBoot => "booting the guest",
@@ -93,6 +96,8 @@ pub enum SandboxError {
     InvalidArgument(#[source] InvalidField),
     #[error("{}", Phase::RunDir)]
     RunDir(#[source] RunDirError),
+    #[error("{}", Phase::Network)]
+    Network(#[source] NetworkError),
     #[error("{}", Phase::Virtiofsd)]
     Virtiofsd(#[source] VirtiofsdError),
     #[error("{}", Phase::VmmStart)]
@@ -157,6 +162,7 @@ impl SandboxError {
             SandboxError::Config(_) | SandboxError::InvalidArgument(_) => return None,
             SandboxError::Destroyed => return None,
             SandboxError::RunDir(_) => Phase::RunDir,
+            SandboxError::Network(_) => Phase::Network,
             SandboxError::Virtiofsd(_) => Phase::Virtiofsd,
             SandboxError::VmmStart(_) | SandboxError::VmmFailed { .. } => Phase::VmmStart,
             SandboxError::KernelBoot { .. } => Phase::KernelBoot,

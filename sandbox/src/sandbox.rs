@@ -20,12 +20,15 @@ use tokio::time::Instant;
 
 use crate::agent::{AgentConn, AgentEndpoint, ExitInfo, DEFAULT_RPC_TIMEOUT};
 use crate::error::{Phase, SandboxError};
+use crate::network::{AttachedPodNetwork, PodNetwork};
 use crate::run_dir::RunDir;
 use crate::sizing::VmSize;
 use crate::virtiofsd_process::{VirtiofsdOptions, VirtiofsdProcess};
 use crate::vmm_process::{
     FsSpec, SerialOutput, VmExit, VmmCommand, VmmConfig, VmmError, VmmProcess, VsockSpec,
+    FIRST_PASSED_FD,
 };
+use bulkhead_vmm_contract::net::{NetSpec, TapBackend};
 
 /// Default root of the run directories.
 pub const DEFAULT_RUN_ROOT: &str = "/run/bulkhead";
@@ -132,6 +135,8 @@ pub struct Sandbox {
     // `virtiofsd` kills its process group; `run_dir` goes last.
     vmm: VmmProcess,
     virtiofsd: tokio::sync::Mutex<Option<VirtiofsdProcess>>,
+    // Detached after the VM has ended (its drop does the same, best effort).
+    network: tokio::sync::Mutex<Option<AttachedPodNetwork>>,
     agent: AgentConn,
     destroy_timeout: Duration,
     destroyed: tokio::sync::Mutex<Option<VmExit>>,
@@ -143,6 +148,7 @@ pub struct Sandbox {
 /// What `start` has built so far, torn down in order when a later step fails.
 struct Partial {
     run_dir: RunDir,
+    network: Option<AttachedPodNetwork>,
     virtiofsd: Option<VirtiofsdProcess>,
     vmm: Option<VmmProcess>,
 }
@@ -154,6 +160,11 @@ impl Partial {
         }
         if let Some(mut fsd) = self.virtiofsd.take() {
             fsd.stop().await;
+        }
+        if let Some(network) = self.network.take() {
+            if let Err(e) = network.detach_async().await {
+                log::warn!("after a failed start: {}", bulkhead_log::error_chain(&e));
+            }
         }
         if let Err(e) = self.run_dir.remove() {
             log::warn!("after a failed start: {e}");
@@ -174,6 +185,7 @@ impl Sandbox {
         let run_dir = RunDir::create(&config.run_root, &config.id).map_err(SandboxError::RunDir)?;
         let mut partial = Partial {
             run_dir,
+            network: None,
             virtiofsd: None,
             vmm: None,
         };
@@ -181,6 +193,7 @@ impl Sandbox {
             Ok(agent) => {
                 let Partial {
                     run_dir,
+                    network,
                     virtiofsd,
                     vmm: Some(vmm),
                 } = partial
@@ -191,6 +204,7 @@ impl Sandbox {
                     id: config.id,
                     vmm,
                     virtiofsd: tokio::sync::Mutex::new(virtiofsd),
+                    network: tokio::sync::Mutex::new(network),
                     agent,
                     destroy_timeout: config.destroy_timeout,
                     destroyed: tokio::sync::Mutex::new(None),
@@ -210,7 +224,6 @@ impl Sandbox {
         config: &SandboxConfig,
         partial: &mut Partial,
     ) -> Result<AgentConn, SandboxError> {
-        let dir = &partial.run_dir;
         let log_level = match config.vmm_log_level.as_deref() {
             Some(level) => Some(
                 parse_log_level(level)
@@ -218,6 +231,27 @@ impl Sandbox {
             ),
             None => None,
         };
+        // The pod network: a tap beside each NIC of the namespace, mirrored to it; the VMM
+        // inherits the taps (fd FIRST_PASSED_FD + i) and the guest NICs take their MACs.
+        let mut pass_fds = Vec::new();
+        let mut net = Vec::new();
+        if let Some(netns) = &config.netns {
+            let network = PodNetwork::attach_async(netns.clone())
+                .await
+                .map_err(SandboxError::Network)?;
+            let network = partial.network.insert(network);
+            pass_fds = network
+                .vmm_fds()
+                .map_err(|e| SandboxError::VmmStart(VmmError::PassFd(e)))?;
+            for (i, nic) in network.nics().iter().enumerate() {
+                net.push(NetSpec {
+                    backend: TapBackend::Fd(FIRST_PASSED_FD + i as i32),
+                    mac: Some(nic.mac),
+                    mtu: u16::try_from(nic.mtu).ok(),
+                });
+            }
+        }
+        let dir = &partial.run_dir;
         let mut fs = Vec::new();
         if let Some(options) = &config.virtiofsd {
             let fsd = VirtiofsdProcess::start(
@@ -248,7 +282,7 @@ impl Sandbox {
                 cid: u64::from(config.vsock_cid),
             }),
             fs,
-            net: Vec::new(),
+            net,
             seccomp: None,
             uid: None,
             gid: None,
@@ -260,7 +294,7 @@ impl Sandbox {
             command,
             console_log: dir.console_log(),
             vmm_log: dir.vmm_log(),
-            pass_fds: Vec::new(),
+            pass_fds,
         };
         let vmm = VmmProcess::spawn(&vmm_config).map_err(SandboxError::VmmStart)?;
         let endpoint = AgentEndpoint::HybridVsock(dir.vsock_socket());
@@ -291,6 +325,10 @@ impl Sandbox {
         };
         let created = agent.create_sandbox(&agent_config).await;
         created.map_err(|e| explain(vmm, e))?;
+        if let Some(network) = &partial.network {
+            let configured = agent.configure_network(network.guest_network()).await;
+            configured.map_err(|e| explain(vmm, e))?;
+        }
         Ok(agent)
     }
 
@@ -464,6 +502,11 @@ impl Sandbox {
         };
         if let Some(mut fsd) = self.virtiofsd.lock().await.take() {
             fsd.stop().await;
+        }
+        if let Some(network) = self.network.lock().await.take() {
+            if let Err(e) = network.detach_async().await {
+                log::warn!("sandbox {}: {}", self.id, bulkhead_log::error_chain(&e));
+            }
         }
         *destroyed = Some(exit);
         let run_dir = self.run_dir.lock().ok().and_then(|mut d| d.take());
