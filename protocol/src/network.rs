@@ -1,8 +1,8 @@
 //! The guest's network as the host describes it: interfaces (found by MAC), their
 //! addresses, routes and neighbours. The host reads these from the pod's network namespace
 //! (`bulkhead_sandbox::network`) and the agent applies them (UpdateInterface,
-//! UpdateRoutes, UpdateNeighbours). Plain domain types; the protobuf conversions live next
-//! to the other ones in `types`.
+//! UpdateRoutes, UpdateNeighbours). Plain domain types; the protobuf conversions and their
+//! checks live in `network_proto`.
 
 pub use bulkhead_vmm_contract::net::{MacAddr, ParseMacError};
 use std::fmt;
