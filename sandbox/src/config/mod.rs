@@ -3,8 +3,8 @@
 //!
 //! `config/bulkhead.toml` documents every key with its default and environment variable
 //! (a test checks it equals [`Config::default`]). Sections: top-level paths and logging,
-//! `[vm]` and `[virtiofsd]` (shared by both front ends), `[cli]` and `[shim]` (what only one
-//! front end reads). Every table refuses unknown keys; every error names the key and where
+//! `[vm]` and `[virtiofsd]` (shared by both front ends), `[network]` (the CLI's CNI
+//! networks), `[cli]` and `[shim]` (what only one front end reads). Every table refuses unknown keys; every error names the key and where
 //! the value came from.
 //!
 //! Precedence, lowest first, as a list of [`Layer`]s given to [`Config::load`]:
@@ -30,6 +30,7 @@ pub use bulkhead_log::Format as LogFormat;
 pub use error::ConfigError;
 pub use load::{standard_layers, EnvOverride, Layer, ENV_OVERRIDES};
 
+use crate::network::cni::{BridgeNetwork, Cni, CniError, ConfList, Ipv4Net};
 use crate::sandbox::{SandboxConfig, DEFAULT_RUN_ROOT};
 use crate::sizing::{PodResources, VmSize, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 use crate::{FsCache, FsConfinement, VirtiofsdOptions};
@@ -63,6 +64,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub vm: VmSection,
     pub virtiofsd: VirtiofsdSection,
+    pub network: NetworkSection,
     pub cli: CliSection,
     pub shim: ShimSection,
 }
@@ -104,12 +106,30 @@ pub struct VirtiofsdSection {
     pub confinement: FsConfinement,
 }
 
+/// The CLI's container networks, made by the CNI plugins (`run --network bridge`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSection {
+    /// Directories searched for CNI plugin binaries, in order.
+    pub cni_plugin_dirs: Vec<PathBuf>,
+    /// A conflist file for the bridge network; "" generates it from the keys below.
+    pub conflist: PathBuf,
+    /// The host bridge of the generated network.
+    pub bridge: String,
+    /// Its IPv4 subnet; the bridge takes the first address (the containers' gateway).
+    pub subnet: String,
+    /// host-local's store of allocated addresses (one directory per network).
+    pub ipam_dir: PathBuf,
+}
+
 /// What only the `bulkhead` CLI reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CliSection {
     /// Default of `run --isolation`.
     pub isolation: Isolation,
+    /// Default of `run --network`.
+    pub network: NetworkMode,
     /// Default of `stop -t`: seconds between SIGTERM and SIGKILL.
     pub stop_timeout_secs: u64,
 }
@@ -130,6 +150,19 @@ pub enum Isolation {
     Container,
 }
 
+/// A container's network in the CLI (`run --network`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// A namespace on the bridge network ([`NetworkSection`]).
+    #[default]
+    Bridge,
+    /// A namespace with only loopback.
+    None,
+    /// The host's network (container isolation only).
+    Host,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -139,6 +172,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             vm: VmSection::default(),
             virtiofsd: VirtiofsdSection::default(),
+            network: NetworkSection::default(),
             cli: CliSection::default(),
             shim: ShimSection::default(),
         }
@@ -172,10 +206,29 @@ impl Default for VirtiofsdSection {
     }
 }
 
+/// The name of the CLI's default network (it names its IPAM store and iptables chains).
+pub const BRIDGE_NETWORK_NAME: &str = "bulkhead";
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        NetworkSection {
+            cni_plugin_dirs: crate::network::cni::DEFAULT_PLUGIN_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            conflist: PathBuf::new(),
+            bridge: "bulkhead0".into(),
+            subnet: "10.89.0.0/24".into(),
+            ipam_dir: "/run/bulkhead/ipam".into(),
+        }
+    }
+}
+
 impl Default for CliSection {
     fn default() -> Self {
         CliSection {
             isolation: Isolation::Vm,
+            network: NetworkMode::Bridge,
             stop_timeout_secs: 10,
         }
     }
@@ -255,6 +308,7 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        self.validate_network(origin)?;
         let level = &self.vm.vmm_log_level;
         if !level.is_empty() && level.parse::<log::LevelFilter>().is_err() {
             return Err(invalid(
@@ -264,6 +318,77 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_network(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, value: String, reason: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key,
+            value,
+            reason,
+        };
+        let n = &self.network;
+        if let Err(reason) = n.subnet.parse::<Ipv4Net>() {
+            return Err(invalid("network.subnet", format!("{:?}", n.subnet), reason));
+        }
+        let name_ok = (1..=15).contains(&n.bridge.len())
+            && n.bridge
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !name_ok {
+            return Err(invalid(
+                "network.bridge",
+                format!("{:?}", n.bridge),
+                "must be an interface name: 1 to 15 letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
+        let relative = |p: &PathBuf| !p.is_absolute();
+        if relative(&n.ipam_dir) {
+            return Err(invalid(
+                "network.ipam_dir",
+                format!("{:?}", n.ipam_dir),
+                "must be an absolute path".into(),
+            ));
+        }
+        if let Some(d) = n.cni_plugin_dirs.iter().find(|d| relative(d)) {
+            return Err(invalid(
+                "network.cni_plugin_dirs",
+                format!("{d:?}"),
+                "must be absolute paths".into(),
+            ));
+        }
+        if !n.conflist.as_os_str().is_empty() && relative(&n.conflist) {
+            return Err(invalid(
+                "network.conflist",
+                format!("{:?}", n.conflist),
+                "must be \"\" or an absolute path".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The bridge network's conflist: `network.conflist` if set, else generated.
+    pub fn bridge_conflist(&self) -> Result<ConfList, CniError> {
+        let n = &self.network;
+        if !n.conflist.as_os_str().is_empty() {
+            return ConfList::load(&n.conflist);
+        }
+        let subnet = n.subnet.parse().map_err(|reason| CniError::Conflist {
+            origin: "network.subnet".into(),
+            reason,
+        })?;
+        Ok(BridgeNetwork {
+            name: BRIDGE_NETWORK_NAME.into(),
+            bridge: n.bridge.clone(),
+            subnet,
+            ipam_dir: n.ipam_dir.clone(),
+        }
+        .conflist())
+    }
+
+    /// The CNI runner with `network.cni_plugin_dirs`.
+    pub fn cni(&self) -> Cni {
+        Cni::new(self.network.cni_plugin_dirs.clone())
     }
 
     /// The guest kernel: the configured path, or with "auto" the newest cached build, then

@@ -10,10 +10,13 @@
 //! - [`netns`]: namespaces by path, work inside them on a thread of their own, named
 //!   namespaces for the CLI;
 //! - [`inspect`]: the namespace read over rtnetlink; [`plan`]: what to build from it (pure);
-//! - [`tap`]: the taps; [`mirror`]: the tc redirection.
+//! - [`tap`]: the taps; [`mirror`]: the tc redirection;
+//! - [`cni`]: running CNI plugins (the CLI's networks).
 //!
 //! Everything goes through netlink and `/dev/net/tun`; no `ip` or `tc` is run.
 
+// The CNI plugin runner (another engineer's).
+pub mod cni;
 pub mod inspect;
 pub mod mirror;
 pub mod netns;
