@@ -29,6 +29,9 @@ pub struct VmRequest<'a> {
     pub hostname: &'a str,
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
+    /// The network namespace the VM's NIC is wired into (`--network bridge`); `None`: no
+    /// NIC.
+    pub netns: Option<PathBuf>,
 }
 
 /// The VM size: the configured default without limits, the sandbox sizing rule with them.
@@ -75,6 +78,7 @@ impl Backend {
         let size = vm_size(cfg, req.cpu_millis, req.memory_bytes);
         let mut sc = cfg.sandbox_config(&files, sandbox_id, &run_root, size);
         sc.hostname = Some(req.hostname.to_owned());
+        sc.netns = req.netns.clone();
         let started = std::time::Instant::now();
         let sandbox = Sandbox::start(sc).await.context("starting the microVM")?;
         if crate::timings::enabled() {

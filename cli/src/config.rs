@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub use bulkhead_sandbox::config::{standard_layers, Config, Isolation, Layer};
+pub use bulkhead_sandbox::config::{standard_layers, Config, Isolation, Layer, NetworkMode};
 
 /// Loads the configuration: vendor defaults, the file (`config`, which is `--config` or
 /// `BULKHEAD_CONFIG`, else `/etc/bulkhead/config.toml`), the environment `env`, then the

@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod control;
 mod logger;
+mod network;
 mod spec;
 mod state;
 mod supervisor;
@@ -17,6 +18,10 @@ fn main() {
     let cli = commands::Cli::parse();
     let code = match commands::run(cli) {
         Ok(code) => code,
+        Err(e) if e.downcast_ref::<commands::UsageError>().is_some() => {
+            eprintln!("bulkhead: {e}");
+            commands::USAGE_STATUS
+        }
         Err(e) => {
             eprintln!("bulkhead: {e}");
             for cause in e.chain().skip(1) {

@@ -58,6 +58,18 @@ impl std::str::FromStr for Volume {
     }
 }
 
+/// The container's network namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SpecNetwork {
+    /// The runtime's own: the host's, or in a VM the guest's.
+    #[default]
+    Shared,
+    /// A new, empty namespace.
+    Private,
+    /// Join this namespace (made by CNI).
+    Join(PathBuf),
+}
+
 /// Everything the spec depends on besides the image.
 #[derive(Debug, Clone, Default)]
 pub struct SpecInput {
@@ -67,8 +79,7 @@ pub struct SpecInput {
     /// CPU limit in millicores.
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
-    /// A private network namespace (`--network none`).
-    pub private_network: bool,
+    pub network: SpecNetwork,
     pub cgroups_path: Option<PathBuf>,
     /// Volumes with their source already mapped to the path the runtime sees.
     pub volumes: Vec<Volume>,
@@ -145,19 +156,30 @@ pub fn build(
     }
     spec.set_mounts(Some(mounts));
 
-    let mut kinds = vec![
+    let kinds = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
     ];
-    if input.private_network {
-        kinds.push(LinuxNamespaceType::Network);
-    }
-    let namespaces = kinds
+    let mut namespaces = kinds
         .into_iter()
         .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
         .collect::<Result<Vec<_>, _>>()?;
+    match &input.network {
+        SpecNetwork::Shared => {}
+        SpecNetwork::Private => namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .build()?,
+        ),
+        SpecNetwork::Join(path) => namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(path.clone())
+                .build()?,
+        ),
+    }
     let default_linux = spec.linux().clone().unwrap_or_default();
     let mut resources = LinuxResourcesBuilder::default();
     if let Some(bytes) = input.memory_bytes {
@@ -277,6 +299,32 @@ mod tests {
         // The JSON the agent parses.
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["process"]["args"][0], "echo");
+    }
+
+    #[test]
+    fn network_namespaces() {
+        let ns_of = |network: SpecNetwork| {
+            let input = SpecInput {
+                hostname: "h".into(),
+                network,
+                ..Default::default()
+            };
+            let spec = build(&image(), &input, &users(), Path::new("/r")).unwrap();
+            let linux = spec.linux().clone().unwrap();
+            linux
+                .namespaces()
+                .clone()
+                .unwrap()
+                .into_iter()
+                .find(|n| n.typ() == LinuxNamespaceType::Network)
+        };
+        assert_eq!(ns_of(SpecNetwork::Shared), None);
+        assert_eq!(ns_of(SpecNetwork::Private).unwrap().path(), &None);
+        let joined = ns_of(SpecNetwork::Join("/run/bulkhead/netns/x".into())).unwrap();
+        assert_eq!(
+            joined.path().as_deref(),
+            Some(Path::new("/run/bulkhead/netns/x"))
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+use crate::network::NetworkMode;
 use crate::spec::Volume;
+use bulkhead_sandbox::network::cni::{Attachment, PortMapping};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -58,10 +60,15 @@ pub struct RunConfig {
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
     pub volumes: Vec<Volume>,
-    pub private_network: bool,
+    /// `--network`.
+    #[serde(default)]
+    pub network: NetworkMode,
+    /// `-p`: ports published on the host (bridge network).
+    #[serde(default)]
+    pub publish: Vec<PortMapping>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub id: String,
     pub name: String,
@@ -83,6 +90,10 @@ pub struct State {
     pub vmm_pid: Option<u32>,
     /// VM mode: the sandbox run directory (VMM, virtiofsd, shared dir).
     pub sandbox_dir: Option<PathBuf>,
+    /// The container's CNI attachment, from before the first plugin runs until DEL
+    /// succeeded (what `rm` releases after a crash).
+    #[serde(default)]
+    pub network: Option<Attachment>,
 }
 
 pub fn now() -> u64 {
@@ -326,6 +337,7 @@ mod tests {
             supervisor_start: None,
             vmm_pid: None,
             sandbox_dir: None,
+            network: None,
         }
     }
 

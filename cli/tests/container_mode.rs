@@ -411,3 +411,120 @@ fn signals_to_a_foreground_run_reach_the_container() {
     }
     env.assert_clean();
 }
+
+/// The bridge network: `-p` answers on the host's loopback, `ps` and `inspect` show the
+/// port and address, the container's /etc/hosts names it, and `rm -f` releases the
+/// address and the namespace. Traffic only to 127.0.0.1.
+#[test]
+fn bridge_network_publishes_ports_and_releases_everything() {
+    require_host!();
+    if !support::cni_ready() {
+        skip("needs the CNI plugins in /usr/lib/cni (containernetworking-plugins)");
+        return;
+    }
+    let env = Env::new("container");
+    let o = env.run(&[
+        "run",
+        "-d",
+        "-q",
+        "--name",
+        "web",
+        "-p",
+        "127.0.0.1:18080:80",
+        "bulkhead/demo",
+        "nc",
+        "-ll",
+        "-p",
+        "80",
+        "-e",
+        "echo",
+        "hi",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let mut answer = String::new();
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:18080") {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            answer.clear();
+            let _ = std::io::Read::read_to_string(&mut s, &mut answer);
+            if answer == "hi\n" {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(answer, "hi\n");
+    let ps = stdout(&env.run(&["ps"]));
+    assert!(
+        ps.contains("PORTS") && ps.contains("127.0.0.1:18080->80/tcp"),
+        "{ps}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&env.run(&["inspect", "web"]).stdout).unwrap();
+    let net = &v[0]["network_settings"];
+    let ip = net["ip_address"].as_str().unwrap().to_owned();
+    assert!(ip.starts_with("10.89.251."), "{net}");
+    assert_eq!(net["gateway"], "10.89.251.1");
+    assert_eq!(net["mode"], "bridge");
+    assert_eq!(net["mac_address"].as_str().unwrap().len(), 17, "{net}");
+    let hosts = stdout(&env.run(&["exec", "web", "cat", "/etc/hosts"]));
+    assert!(hosts.contains(&ip), "{hosts}");
+    let addr = stdout(&env.run(&["exec", "web", "ip", "-4", "addr", "show", "eth0"]));
+    assert!(addr.contains(&format!("{ip}/24")), "{addr}");
+    let lease = std::path::Path::new(support::TEST_IPAM_DIR)
+        .join("bulkhead")
+        .join(&ip);
+    assert!(lease.exists());
+    env.run(&["rm", "-f", "web"]);
+    env.assert_clean();
+    assert!(!lease.exists(), "the address was not released");
+    assert!(std::net::TcpStream::connect("127.0.0.1:18080").is_err());
+}
+
+#[test]
+fn network_usage_errors() {
+    require_host!();
+    let env = Env::new("container");
+    let o = env.run(&[
+        "run",
+        "--network",
+        "host",
+        "-p",
+        "8080:80",
+        "bulkhead/demo",
+        "true",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("-p publishes ports of the bridge network"));
+    let o = env.run(&[
+        "run",
+        "--isolation",
+        "vm",
+        "--network",
+        "host",
+        "bulkhead/demo",
+        "true",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--network host cannot share the host's network"));
+    let o = env.run(&["run", "-p", "8080:80/sctp", "bulkhead/demo", "true"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown protocol"), "{}", stderr(&o));
+    if !support::cni_ready() {
+        return;
+    }
+    // none: loopback only, and up.
+    let o = env.run(&[
+        "run",
+        "--rm",
+        "-q",
+        "--network",
+        "none",
+        "bulkhead/demo",
+        "sh",
+        "-c",
+        "ip -o link | cut -d: -f2 | tr -d ' \\n'; ip link show lo | grep -c UP",
+    ]);
+    assert_eq!(stdout(&o), "lo1\n", "{}", stderr(&o));
+    env.assert_clean();
+}

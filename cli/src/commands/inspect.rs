@@ -1,4 +1,5 @@
-//! `bulkhead inspect`: containers' state and configuration as a JSON array.
+//! `bulkhead inspect`: containers' state and configuration as a JSON array, with
+//! `network_settings` (mode, address, gateway, MAC, published ports).
 
 use super::Ctx;
 
@@ -17,6 +18,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         let mut v = serde_json::to_value(&s)?;
         v["state_dir"] = containers.dir(&s.id).path.display().to_string().into();
         v["display_status"] = s.display_status().into();
+        v["network_settings"] = crate::network::settings_json(&s);
         out.push(v);
     }
     println!("{}", serde_json::to_string_pretty(&out)?);

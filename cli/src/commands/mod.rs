@@ -164,6 +164,21 @@ pub fn context_in(cli: &Cli, env: &HashMap<String, String>) -> anyhow::Result<Ct
     })
 }
 
+/// A wrong combination of flags: reported like clap's own usage errors (status 2).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// The exit status of a usage error.
+pub const USAGE_STATUS: i32 = 2;
+
 /// Runs a command; `Ok(code)` is the process exit status.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let ctx = context(&cli)?;

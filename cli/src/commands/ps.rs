@@ -46,8 +46,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<12}  {:<24}  {:<22}  {:<16}  {:<12}  {:<9}  NAME",
-        "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "ISOLATION"
+        "{:<12}  {:<24}  {:<22}  {:<16}  {:<12}  {:<9}  {:<24}  NAME",
+        "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "ISOLATION", "PORTS"
     );
     for s in list {
         let id = if args.no_trunc {
@@ -56,14 +56,21 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             s.id.get(..12).unwrap_or(&s.id).to_owned()
         };
         let cmd = format!("\"{}\"", s.command.join(" "));
+        // Published ports while they are (Docker shows none for a stopped container).
+        let ports = if s.is_running() {
+            crate::network::ports_column(&s.config.publish)
+        } else {
+            String::new()
+        };
         println!(
-            "{:<12}  {:<24}  {:<22}  {:<16}  {:<12}  {:<9}  {}",
+            "{:<12}  {:<24}  {:<22}  {:<16}  {:<12}  {:<9}  {:<24}  {}",
             id,
             trunc(&s.config.image, 24, args.no_trunc),
             trunc(&cmd, 22, args.no_trunc),
             super::ago(s.created_at),
             s.display_status(),
             s.isolation.to_string(),
+            ports,
             s.name
         );
     }

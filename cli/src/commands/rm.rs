@@ -1,5 +1,6 @@
 //! `bulkhead rm [-f]`: remove stopped containers (`-f`: kill running ones first). Leaves no
-//! VMM, virtiofsd, mount, socket or directory behind, also after a supervisor crashed.
+//! VMM, virtiofsd, mount, socket, directory, address or network namespace behind, also
+//! after a supervisor crashed.
 
 use std::time::Duration;
 
@@ -29,8 +30,8 @@ fn kill_pid(pid: u32) {
 }
 
 /// Cleans what a dead supervisor left: the VMM and virtiofsd, the sandbox run dir, the
-/// container's cgroup.
-fn clean_leftovers(s: &State) -> anyhow::Result<()> {
+/// container's cgroup, its network.
+fn clean_leftovers(ctx: &Ctx, s: &State) -> anyhow::Result<()> {
     if let Some(dir) = &s.sandbox_dir {
         // The VMM and virtiofsd were started by the dead supervisor; their command lines
         // name the run directory.
@@ -46,7 +47,8 @@ fn clean_leftovers(s: &State) -> anyhow::Result<()> {
             log::warn!("{:#}", anyhow::Error::new(e));
         }
     }
-    Ok(())
+    // The address, port rules and namespace (after the VMM, whose NIC is in it).
+    crate::network::release_state(&ctx.cfg, s)
 }
 
 fn remove_one(ctx: &Ctx, containers: &Containers, c: &str, force: bool) -> anyhow::Result<()> {
@@ -86,8 +88,7 @@ fn remove_one(ctx: &Ctx, containers: &Containers, c: &str, force: bool) -> anyho
         return Ok(());
     }
     let s = dir.read().unwrap_or(s);
-    clean_leftovers(&s)?;
-    let _ = ctx;
+    clean_leftovers(ctx, &s)?;
     dir.remove()
 }
 

@@ -8,7 +8,10 @@ use std::process::Stdio;
 
 use anyhow::{bail, Context};
 
-use super::Ctx;
+use bulkhead_sandbox::network::cni::PortMapping;
+
+use super::{Ctx, UsageError};
+use crate::network::{self, NetworkMode};
 use crate::spec::Volume;
 use crate::state::{default_name, new_id, now, validate_name, Isolation, RunConfig, State, Status};
 use crate::supervisor::{self, Foreground, Reporter};
@@ -62,10 +65,15 @@ pub struct Args {
     /// Override the image's entrypoint.
     #[arg(long)]
     pub entrypoint: Option<String>,
-    /// Network: "host" (share the sandbox's network) or "none" (a private namespace
-    /// with only loopback).
-    #[arg(long, default_value = "host", value_parser = ["host", "none"])]
-    pub network: String,
+    /// Network: bridge (the default bridge network: an address of its own, NAT to the
+    /// outside, -p to publish ports), none (only loopback) or host (the host's network;
+    /// container isolation only) [default: `cli.network` of the configuration, bridge].
+    #[arg(long, value_enum)]
+    pub network: Option<NetworkMode>,
+    /// Publish a container port on the host: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]
+    /// (bridge network; repeatable).
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<PortMapping>,
     /// Print no progress messages.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -131,6 +139,10 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
         }
         None => Isolation::Vm,
     };
+    let network = args
+        .network
+        .unwrap_or_else(|| NetworkMode::from(ctx.cfg.cli.network));
+    network::check_usage(network, isolation, &args.publish).map_err(UsageError)?;
     if !nix::unistd::geteuid().is_root() {
         bail!("bulkhead run needs root (namespaces, mounts, KVM)");
     }
@@ -186,7 +198,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
         cpu_millis: args.cpus,
         memory_bytes: args.memory,
         volumes: args.volumes.clone(),
-        private_network: args.network == "none",
+        network,
+        publish: args.publish.clone(),
     };
     let state = State {
         id: id.clone(),
@@ -205,6 +218,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
         supervisor_start: None,
         vmm_pid: None,
         sandbox_dir: None,
+        network: None,
     };
     let containers = ctx.containers();
     let dir = containers.dir(&id);

@@ -111,6 +111,7 @@ pub async fn supervise(
         Ok(p) => p,
         Err(e) => {
             mounts.unmount_all();
+            release_network(cfg, &dir).await;
             report.finish(Err(&e));
             if let Err(r) = dir.remove() {
                 log::warn!("{r:#}");
@@ -172,6 +173,7 @@ pub async fn supervise(
             if let Err(s) = backend.shutdown().await {
                 log::warn!("{s:#}");
             }
+            release_network(cfg, &dir).await;
             report.finish(Err(&e));
             if let Err(r) = dir.remove() {
                 log::warn!("{r:#}");
@@ -297,6 +299,8 @@ pub async fn supervise(
     if let Err(e) = backend.shutdown().await {
         log::warn!("{e:#}");
     }
+    // After the VM is gone: its NIC lives in the namespace.
+    release_network(cfg, &dir).await;
     let _ = std::fs::remove_dir_all(dir.socket_dir());
     // libcontainer removes the cgroup it made; a killed agent may leave it (empty).
     if let Some(cg) = bulkhead_sandbox::cgroup::Cgroup2::find() {
@@ -311,6 +315,18 @@ pub async fn supervise(
     }
     timings::mark("exit");
     Ok(status)
+}
+
+/// Releases the container's network (CNI DEL, the namespace); a failure is logged and
+/// the attachment stays in the state for `rm` to retry.
+async fn release_network(cfg: &Config, dir: &ContainerDir) {
+    let (cfg, dir) = (cfg.clone(), dir.clone());
+    let released = tokio::task::spawn_blocking(move || crate::network::release(&cfg, &dir)).await;
+    match released {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::warn!("{e:#}"),
+        Err(e) => log::warn!("releasing the network: {e}"),
+    }
 }
 
 /// The signals a container runtime passes on, registered before the container starts so

@@ -12,7 +12,8 @@ use oci_spec::runtime::Spec;
 
 use crate::backend::{Backend, VmRequest};
 use crate::config::Config;
-use crate::spec::{self, SpecInput, Volume};
+use crate::network::{self, NetworkMode};
+use crate::spec::{self, SpecInput, SpecNetwork, Volume};
 use crate::state::{ContainerDir, Isolation, State};
 use crate::supervisor::Reporter;
 use crate::timings;
@@ -72,6 +73,19 @@ pub async fn prepare(
         .context("unpacking layers")??
     };
     timings::mark("image");
+    if rc.network != NetworkMode::Host {
+        report.progress(&format!("setting up the {} network...", rc.network));
+    }
+    // Before the backend starts: the host agent's mount namespace and the VMM's jail must
+    // see the namespace's bind mount.
+    let net = network::setup(cfg, dir, state).await?;
+    timings::mark("network");
+    let etc_files = |at: &std::path::Path| -> anyhow::Result<Vec<(PathBuf, PathBuf)>> {
+        match (&net.attachment, rc.network) {
+            (Some(att), NetworkMode::Bridge) => network::write_etc_files(at, &rc.hostname, att),
+            _ => Ok(Vec::new()),
+        }
+    };
 
     let mut cpu_millis = rc.cpu_millis;
     let mut memory_bytes = rc.memory_bytes;
@@ -95,13 +109,15 @@ pub async fn prepare(
             let backend = Backend::start_host(dir, &cfg.log_level_name()).await?;
             timings::mark("agent-start");
             let cg = cgroup::container_cgroups_path(&state.id);
-            (
-                backend,
-                target.clone(),
-                target,
-                rc.volumes.clone(),
-                Some(cg),
-            )
+            let mut volumes = rc.volumes.clone();
+            for (host, container) in etc_files(&dir.path.join("etc"))? {
+                volumes.push(Volume {
+                    host,
+                    container,
+                    readonly: false,
+                });
+            }
+            (backend, target.clone(), target, volumes, Some(cg))
         }
         Isolation::Vm => {
             report.progress("booting microVM...");
@@ -112,6 +128,7 @@ pub async fn prepare(
                     hostname: &rc.hostname,
                     cpu_millis,
                     memory_bytes,
+                    netns: net.netns.clone(),
                 },
             )
             .await?;
@@ -135,6 +152,15 @@ pub async fn prepare(
                     readonly: v.readonly,
                 });
             }
+            for (host, container) in etc_files(&cdir.join("etc"))? {
+                volumes.push(Volume {
+                    host: backend
+                        .guest_path(&host)
+                        .context("/etc file outside the shared directory")?,
+                    container,
+                    readonly: false,
+                });
+            }
             let guest_root = backend
                 .guest_path(&target)
                 .context("rootfs outside the shared directory")?;
@@ -155,7 +181,13 @@ pub async fn prepare(
         readonly_root: rc.read_only,
         cpu_millis,
         memory_bytes,
-        private_network: rc.private_network,
+        network: match (state.isolation, &net.netns) {
+            (Isolation::Container, Some(path)) => SpecNetwork::Join(path.clone()),
+            (Isolation::Container, None) => SpecNetwork::Shared,
+            // In a VM the guest's network is the container's; none: not even the NIC.
+            (Isolation::Vm, _) if rc.network == NetworkMode::None => SpecNetwork::Private,
+            (Isolation::Vm, _) => SpecNetwork::Shared,
+        },
         cgroups_path,
         volumes,
     };

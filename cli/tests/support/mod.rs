@@ -110,6 +110,31 @@ pub fn store() -> &'static Path {
     })
 }
 
+/// The bridge network of the CLI tests: its own bridge and subnet (not a real install's),
+/// one IPAM store for every test process (host-local locks it), so parallel tests and
+/// test binaries never get the same address.
+pub const TEST_BRIDGE: &str = "bhcli0";
+pub const TEST_SUBNET: &str = "10.89.251.0/24";
+pub const TEST_IPAM_DIR: &str = "/run/bulkhead-cli-test-ipam";
+
+/// Whether the CNI plugins are installed; without them the tests use `--network host`.
+pub fn cni_ready() -> bool {
+    ["bridge", "host-local", "portmap", "firewall", "loopback"]
+        .iter()
+        .all(|p| Path::new("/usr/lib/cni").join(p).exists())
+}
+
+extern "C" fn remove_test_bridge() {
+    // Only when no container of another test process is on it.
+    let ports = Path::new("/sys/class/net").join(TEST_BRIDGE).join("brif");
+    let empty = std::fs::read_dir(&ports).is_ok_and(|mut d| d.next().is_none());
+    if empty {
+        let _ = Command::new("ip")
+            .args(["link", "del", TEST_BRIDGE])
+            .output();
+    }
+}
+
 /// One test's run root and configuration.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -129,9 +154,15 @@ impl Env {
             .tempdir_in(base)
             .or_else(|_| tempfile::tempdir())
             .unwrap();
+        static BRIDGE_CLEANUP: OnceLock<()> = OnceLock::new();
+        BRIDGE_CLEANUP.get_or_init(|| {
+            // SAFETY: registers a plain function.
+            unsafe { libc::atexit(remove_test_bridge) };
+        });
+        let network = if cni_ready() { "bridge" } else { "host" };
         // Boots under the harness's nested emulation take tens of seconds.
         let cfg = format!(
-            "store_root = {:?}\nrun_root = {:?}\nlog_level = \"info\"\n[vm]\nboot_timeout_secs = 300\n[cli]\nisolation = {:?}\nstop_timeout_secs = 10\n",
+            "store_root = {:?}\nrun_root = {:?}\nlog_level = \"info\"\n[vm]\nboot_timeout_secs = 300\n[network]\nbridge = {TEST_BRIDGE:?}\nsubnet = {TEST_SUBNET:?}\nipam_dir = {TEST_IPAM_DIR:?}\n[cli]\nisolation = {:?}\nnetwork = {network:?}\nstop_timeout_secs = 10\n",
             store(),
             dir.path().join("run"),
             isolation
@@ -204,6 +235,11 @@ impl Env {
         self.entries("containers/.s")
     }
 
+    /// Network namespaces (`<run_root>/netns/<id>`) still present.
+    pub fn netns_left(&self) -> Vec<String> {
+        self.entries("netns")
+    }
+
     /// VM sandbox run directories (sockets, consoles, shared dir) still present.
     pub fn sandboxes_left(&self) -> Vec<String> {
         self.entries("sandboxes")
@@ -249,18 +285,20 @@ impl Env {
                 && self.processes_left().is_empty()
                 && self.sockets_left().is_empty()
                 && self.sandboxes_left().is_empty()
+                && self.netns_left().is_empty()
             {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         panic!(
-            "left behind: containers {:?}, mounts {:?}, processes {:?}, socket dirs {:?}, sandboxes {:?}",
+            "left behind: containers {:?}, mounts {:?}, processes {:?}, socket dirs {:?}, sandboxes {:?}, netns {:?}",
             self.containers_left(),
             self.mounts_left(),
             self.processes_left(),
             self.sockets_left(),
-            self.sandboxes_left()
+            self.sandboxes_left(),
+            self.netns_left()
         );
     }
 }
