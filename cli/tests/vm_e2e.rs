@@ -301,3 +301,110 @@ fn vm_interactive_terminal() {
     pty::interactive_session(cmd, Duration::from_secs(300));
     env.assert_clean();
 }
+
+/// Reads what the server at `addr` answers (retrying while it starts).
+fn answer_of(addr: &str) -> String {
+    let mut answer = String::new();
+    for _ in 0..300 {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            answer.clear();
+            let _ = s.read_to_string(&mut answer);
+            if !answer.is_empty() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    answer
+}
+
+/// The default bridge network in VM mode, as in container mode: `-p` answers on the
+/// host's loopback, a second VM reaches the first by its IP, the guest NIC has the address
+/// CNI gave, `ps`/`inspect` show port and address, and `rm -f` releases the address, the
+/// namespace and the tap. `--network none` gives the guest loopback only. Traffic goes only
+/// to 127.0.0.1 and to the test bridge's subnet.
+#[test]
+fn vm_bridge_network_ports_peers_and_none() {
+    let env = Env::new("vm");
+    require_vm!(env);
+    if !support::cni_ready() {
+        return skip("needs the CNI plugins in /usr/lib/cni (containernetworking-plugins)");
+    }
+    let o = env.run(&[
+        "run",
+        "-d",
+        "-q",
+        "--name",
+        "web",
+        "-p",
+        "127.0.0.1:18082:80",
+        "bulkhead/demo",
+        "nc",
+        "-ll",
+        "-p",
+        "80",
+        "-e",
+        "echo",
+        "hi",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(answer_of("127.0.0.1:18082"), "hi\n");
+    let ps = stdout(&env.run(&["ps"]));
+    assert!(ps.contains("127.0.0.1:18082->80/tcp"), "{ps}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&env.run(&["inspect", "web"]).stdout).unwrap();
+    let net = &v[0]["network_settings"];
+    let ip = net["ip_address"].as_str().unwrap_or_default().to_owned();
+    assert!(ip.starts_with("10.89.251."), "{net}");
+    let addr = stdout(&env.run(&["exec", "web", "ip", "-4", "addr", "show", "eth0"]));
+    assert!(addr.contains(&format!("inet {ip}/24")), "{addr}");
+    let mac = net["mac_address"].as_str().unwrap_or_default().to_owned();
+    let link = stdout(&env.run(&["exec", "web", "ip", "link", "show", "eth0"]));
+    assert!(
+        link.contains(&mac),
+        "the guest NIC has the veth's MAC {mac}: {link}"
+    );
+    // The host reaches the guest by its address too.
+    assert_eq!(answer_of(&format!("{ip}:80")), "hi\n");
+
+    // A second VM on the bridge reaches the first by IP.
+    let o = env.run(&[
+        "run",
+        "--rm",
+        "-q",
+        "bulkhead/demo",
+        "sh",
+        "-c",
+        &format!("for i in $(seq 1 50); do nc {ip} 80 && exit 0; sleep 0.2; done; exit 1"),
+    ]);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "hi\n"),
+        "{}",
+        stderr(&o)
+    );
+
+    let lease = std::path::Path::new(support::TEST_IPAM_DIR)
+        .join("bulkhead")
+        .join(&ip);
+    assert!(lease.exists(), "{}", lease.display());
+    env.run(&["rm", "-f", "web"]);
+    assert!(!lease.exists(), "the address was not released");
+    assert!(std::net::TcpStream::connect("127.0.0.1:18082").is_err());
+
+    // none: the guest has loopback only, and it is up.
+    let o = env.run(&[
+        "run",
+        "--rm",
+        "-q",
+        "--network",
+        "none",
+        "bulkhead/demo",
+        "sh",
+        "-c",
+        "ip -o link | cut -d: -f2 | tr -d ' \\n'; ip link show lo | grep -c UP",
+    ]);
+    assert_eq!(stdout(&o), "lo1\n", "{}", stderr(&o));
+    env.assert_clean();
+}

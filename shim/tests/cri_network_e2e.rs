@@ -29,9 +29,9 @@ use support::scenarios::real_vm_prerequisites;
 use support::*;
 
 const BRIDGE: &str = "bhcri0";
-const GATEWAY: &str = "10.89.251.1";
+const GATEWAY: &str = "10.89.248.1";
 const HOST_PORT: u16 = 18081;
-const DNS_SERVER: &str = "10.89.251.53";
+const DNS_SERVER: &str = "10.89.248.53";
 
 const CONFLIST: &str = r#"{
   "cniVersion": "0.4.0",
@@ -40,7 +40,7 @@ const CONFLIST: &str = r#"{
     {"type": "bridge", "bridge": "bhcri0", "isGateway": true, "ipMasq": false,
      "hairpinMode": true,
      "ipam": {"type": "host-local", "dataDir": "{DIR}/cni-ipam",
-              "ranges": [[{"subnet": "10.89.251.0/24"}]],
+              "ranges": [[{"subnet": "10.89.248.0/24"}]],
               "routes": [{"dst": "0.0.0.0/0"}]}},
     {"type": "portmap", "capabilities": {"portMappings": true}}
   ]
@@ -170,7 +170,7 @@ async fn start_pod(
         .map(|n| n.ip)
         .unwrap_or_default();
     assert!(
-        ip.starts_with("10.89.251."),
+        ip.starts_with("10.89.248."),
         "pod {name} has no IP from CNI: {ip:?}"
     );
     eprintln!("pod {name}: {ip}");
