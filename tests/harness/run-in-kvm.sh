@@ -101,6 +101,10 @@ inner="$stage/run.sh"
     fi
     echo 'modprobe kvm_amd 2>/dev/null || modprobe kvm_intel 2>/dev/null || true'
     echo '[ -c /dev/kvm ] || { echo "run-in-kvm.sh: no /dev/kvm in the level-1 VM" >&2; exit 125; }'
+    # Networking: taps (virtio-net), vhost-net (bench/net.sh), bridges and veths (CNI) are
+    # modules of the level-1 kernel, and without udev /dev/net/tun appears only with tun.
+    echo 'modprobe -a tun vhost_net bridge veth 2>/dev/null || true'
+    echo '[ -c /dev/net/tun ] || { mkdir -p /dev/net && mknod -m 666 /dev/net/tun c 10 200; }'
     echo 'mount -t tmpfs -o mode=1777,size=50% tmpfs /tmp || exit 125'
     printf '( while :; do date +%%s >%q/beat; sleep 10; done ) </dev/null >/dev/null 2>&1 &\n' "$beat_dir"
     for name in $(compgen -e); do

@@ -38,7 +38,13 @@ pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/net/tun")?;
+        .open("/dev/net/tun")
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open /dev/net/tun (is the tun module loaded?): {e}"),
+            )
+        })?;
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
         flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
