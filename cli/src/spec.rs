@@ -64,8 +64,6 @@ pub enum SpecNetwork {
     /// The runtime's own: the host's, or in a VM the guest's.
     #[default]
     Shared,
-    /// A new, empty namespace.
-    Private,
     /// Join this namespace (made by CNI).
     Join(PathBuf),
 }
@@ -168,11 +166,6 @@ pub fn build(
         .collect::<Result<Vec<_>, _>>()?;
     match &input.network {
         SpecNetwork::Shared => {}
-        SpecNetwork::Private => namespaces.push(
-            LinuxNamespaceBuilder::default()
-                .typ(LinuxNamespaceType::Network)
-                .build()?,
-        ),
         SpecNetwork::Join(path) => namespaces.push(
             LinuxNamespaceBuilder::default()
                 .typ(LinuxNamespaceType::Network)
@@ -319,7 +312,6 @@ mod tests {
                 .find(|n| n.typ() == LinuxNamespaceType::Network)
         };
         assert_eq!(ns_of(SpecNetwork::Shared), None);
-        assert_eq!(ns_of(SpecNetwork::Private).unwrap().path(), &None);
         let joined = ns_of(SpecNetwork::Join("/run/bulkhead/netns/x".into())).unwrap();
         assert_eq!(
             joined.path().as_deref(),

@@ -1,7 +1,7 @@
 //! Pods on the pod network, as Kubernetes runs them by default: containerd's CRI plugin with
 //! a CNI bridge conflist (bridge + host-local + portmap, on a bridge and subnet of this
 //! test's own), two pods on RuntimeClass `bulkhead` and one on runc. Each pod gets its IP
-//! from CNI; HTTP works both ways between the two Bulkhead pods, between a Bulkhead pod and
+//! from CNI; TCP works both ways between the two Bulkhead pods, between a Bulkhead pod and
 //! the runc pod, from the host to a pod IP and through a `hostPort`; the guest container's
 //! `/etc/resolv.conf` and hostname are CRI's. Removing the pods leaves no network
 //! namespace, address allocation or VM behind.
@@ -11,7 +11,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
@@ -83,7 +83,7 @@ fn pod_config(name: &str, log_dir: &Path, ports: Vec<PortMapping>) -> PodSandbox
     }
 }
 
-/// A web server answering `name` on port 80.
+/// A server answering `name` on port 80 (busybox `nc`, one answer per connection).
 fn web_container(name: &str) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
@@ -97,9 +97,7 @@ fn web_container(name: &str) -> ContainerConfig {
         command: vec![
             "sh".into(),
             "-c".into(),
-            format!(
-                "mkdir -p /www && echo {name} > /www/index.html && exec httpd -f -p 80 -h /www"
-            ),
+            format!("exec nc -ll -p 80 -e echo {name}"),
         ],
         log_path: "web.log".into(),
         linux: Some(LinuxContainerConfig {
@@ -199,46 +197,41 @@ async fn exec(cri: &mut Client, pod: &Pod, script: &str) -> (i32, String, String
     )
 }
 
-/// `from` fetches `to`'s page over the pod network (retrying while its server starts).
+/// `from` reads `to`'s answer over the pod network (retrying while its server starts);
+/// on failure the message shows both ends' addresses, routes and counters.
 async fn fetch(cri: &mut Client, from: &Pod, to: &Pod) {
     let script = format!(
-        "for i in $(seq 1 50); do wget -q -T 5 -O- http://{}/ && exit 0; sleep 0.2; done; exit 1",
+        "for i in $(seq 1 15); do nc -w 3 {} 80 && exit 0; sleep 0.5; done; exit 1",
         to.ip
     );
     let (code, out, err) = exec(cri, from, &script).await;
-    assert_eq!(
-        (code, out.trim()),
-        (0, to.name),
-        "{} -> {} ({}): {err}",
-        from.name,
-        to.name,
-        to.ip
-    );
+    if (code, out.trim()) != (0, to.name) {
+        let diag = "ip addr; ip route; ip neigh; cat /proc/net/dev";
+        let (_, here, _) = exec(cri, from, diag).await;
+        let (_, there, _) = exec(cri, to, diag).await;
+        panic!(
+            "{} -> {} ({}): status {code}, {out:?}, {err}\n{}:\n{here}\n{}:\n{there}",
+            from.name, to.name, to.ip, from.name, to.name
+        );
+    }
 }
 
-/// An HTTP GET from the host; the body's first line.
+/// What the server at `addr` answers the host (retrying while it starts).
 fn host_get(addr: SocketAddr) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let attempt = (|| -> std::io::Result<String> {
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
             s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
             let mut text = String::new();
             s.read_to_string(&mut text)?;
             Ok(text)
         })();
         match attempt {
-            Ok(text) => {
-                return text
-                    .split("\r\n\r\n")
-                    .nth(1)
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned()
-            }
-            Err(e) if Instant::now() > deadline => panic!("GET http://{addr}/ from the host: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            Ok(text) if !text.trim().is_empty() => return text.trim().to_owned(),
+            Ok(_) if Instant::now() > deadline => panic!("{addr} answered nothing"),
+            Err(e) if Instant::now() > deadline => panic!("connect to {addr} from the host: {e}"),
+            _ => std::thread::sleep(Duration::from_millis(200)),
         }
     }
 }

@@ -184,8 +184,9 @@ pub async fn prepare(
         network: match (state.isolation, &net.netns) {
             (Isolation::Container, Some(path)) => SpecNetwork::Join(path.clone()),
             (Isolation::Container, None) => SpecNetwork::Shared,
-            // In a VM the guest's network is the container's; none: not even the NIC.
-            (Isolation::Vm, _) if rc.network == NetworkMode::None => SpecNetwork::Private,
+            // In a VM the guest's network is the container's. With none the VM has no NIC,
+            // so sharing it leaves the container loopback only, which the agent has
+            // brought up (a private namespace in the guest would have its lo down).
             (Isolation::Vm, _) => SpecNetwork::Shared,
         },
         cgroups_path,

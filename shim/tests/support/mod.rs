@@ -82,7 +82,7 @@ pub fn image_archive(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
     for applet in [
         "sh", "echo", "cat", "sleep", "ls", "true", "false", "hostname", "mkdir", "httpd", "wget",
-        "ip",
+        "nc", "ip",
     ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
