@@ -248,6 +248,7 @@ impl Sandbox {
                     backend: TapBackend::Fd(FIRST_PASSED_FD + i as i32),
                     mac: Some(nic.mac),
                     mtu: u16::try_from(nic.mtu).ok(),
+                    vhost: false,
                 });
             }
         }

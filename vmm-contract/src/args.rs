@@ -50,8 +50,9 @@ pub struct VmmArgs {
     /// virtio-net device on a tap (repeatable): tap=NAME opens /dev/net/tun and attaches the
     /// tap NAME (needs CAP_NET_ADMIN to create it); fd=N uses an inherited fd already attached
     /// to a tap with IFF_VNET_HDR. mac= sets the guest NIC's address (default: random, locally
-    /// administered), mtu= the MTU the guest is told.
-    #[arg(long, value_name = "tap=NAME|fd=N[,mac=MAC][,mtu=N]")]
+    /// administered), mtu= the MTU the guest is told. vhost=on has the kernel's vhost-net move
+    /// the frames (needs /dev/vhost-net, module vhost_net); off (default): the VMM does.
+    #[arg(long, value_name = "tap=NAME|fd=N[,mac=MAC][,mtu=N][,vhost=on|off]")]
     pub net: Vec<NetSpec>,
     /// Guest CID for the vsock device.
     #[arg(long, default_value_t = 3)]
@@ -292,7 +293,7 @@ mod tests {
         assert!(help.contains("159 forbidden syscall"), "{help}");
         assert!(help.contains("--fs <TAG=SOCKET>"), "{help}");
         assert!(
-            help.contains("--net <tap=NAME|fd=N[,mac=MAC][,mtu=N]>"),
+            help.contains("--net <tap=NAME|fd=N[,mac=MAC][,mtu=N][,vhost=on|off]>"),
             "{help}"
         );
     }

@@ -233,6 +233,7 @@ mod tests {
                 "tap=bh0".parse().unwrap(),
                 "fd=9,mac=02:42:0a:58:00:05,mtu=9000".parse().unwrap(),
                 "tap=t1,mtu=68".parse().unwrap(),
+                "tap=t2,vhost=on".parse().unwrap(),
             ],
             seccomp: Some(SeccompMode::Log),
             uid: Some(1000),
@@ -242,7 +243,8 @@ mod tests {
         };
         let parsed = round_trip(&cmd);
         assert_eq!(parsed.fs.len(), 3);
-        assert_eq!(parsed.net.len(), 3);
+        assert_eq!(parsed.net.len(), 4);
+        assert!(parsed.net[3].vhost);
         for seccomp in [SeccompMode::Strict, SeccompMode::Off] {
             for level in [log::LevelFilter::Off, log::LevelFilter::Warn] {
                 round_trip(&VmmCommand {

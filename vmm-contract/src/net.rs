@@ -1,5 +1,5 @@
 //! Network values of the VMM's command line: [`NetSpec`] (`--net`, one virtio-net device on a
-//! tap) and [`MacAddr`] (`--net ...,mac=`), which the host and the guest agent share (it is
+//! tap, served by the VMM or by the kernel's vhost-net) and [`MacAddr`] (`--net ...,mac=`), which the host and the guest agent share (it is
 //! also re-exported by `bulkhead_protocol::network`).
 
 use std::fmt;
@@ -72,7 +72,8 @@ pub enum TapBackend {
     Fd(i32),
 }
 
-/// `--net tap=NAME[,mac=MAC][,mtu=N]` or `--net fd=N[,mac=MAC][,mtu=N]`: one virtio-net device.
+/// `--net tap=NAME[,mac=MAC][,mtu=N][,vhost=on|off]` or `--net fd=N[,...]`: one virtio-net
+/// device.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NetSpec {
     /// The tap behind the device.
@@ -81,6 +82,9 @@ pub struct NetSpec {
     pub mac: Option<MacAddr>,
     /// The MTU announced to the guest; `None`: the guest's default (1500).
     pub mtu: Option<u16>,
+    /// `vhost=on`: the kernel's vhost-net moves the frames (`/dev/vhost-net`, opened before
+    /// confinement); `false` (the default, `vhost=off`): the VMM's event loop does.
+    pub vhost: bool,
 }
 
 /// Errors in a `--net` value; each names the part that is wrong.
@@ -100,7 +104,9 @@ pub enum NetSpecError {
     MacNotUnicast(MacAddr),
     #[error("--net mtu {0:?} is not a number between {MIN_MTU} and 65535")]
     Mtu(String),
-    #[error("--net option {0:?} is unknown (mac=MAC and mtu=N are)")]
+    #[error("--net vhost {0:?} is neither on nor off")]
+    Vhost(String),
+    #[error("--net option {0:?} is unknown (mac=MAC, mtu=N and vhost=on|off are)")]
     UnknownOption(String),
     #[error("--net option {0:?} is given twice")]
     Duplicate(&'static str),
@@ -137,6 +143,7 @@ impl NetSpec {
             backend: TapBackend::Name(name.to_owned()),
             mac: None,
             mtu: None,
+            vhost: false,
         })
     }
 
@@ -185,7 +192,9 @@ impl FromStr for NetSpec {
             backend,
             mac: None,
             mtu: None,
+            vhost: false,
         };
+        let mut vhost_seen = false;
         for part in parts {
             match part.split_once('=') {
                 Some(("mac", value)) => {
@@ -209,6 +218,16 @@ impl FromStr for NetSpec {
                         _ => return Err(NetSpecError::Mtu(value.to_owned())),
                     }
                 }
+                Some(("vhost", value)) => {
+                    if std::mem::replace(&mut vhost_seen, true) {
+                        return Err(NetSpecError::Duplicate("vhost"));
+                    }
+                    spec.vhost = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(NetSpecError::Vhost(value.to_owned())),
+                    };
+                }
                 _ => return Err(NetSpecError::UnknownOption(part.to_owned())),
             }
         }
@@ -228,6 +247,9 @@ impl fmt::Display for NetSpec {
         }
         if let Some(mtu) = self.mtu {
             write!(f, ",mtu={mtu}")?;
+        }
+        if self.vhost {
+            write!(f, ",vhost=on")?;
         }
         Ok(())
     }
@@ -271,6 +293,38 @@ mod tests {
             .unwrap();
         assert_eq!(spec.to_string().parse::<NetSpec>(), Ok(spec.clone()));
         spec.validate().unwrap();
+        assert!(!spec.vhost, "vhost is off unless asked for");
+    }
+
+    #[test]
+    fn vhost_option_parses_prints_and_round_trips() {
+        let spec: NetSpec = "tap=bhnet0,vhost=on".parse().unwrap();
+        assert!(spec.vhost);
+        assert_eq!(spec.to_string(), "tap=bhnet0,vhost=on");
+        let spec: NetSpec = "fd=5,vhost=on,mtu=1400,mac=02:00:00:00:00:01"
+            .parse()
+            .unwrap();
+        assert!(spec.vhost);
+        assert_eq!(
+            spec.to_string(),
+            "fd=5,mac=02:00:00:00:00:01,mtu=1400,vhost=on"
+        );
+        assert_eq!(spec.to_string().parse::<NetSpec>(), Ok(spec));
+        // Off is the default and is not printed.
+        let spec: NetSpec = "tap=t,vhost=off".parse().unwrap();
+        assert_eq!(spec, NetSpec::tap("t").unwrap());
+        assert_eq!(spec.to_string(), "tap=t");
+        let err = |s: &str| s.parse::<NetSpec>().unwrap_err();
+        assert_eq!(err("tap=t,vhost=yes"), NetSpecError::Vhost("yes".into()));
+        assert_eq!(err("tap=t,vhost="), NetSpecError::Vhost("".into()));
+        assert_eq!(
+            err("tap=t,vhost"),
+            NetSpecError::UnknownOption("vhost".into())
+        );
+        assert_eq!(
+            err("tap=t,vhost=off,vhost=on"),
+            NetSpecError::Duplicate("vhost")
+        );
     }
 
     #[test]
@@ -314,7 +368,8 @@ mod tests {
         assert!(NetSpec {
             backend: TapBackend::Fd(1),
             mac: None,
-            mtu: None
+            mtu: None,
+            vhost: false,
         }
         .validate()
         .is_err());

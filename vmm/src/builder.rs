@@ -14,7 +14,7 @@ use crate::arch::x86_64 as arch;
 use crate::device_manager::{DeviceManagerError, LegacyDevices, MmioSlots};
 use crate::devices::legacy::{ConsoleOutput, SerialConsole, SerialInput};
 use crate::devices::virtio::fs::Fs;
-use crate::devices::virtio::net::{Net, Tap};
+use crate::devices::virtio::net::{Net, Tap, VhostNet};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::event_loop::{run_until_exit, ExitMonitor, RunError};
@@ -144,8 +144,9 @@ fn console_output(serial: &SerialOutput) -> Result<ConsoleOutput, StartError> {
 }
 
 /// A virtio-net device on the tap `spec` names: opened by name, or the inherited fd (which
-/// `main` kept open and `VmConfig::validate` made sure is named once).
-fn open_net(spec: &NetSpec) -> Result<Net, StartError> {
+/// `main` kept open and `VmConfig::validate` made sure is named once). With `vhost=on`,
+/// `/dev/vhost-net` is opened and owned here, before confinement, for guest memory `mem`.
+fn open_net(spec: &NetSpec, mem: &GuestMemoryMmap) -> Result<Net, StartError> {
     let err = |e: Box<dyn std::error::Error + Send + Sync>| StartError::Device("virtio-net", e);
     let tap = match &spec.backend {
         TapBackend::Name(name) => Tap::open(name),
@@ -158,7 +159,18 @@ fn open_net(spec: &NetSpec) -> Result<Net, StartError> {
     }
     .map_err(|e| err(Box::new(e)))?;
     let offloads = tap.offloads();
-    Net::new(Box::new(tap), offloads, spec.mac, spec.mtu).map_err(|e| err(Box::new(e)))
+    let vhost = if spec.vhost {
+        let tap_file = tap.try_clone_file().map_err(|e| err(Box::new(e)))?;
+        Some(VhostNet::open(mem, tap_file).map_err(|e| err(Box::new(e)))?)
+    } else {
+        None
+    };
+    let net =
+        Net::new(Box::new(tap), offloads, spec.mac, spec.mtu).map_err(|e| err(Box::new(e)))?;
+    Ok(match vhost {
+        Some(vhost) => net.with_vhost(vhost),
+        None => net,
+    })
 }
 
 /// Build the VM described by `config` and start its vCPUs, confined as `confinement` says:
@@ -253,11 +265,16 @@ pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<Mic
         )?;
     }
     for spec in &config.net {
-        let net = open_net(spec)?;
+        let net = open_net(spec, &mem)?;
         log::info!(
-            "virtio-net: tap {} ({spec}), guest MAC {}",
+            "virtio-net: tap {} ({spec}), guest MAC {}, {}",
             net.tap_name(),
-            net.mac()
+            net.mac(),
+            if net.uses_vhost() {
+                "vhost-net"
+            } else {
+                "userspace queues"
+            }
         );
         metrics.add(format!("virtio-net {}", net.tap_name()), net.metrics());
         slots.attach(

@@ -287,6 +287,7 @@ mod tests {
             backend: TapBackend::Fd(2),
             mac: None,
             mtu: None,
+            vhost: false,
         }];
         assert!(matches!(c.validate(), Err(ConfigError::Net(_))));
     }

@@ -28,6 +28,38 @@ pub const FIONBIO: u64 = 0x5421;
 /// Opening a tap (TUNSETIFF) and probing it happen before confinement and are not allowed.
 pub const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 
+// include/uapi/linux/vhost.h (VHOST_VIRTIO = 0xAF), all _IOW.
+/// vhost-net (`--net ...,vhost=on`), on the vCPU thread whose DRIVER_OK write activates the
+/// device: the acknowledged ring features ...
+pub const VHOST_SET_FEATURES: u64 = 0x4008_af00;
+/// ... the guest memory table ...
+pub const VHOST_SET_MEM_TABLE: u64 = 0x4008_af03;
+/// ... each ring's size, addresses and first index ...
+pub const VHOST_SET_VRING_NUM: u64 = 0x4008_af10;
+/// (`struct vhost_vring_addr`, 40 bytes)
+pub const VHOST_SET_VRING_ADDR: u64 = 0x4028_af11;
+/// (`struct vhost_vring_state`)
+pub const VHOST_SET_VRING_BASE: u64 = 0x4008_af12;
+/// ... its kick (the queue's ioeventfd) and call eventfds ...
+pub const VHOST_SET_VRING_KICK: u64 = 0x4008_af20;
+/// (`struct vhost_vring_file`)
+pub const VHOST_SET_VRING_CALL: u64 = 0x4008_af21;
+/// ... and attaching the tap to both rings, or detaching it (fd -1) on reset. Opening
+/// `/dev/vhost-net`, `VHOST_SET_OWNER` and `VHOST_GET_FEATURES` happen before confinement
+/// and are not allowed.
+pub const VHOST_NET_SET_BACKEND: u64 = 0x4008_af30;
+/// The vhost-net requests of a device activation and reset.
+pub const VHOST_NET_IOCTLS: [u64; 8] = [
+    VHOST_SET_FEATURES,
+    VHOST_SET_MEM_TABLE,
+    VHOST_SET_VRING_NUM,
+    VHOST_SET_VRING_ADDR,
+    VHOST_SET_VRING_BASE,
+    VHOST_SET_VRING_KICK,
+    VHOST_SET_VRING_CALL,
+    VHOST_NET_SET_BACKEND,
+];
+
 /// A growing rule map. Adding a syscall that is already allowed unconditionally keeps it so;
 /// conditional rules for the same syscall add up (any of them allows the call).
 struct Builder {
@@ -132,11 +164,13 @@ fn common(b: &mut Builder) -> Result<(), BackendError> {
 /// irqfd and eventfd signals, locks). It opens nothing and creates no socket; it does send
 /// and receive on the virtio-fs vhost-user socket, because the guest's DRIVER_OK and reset
 /// writes start and stop the backend from the vCPU thread (SET_MEM_TABLE, SET_VRING_*,
-/// GET_VRING_BASE carry file descriptors and wait for replies).
+/// GET_VRING_BASE carry file descriptors and wait for replies). For the same reason it makes
+/// the [`VHOST_NET_IOCTLS`] that start and stop a vhost-net device.
 pub fn vcpu_rules() -> Result<RuleMap, BackendError> {
     let mut b = Builder::new();
     common(&mut b)?;
     b.allow_if(libc::SYS_ioctl, vec![when_eq(1, KVM_RUN)?])
+        .allow_if(libc::SYS_ioctl, when_any(1, &VHOST_NET_IOCTLS)?)
         .allow(libc::SYS_sendmsg)
         .allow(libc::SYS_recvmsg);
     Ok(b.rules)
@@ -250,7 +284,11 @@ mod tests {
         ] {
             assert!(!rules.contains_key(&nr), "vCPU threads must not get {nr}");
         }
-        assert_eq!(rules[&libc::SYS_ioctl].len(), 1, "only KVM_RUN");
+        assert_eq!(
+            rules[&libc::SYS_ioctl].len(),
+            1 + VHOST_NET_IOCTLS.len(),
+            "only KVM_RUN and the vhost-net activation"
+        );
         assert!(rules.len() < 40, "{} syscalls", rules.len());
     }
 
@@ -287,8 +325,8 @@ mod tests {
                 "syscall {nr}"
             );
         }
-        // ioctl: KVM_RUN from the vCPU list plus the main thread's four.
-        assert_eq!(all[&libc::SYS_ioctl].len(), 5);
+        // ioctl: KVM_RUN and vhost-net's eight from the vCPU list plus the main thread's four.
+        assert_eq!(all[&libc::SYS_ioctl].len(), 13);
         assert!(!all.contains_key(&libc::SYS_openat));
         assert!(!all.contains_key(&libc::SYS_execve));
     }
@@ -296,6 +334,30 @@ mod tests {
     #[test]
     fn tunsetoffload_is_the_kernel_number() {
         assert_eq!(TUNSETOFFLOAD, libc::TUNSETOFFLOAD);
+    }
+
+    #[test]
+    fn vhost_numbers_are_the_ones_the_vhost_crate_issues() {
+        use vhost::vhost_kern::vhost_binding as vb;
+        let want = [
+            (VHOST_SET_FEATURES, vb::VHOST_SET_FEATURES()),
+            (VHOST_SET_MEM_TABLE, vb::VHOST_SET_MEM_TABLE()),
+            (VHOST_SET_VRING_NUM, vb::VHOST_SET_VRING_NUM()),
+            (VHOST_SET_VRING_ADDR, vb::VHOST_SET_VRING_ADDR()),
+            (VHOST_SET_VRING_BASE, vb::VHOST_SET_VRING_BASE()),
+            (VHOST_SET_VRING_KICK, vb::VHOST_SET_VRING_KICK()),
+            (VHOST_SET_VRING_CALL, vb::VHOST_SET_VRING_CALL()),
+            (VHOST_NET_SET_BACKEND, vb::VHOST_NET_SET_BACKEND()),
+        ];
+        for (ours, crate_nr) in want {
+            assert_eq!(ours, crate_nr, "{ours:#x}");
+        }
+        // Set-up only, before confinement: not on any list.
+        let main = main_rules().unwrap();
+        for nr in [vb::VHOST_SET_OWNER(), vb::VHOST_GET_FEATURES()] {
+            assert!(!VHOST_NET_IOCTLS.contains(&nr));
+            assert!(!main[&libc::SYS_ioctl].contains(&when_eq(1, nr).unwrap()));
+        }
     }
 
     #[test]

@@ -121,6 +121,13 @@ fn vcpu_filter_kills_on_a_non_kvm_ioctl() {
 }
 
 #[test]
+fn vcpu_filter_allows_vhost_net_activation_but_not_its_set_up() {
+    assert_allowed("vcpu-vhost-activation");
+    assert_killed("vcpu-vhost-set-owner", libc::SYS_ioctl, "vcpu");
+    assert_killed("main-vhost-set-backend", libc::SYS_ioctl, "main");
+}
+
+#[test]
 fn vcpu_filter_kills_on_unix_socket() {
     assert_killed("vcpu-unix-socket", libc::SYS_socket, "vcpu");
 }
@@ -273,6 +280,30 @@ fn child_process() {
             // SAFETY: termios is plain data written by the kernel.
             let mut t: libc::termios = unsafe { std::mem::zeroed() };
             unsafe { libc::ioctl(0, libc::TCGETS, &mut t) };
+        }),
+        "vcpu-vhost-activation" => on_thread(move || {
+            let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            f.vcpu.apply().unwrap();
+            // Not a vhost fd: the kernel refuses each request, the filter lets it through.
+            let arg = [0u8; 64];
+            for nr in rules::VHOST_NET_IOCTLS {
+                // SAFETY: a 64-byte buffer, more than any of these requests reads.
+                let rc = unsafe { libc::ioctl(evt.as_raw_fd(), nr, arg.as_ptr()) };
+                assert_eq!(rc, -1, "{nr:#x}");
+            }
+        }),
+        "vcpu-vhost-set-owner" => on_thread(move || {
+            let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            f.vcpu.apply().unwrap();
+            // SAFETY: VHOST_SET_OWNER takes no argument.
+            unsafe { libc::ioctl(evt.as_raw_fd(), 0xaf01) };
+        }),
+        "main-vhost-set-backend" => on_thread(move || {
+            let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            f.main.apply().unwrap();
+            let arg = [0u8; 8];
+            // SAFETY: an 8-byte buffer stands for the struct vhost_vring_file it reads.
+            unsafe { libc::ioctl(evt.as_raw_fd(), rules::VHOST_NET_SET_BACKEND, arg.as_ptr()) };
         }),
         "main-unix-socket" => {
             // Made and removed by this unconfined thread: the filter forbids rmdir.

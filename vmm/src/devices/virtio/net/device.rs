@@ -22,6 +22,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::chain::Chain;
 use super::metrics::NetMetrics;
 use super::tap::{TapIo, TapOffloads, VNET_HDR_LEN};
+use super::vhost::{guest_features, VhostNet, VhostNetError};
 use crate::devices::virtio::device::{
     ActivateError, ActivatedQueue, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
 };
@@ -161,6 +162,9 @@ pub struct Net {
     pub(super) registered: Vec<Arc<EventFd>>,
     pub(super) tap_events: Option<event_manager::EventSet>,
     pub(super) metrics: Arc<NetMetrics>,
+    /// `vhost=on`: the kernel moves the frames; the event loop neither reads the queues nor
+    /// watches the tap, it only relays vhost-net's call eventfds.
+    pub(super) vhost: Option<VhostNet>,
     pub(super) rx_log: LogLimiter,
     pub(super) tx_log: LogLimiter,
     pub(super) tap_log: LogLimiter,
@@ -196,10 +200,25 @@ impl Net {
             registered: Vec::new(),
             tap_events: None,
             metrics: Arc::new(NetMetrics::default()),
+            vhost: None,
             rx_log: LogLimiter::new(),
             tx_log: LogLimiter::new(),
             tap_log: LogLimiter::new(),
         })
+    }
+
+    /// Serve the queues with vhost-net instead of the event loop. The features offered to the
+    /// guest lose the ring features `vhost` lacks; everything else (MAC, MTU, offloads, the
+    /// configuration space) stays as it is.
+    pub fn with_vhost(mut self, vhost: VhostNet) -> Self {
+        self.avail_features = guest_features(self.avail_features, vhost.features());
+        self.vhost = Some(vhost);
+        self
+    }
+
+    /// Whether vhost-net serves the queues.
+    pub fn uses_vhost(&self) -> bool {
+        self.vhost.is_some()
     }
 
     /// The device's counters.
@@ -321,6 +340,28 @@ impl Net {
                 return Err(ActivateError::InvalidQueue(index));
             }
         }
+        if let Some(vhost) = &mut self.vhost {
+            match vhost.start(self.acked_features, &mem, &rx, &tx) {
+                Ok(()) => log::info!(
+                    "virtio-net {}: vhost-net started (features {:#x})",
+                    self.tap.name(),
+                    self.acked_features
+                ),
+                // The driver's rings do not fit guest memory: the guest's fault.
+                Err(VhostNetError::RingAddress { index, .. }) => {
+                    return Err(ActivateError::InvalidQueue(index))
+                }
+                Err(e) => {
+                    let msg = format!(
+                        "virtio-net {}: vhost-net: {}",
+                        self.tap.name(),
+                        crate::error_chain(&e)
+                    );
+                    log::error!("{msg}");
+                    return Err(ActivateError::Other(msg));
+                }
+            }
+        }
         self.state = Some(ActiveState {
             mem,
             interrupt,
@@ -334,6 +375,11 @@ impl Net {
         self.tx_blocked = false;
         if let Err(e) = self.activate_evt.write(1) {
             self.state = None;
+            if let Some(vhost) = &mut self.vhost {
+                if let Err(stop) = vhost.stop() {
+                    log::error!("virtio-net: cannot stop vhost-net: {stop}");
+                }
+            }
             return Err(ActivateError::Io(e));
         }
         Ok(())
@@ -381,6 +427,17 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) -> bool {
+        if let Some(vhost) = &mut self.vhost {
+            if let Err(e) = vhost.stop() {
+                // The kernel may still use the rings: the device cannot be handed back.
+                log::error!(
+                    "virtio-net {}: cannot stop vhost-net: {}",
+                    self.tap.name(),
+                    crate::error_chain(&e)
+                );
+                return false;
+            }
+        }
         self.state = None;
         self.acked_features = 0;
         if self.rx.pending.take().is_some() {

@@ -1,18 +1,23 @@
 //! virtio-net as an event-loop subscriber: the activation eventfd, the two queue eventfds, and
 //! the tap, watched for EPOLLIN only while no received frame waits for guest buffers and for
 //! EPOLLOUT only while a transmitted frame waits for the tap.
+//!
+//! With vhost-net the kernel reads the queue eventfds and the tap; the event loop watches
+//! neither, and instead relays vhost-net's two call eventfds to the transport's interrupt.
 
 use std::os::fd::AsRawFd;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use super::Net;
+use crate::devices::virtio::device::VirtioInterruptType;
+use crate::devices::virtio::rate_limited::warn_limited;
 
 impl Net {
     /// The tap events the device wants watched in its current state (empty: none).
     pub(super) fn wanted_tap_events(&self) -> EventSet {
         let mut set = EventSet::empty();
-        if self.state.is_some() && !self.tap_gone {
+        if self.state.is_some() && !self.tap_gone && self.vhost.is_none() {
             if self.rx.pending.is_none() {
                 set |= EventSet::IN;
             }
@@ -57,6 +62,8 @@ impl Net {
             }
         }
         let current = match &self.state {
+            // vhost-net reads them (they are its kick fds).
+            Some(_) if self.vhost.is_some() => Vec::new(),
             Some(a) => vec![a.rx_notify.clone(), a.tx_notify.clone()],
             None => Vec::new(),
         };
@@ -69,6 +76,33 @@ impl Net {
                 }
             }
         }
+    }
+
+    /// Whether `fd` is one of vhost-net's call eventfds; if so, drain it and interrupt the
+    /// guest (vhost-net already honoured the driver's interrupt suppression).
+    fn relay_vhost_call(&mut self, fd: i32) -> bool {
+        let Some(call) = self
+            .vhost
+            .as_ref()
+            .and_then(|v| v.calls().iter().find(|c| c.as_raw_fd() == fd))
+        else {
+            return false;
+        };
+        // Non-blocking; several signals since the last read collapse into one interrupt.
+        let _ = call.read();
+        let Some(active) = &self.state else {
+            // Late signal of a device that was reset meanwhile.
+            return true;
+        };
+        self.metrics.vhost_calls.inc();
+        if let Err(e) = active.interrupt.trigger(VirtioInterruptType::Queue) {
+            self.metrics.interrupt_fails.inc();
+            warn_limited!(
+                self.tap_log,
+                "virtio-net: cannot raise queue interrupt for vhost-net: {e}"
+            );
+        }
+        true
     }
 
     fn is_notify(&self, fd: i32, which: usize) -> bool {
@@ -90,6 +124,16 @@ impl MutEventSubscriber for Net {
             self.metrics.event_fails.inc();
             log::error!("virtio-net: cannot register the activation eventfd: {e}");
         }
+        // vhost-net's call eventfds live as long as the device; a signal that arrives while it
+        // is inactive is dropped.
+        if let Some(vhost) = &self.vhost {
+            for call in vhost.calls() {
+                if let Err(e) = ops.add(Events::new(call, EventSet::IN)) {
+                    self.metrics.event_fails.inc();
+                    log::error!("virtio-net: cannot register a vhost-net call eventfd: {e}");
+                }
+            }
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -99,10 +143,13 @@ impl MutEventSubscriber for Net {
             self.sync_queue_events(ops);
             if self.state.is_some() {
                 self.apply_offloads();
-                // The driver may have posted buffers (and kicked) before we listened.
+                // The driver may have posted buffers (and kicked) before we listened (with
+                // vhost-net the kernel catches up on pending kicks itself: both return).
                 self.process_tx();
                 self.process_rx();
             }
+        } else if self.relay_vhost_call(fd) {
+            return;
         } else if fd == self.tap.as_raw_fd() {
             let set = events.event_set();
             if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {

@@ -8,7 +8,10 @@
 //!   `TUNSETOFFLOAD` mapping of the features the guest accepted;
 //! - `chain.rs`: checking a guest descriptor chain before any byte moves;
 //! - `rx.rs` / `tx.rs`: moving frames, with receive back-pressure and transmit EAGAIN;
-//! - `event_handler.rs`: the event-loop side (the pattern of [`rng`](super::rng)).
+//! - `event_handler.rs`: the event-loop side (the pattern of [`rng`](super::rng));
+//! - `vhost.rs`: the optional vhost-net backend (`--net ...,vhost=on`): the kernel moves the
+//!   frames between tap and rings, the VMM only sets it up on activation, stops it on reset
+//!   and relays its interrupts.
 //!
 //! What a guest can do wrong (malformed chains, buffers too short, a broken ring) is answered
 //! with a used length of 0, counted in [`NetMetrics`] and logged through a rate limiter; a tap
@@ -22,6 +25,7 @@ mod metrics;
 mod rx;
 mod tap;
 mod tx;
+mod vhost;
 
 #[cfg(test)]
 mod test_utils;
@@ -34,3 +38,4 @@ pub use device::{
 };
 pub use metrics::NetMetrics;
 pub use tap::{Tap, TapError, TapIo, TapOffloads, VNET_HDR_LEN};
+pub use vhost::{VhostNet, VhostNetError, VHOST_NET_PATH};

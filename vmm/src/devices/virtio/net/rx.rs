@@ -56,7 +56,7 @@ impl Net {
     /// buffers (the frame then waits in `rx.pending`) or [`RX_BUDGET`] frames were moved.
     /// Called from the event loop on tap EPOLLIN and on receive-queue kicks.
     pub(super) fn process_rx(&mut self) {
-        if self.state.is_none() || self.tap_gone {
+        if self.state.is_none() || self.tap_gone || self.vhost.is_some() {
             return;
         }
         let mut used_any = false;

@@ -236,6 +236,11 @@ impl Tap {
     pub fn offloads(&self) -> TapOffloads {
         self.offloads
     }
+
+    /// A second fd for the same tap (close-on-exec), for vhost-net's `VHOST_NET_SET_BACKEND`.
+    pub fn try_clone_file(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
 }
 
 impl AsRawFd for Tap {

@@ -27,6 +27,10 @@ const TX_BUDGET: usize = 256;
 impl Net {
     /// Send every available transmit chain (up to [`TX_BUDGET`]) to the tap.
     pub(super) fn process_tx(&mut self) {
+        if self.vhost.is_some() {
+            // vhost-net owns the rings.
+            return;
+        }
         let mut tap_gone = self.tap_gone;
         let mut lost = None;
         let Some(active) = &mut self.state else {
