@@ -1,6 +1,7 @@
 #!/bin/bash
 # Benchmark: TCP throughput and request/response latency between the host and a server in
 #   ours      bulkhead-vmm, virtio-net on a tap (--net tap=...), our kernel + a netbench initramfs
+#   ours-vhost  the same with --net tap=...,vhost=on (the kernel's vhost-net), if /dev/vhost-net
 #   qemu      QEMU -M microvm,rtc=on with virtio-net-device on the same kind of tap, vhost=off
 #   qemu-vhost  the same with vhost=on (the kernel's vhost-net data path), if /dev/vhost-net
 #   cli-vm    `bulkhead run --isolation vm` on the default bridge (veth + tc mirred + tap)
@@ -94,6 +95,13 @@ EOF
         new_tap
         "$@" >"$out/$case-$round.console" 2>&1 &
         pid=$!
+        # A slow (nested) boot can outlast netbench's 30 s connect deadline: wait for the
+        # server's line on the console first (3 minutes at most).
+        for _ in $(seq 1 360); do
+            grep -q "listening on" "$out/$case-$round.console" && break
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.5
+        done
         probe "$case" "$round" "$guest_ip:$port" || echo "bench: $case round $round failed" >&2
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
@@ -129,6 +137,11 @@ print(find(d) or "")')"
     for r in $(seq 1 "$rounds"); do
         vm_case ours "$r" "$vmm" --kernel "$kernel" --initrd "$base/netbench.cpio" --vcpus 1 \
             --memory 256 --serial stdout --cmdline "$cmdline bhnet-bench" --net "tap=$tap"
+        if [ -c /dev/vhost-net ]; then
+            vm_case ours-vhost "$r" "$vmm" --kernel "$kernel" --initrd "$base/netbench.cpio" \
+                --vcpus 1 --memory 256 --serial stdout --cmdline "$cmdline bhnet-bench" \
+                --net "tap=$tap,vhost=on"
+        fi
         for vhost in off on; do
             [ "$vhost" = on ] && [ ! -c /dev/vhost-net ] && continue
             name=qemu; [ "$vhost" = on ] && name=qemu-vhost
@@ -170,7 +183,7 @@ tests/harness/run-in-kvm.sh bench/net.sh --inside "$rounds" "$out" \
 python3 - "$out/runs.tsv" "$rounds" >"$out/summary.txt" <<'EOF'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-cases = ["ours", "qemu", "qemu-vhost", "cli-vm", "cli-ctr"]
+cases = ["ours", "ours-vhost", "qemu", "qemu-vhost", "cli-vm", "cli-ctr"]
 vals = {}
 for r in rows:
     vals.setdefault((r["case"], r["metric"]), []).append(float(r["value"]))
@@ -189,7 +202,8 @@ for m, title in metrics:
 def ratio(a, b, m):
     x, y = med(a, m), med(b, m)
     return f"{x / y:.2f}x" if x and y else "-"
-for a, b in [("ours", "qemu"), ("ours", "qemu-vhost"), ("cli-vm", "cli-ctr")]:
+for a, b in [("ours", "qemu"), ("ours", "qemu-vhost"), ("ours-vhost", "qemu-vhost"),
+             ("ours", "ours-vhost"), ("cli-vm", "cli-ctr")]:
     print(f"{a} / {b}: throughput {ratio(a, b, 'stream_mbit_s')}, "
           f"latency {ratio(a, b, 'rr_median_us')}")
 EOF

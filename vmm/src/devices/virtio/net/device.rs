@@ -342,11 +342,16 @@ impl Net {
         }
         if let Some(vhost) = &mut self.vhost {
             match vhost.start(self.acked_features, &mem, &rx, &tx) {
-                Ok(()) => log::info!(
-                    "virtio-net {}: vhost-net started (features {:#x})",
-                    self.tap.name(),
-                    self.acked_features
-                ),
+                // The guest decides how often: through the limiter.
+                Ok(()) => {
+                    if self.tap_log.check().is_some() {
+                        log::info!(
+                            "virtio-net {}: vhost-net started (features {:#x})",
+                            self.tap.name(),
+                            self.acked_features
+                        );
+                    }
+                }
                 // The driver's rings do not fit guest memory: the guest's fault.
                 Err(VhostNetError::RingAddress { index, .. }) => {
                     return Err(ActivateError::InvalidQueue(index))
@@ -357,7 +362,7 @@ impl Net {
                         self.tap.name(),
                         crate::error_chain(&e)
                     );
-                    log::error!("{msg}");
+                    warn_limited!(self.tap_log, "{msg}");
                     return Err(ActivateError::Other(msg));
                 }
             }
@@ -436,6 +441,9 @@ impl VirtioDevice for Net {
                     crate::error_chain(&e)
                 );
                 return false;
+            }
+            if self.tap_log.check().is_some() {
+                log::info!("virtio-net {}: vhost-net stopped (reset)", self.tap.name());
             }
         }
         self.state = None;
