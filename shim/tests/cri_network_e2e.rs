@@ -1,7 +1,7 @@
 //! Pods on the pod network, as Kubernetes runs them by default: containerd's CRI plugin with
 //! a CNI bridge conflist (bridge + host-local + portmap, on a bridge and subnet of this
 //! test's own), two pods on RuntimeClass `bulkhead` and one on runc. Each pod gets its IP
-//! from CNI; TCP works both ways between the two Bulkhead pods, between a Bulkhead pod and
+//! from CNI; HTTP works both ways between the two Bulkhead pods, between a Bulkhead pod and
 //! the runc pod, from the host to a pod IP and through a `hostPort`; the guest container's
 //! `/etc/resolv.conf` and hostname are CRI's. Removing the pods leaves no network
 //! namespace, address allocation or VM behind.
@@ -11,7 +11,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
@@ -83,7 +83,7 @@ fn pod_config(name: &str, log_dir: &Path, ports: Vec<PortMapping>) -> PodSandbox
     }
 }
 
-/// A server answering `name` on port 80 (busybox `nc`, one answer per connection).
+/// A web server answering `name` on port 80 (busybox `httpd`).
 fn web_container(name: &str) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
@@ -97,7 +97,7 @@ fn web_container(name: &str) -> ContainerConfig {
         command: vec![
             "sh".into(),
             "-c".into(),
-            format!("exec nc -ll -p 80 -e echo {name}"),
+            format!("mkdir -p /www && echo {name} >/www/index.html && exec httpd -f -p 80 -h /www"),
         ],
         log_path: "web.log".into(),
         linux: Some(LinuxContainerConfig {
@@ -113,6 +113,7 @@ fn web_container(name: &str) -> ContainerConfig {
 
 struct Pod {
     name: &'static str,
+    log: std::path::PathBuf,
     sandbox: String,
     container: String,
     ip: String,
@@ -174,6 +175,7 @@ async fn start_pod(
     eprintln!("pod {name}: {ip}");
     Pod {
         name,
+        log: c.dir().join(format!("logs-{name}")).join("web.log"),
         sandbox,
         container,
         ip,
@@ -188,7 +190,10 @@ async fn exec(cri: &mut Client, pod: &Pod, script: &str) -> (i32, String, String
             timeout: 60,
         })
         .await
-        .unwrap_or_else(|e| panic!("ExecSync in {}: {e}", pod.name))
+        .unwrap_or_else(|e| {
+            let log = std::fs::read_to_string(&pod.log).unwrap_or_default();
+            panic!("ExecSync in {}: {e}\ncontainer log:\n{log}", pod.name)
+        })
         .into_inner();
     (
         out.exit_code,
@@ -201,7 +206,7 @@ async fn exec(cri: &mut Client, pod: &Pod, script: &str) -> (i32, String, String
 /// on failure the message shows both ends' addresses, routes and counters.
 async fn fetch(cri: &mut Client, from: &Pod, to: &Pod) {
     let script = format!(
-        "for i in $(seq 1 15); do nc -w 3 {} 80 && exit 0; sleep 0.5; done; exit 1",
+        "for i in $(seq 1 15); do wget -q -T 3 -O- http://{}/ && exit 0; sleep 0.5; done; exit 1",
         to.ip
     );
     let (code, out, err) = exec(cri, from, &script).await;
@@ -216,16 +221,17 @@ async fn fetch(cri: &mut Client, from: &Pod, to: &Pod) {
     }
 }
 
-/// What the server at `addr` answers the host (retrying while it starts).
+/// The body of `GET /` from the host (retrying while the server starts).
 fn host_get(addr: SocketAddr) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let attempt = (|| -> std::io::Result<String> {
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
             s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
             let mut text = String::new();
             s.read_to_string(&mut text)?;
-            Ok(text)
+            Ok(text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
         })();
         match attempt {
             Ok(text) if !text.trim().is_empty() => return text.trim().to_owned(),
