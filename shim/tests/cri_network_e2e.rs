@@ -206,7 +206,7 @@ async fn exec(cri: &mut Client, pod: &Pod, script: &str) -> (i32, String, String
 /// on failure the message shows both ends' addresses, routes and counters.
 async fn fetch(cri: &mut Client, from: &Pod, to: &Pod) {
     let script = format!(
-        "for i in $(seq 1 15); do wget -q -T 3 -O- http://{}/ && exit 0; sleep 0.5; done; exit 1",
+        "for i in $(seq 1 6); do wget -q -T 2 -O- http://{}/ && exit 0; sleep 0.5; done; exit 1",
         to.ip
     );
     let (code, out, err) = exec(cri, from, &script).await;
@@ -215,8 +215,14 @@ async fn fetch(cri: &mut Client, from: &Pod, to: &Pod) {
         let (_, here, _) = exec(cri, from, diag).await;
         let (_, there, _) = exec(cri, to, diag).await;
         panic!(
-            "{} -> {} ({}): status {code}, {out:?}, {err}\n{}:\n{here}\n{}:\n{there}",
-            from.name, to.name, to.ip, from.name, to.name
+            "{} -> {} ({}): status {code}, {out:?}, {err}\n{}:\n{here}\n{}:\n{there}\n\
+             host side:\n{}",
+            from.name,
+            to.name,
+            to.ip,
+            from.name,
+            to.name,
+            host_side()
         );
     }
 }
@@ -240,6 +246,26 @@ fn host_get(addr: SocketAddr) -> String {
             _ => std::thread::sleep(Duration::from_millis(200)),
         }
     }
+}
+
+/// Links, qdiscs and ingress filters of every network namespace, as `ip` and `tc` show
+/// them (for failure messages only).
+fn host_side() -> String {
+    let mut text = String::new();
+    for ns in netns_names() {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns, "sh", "-c"])
+            .arg("ip -s link; ip addr; tc -s qdisc show; for l in $(ls /sys/class/net); do tc -s filter show dev $l ingress; done")
+            .output();
+        if let Ok(o) = out {
+            text.push_str(&format!(
+                "== {ns}\n{}{}\n",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+    }
+    text
 }
 
 fn netns_names() -> BTreeSet<String> {
@@ -304,17 +330,17 @@ fn pods_on_the_pod_network() {
         let b = start_pod(&mut cri, &c, "vm-b", "bulkhead", Vec::new()).await;
         let r = start_pod(&mut cri, &c, "runc-r", "runc", Vec::new()).await;
 
-        // Pod to pod, both ways, VM to VM and VM to runc.
-        fetch(&mut cri, &a, &b).await;
-        fetch(&mut cri, &b, &a).await;
-        fetch(&mut cri, &a, &r).await;
-        fetch(&mut cri, &r, &a).await;
         // The host to a pod IP, and through the hostPort on the bridge's address.
         assert_eq!(host_get(format!("{}:80", b.ip).parse().unwrap()), "vm-b");
         assert_eq!(
             host_get(format!("{GATEWAY}:{HOST_PORT}").parse().unwrap()),
             "vm-a"
         );
+        // Pod to pod, both ways, VM to VM and VM to runc.
+        fetch(&mut cri, &a, &b).await;
+        fetch(&mut cri, &b, &a).await;
+        fetch(&mut cri, &a, &r).await;
+        fetch(&mut cri, &r, &a).await;
         // CRI's resolv.conf and hostname inside the guest's container.
         let (code, resolv, err) = exec(&mut cri, &a, "cat /etc/resolv.conf; hostname").await;
         assert_eq!(code, 0, "{err}");
