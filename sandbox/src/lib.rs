@@ -47,7 +47,7 @@ pub use agent::{AgentConn, AgentEndpoint, ExitInfo};
 /// The host <-> VMM contract, for front ends that need its types.
 pub use bulkhead_vmm_contract as vmm_contract;
 pub use error::{Phase, SandboxError, StdioError};
-pub use sandbox::{Sandbox, SandboxConfig, SHARED_FS_TAG};
+pub use sandbox::{NetBackend, Sandbox, SandboxConfig, SHARED_FS_TAG};
 pub use sizing::{PodResources, VmSize};
 pub use virtiofsd_process::{FsCache, FsConfinement, VirtiofsdOptions};
 pub use vmm_process::VmExit;

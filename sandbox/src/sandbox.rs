@@ -45,6 +45,34 @@ pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the VM may take to power off after DestroySandbox before it is killed.
 pub const DEFAULT_DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The data path of the guest's NIC (`vm.net_backend`): the VMM's own virtio-net device
+/// (`--net ...`) or the kernel's vhost-net (`--net ...,vhost=on`). In the harness vhost-net
+/// moved about twice the TCP throughput of the userspace device (`bench/net.sh`), so it is
+/// the default wherever `/dev/vhost-net` exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetBackend {
+    /// vhost-net where [`VHOST_NET_DEVICE`] exists, else userspace.
+    #[default]
+    Auto,
+    Vhost,
+    Userspace,
+}
+
+/// The kernel's vhost-net device (module `vhost_net`).
+pub const VHOST_NET_DEVICE: &str = "/dev/vhost-net";
+
+impl NetBackend {
+    /// Whether the VMM's NICs use vhost-net here.
+    pub fn uses_vhost(self) -> bool {
+        match self {
+            NetBackend::Auto => Path::new(VHOST_NET_DEVICE).exists(),
+            NetBackend::Vhost => true,
+            NetBackend::Userspace => false,
+        }
+    }
+}
+
 /// Everything needed to start a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxConfig {
@@ -73,6 +101,8 @@ pub struct SandboxConfig {
     /// VM gets a NIC whose tap is mirrored to that namespace's interface, and the agent
     /// gives it the same addresses and routes. `None`: the guest has loopback only.
     pub netns: Option<PathBuf>,
+    /// The data path of the guest's NIC.
+    pub net_backend: NetBackend,
     /// `--log-level` for the VMM.
     pub vmm_log_level: Option<String>,
     /// The log format of the VMM (`--log-format`) and of the guest agent
@@ -101,6 +131,7 @@ impl SandboxConfig {
             hostname: None,
             dns: DnsConfig::default(),
             netns: None,
+            net_backend: NetBackend::Auto,
             vmm_log_level: None,
             log_format: None,
         }
@@ -243,12 +274,13 @@ impl Sandbox {
             pass_fds = network
                 .vmm_fds()
                 .map_err(|e| SandboxError::VmmStart(VmmError::PassFd(e)))?;
+            let vhost = config.net_backend.uses_vhost();
             for (i, nic) in network.nics().iter().enumerate() {
                 net.push(NetSpec {
                     backend: TapBackend::Fd(FIRST_PASSED_FD + i as i32),
                     mac: Some(nic.mac),
                     mtu: u16::try_from(nic.mtu).ok(),
-                    vhost: false,
+                    vhost,
                 });
             }
         }

@@ -31,7 +31,7 @@ pub use error::ConfigError;
 pub use load::{standard_layers, EnvOverride, Layer, ENV_OVERRIDES};
 
 use crate::network::cni::{BridgeNetwork, Cni, CniError, ConfList, Ipv4Net};
-use crate::sandbox::{SandboxConfig, DEFAULT_RUN_ROOT};
+use crate::sandbox::{NetBackend, SandboxConfig, DEFAULT_RUN_ROOT};
 use crate::sizing::{PodResources, VmSize, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 use crate::{FsCache, FsConfinement, VirtiofsdOptions};
 
@@ -89,6 +89,9 @@ pub struct VmSection {
     pub boot_timeout_secs: u64,
     /// The VMM's `--log-level`; "" keeps the VMM's default.
     pub vmm_log_level: String,
+    /// The data path of the guest's NIC: auto (vhost-net where `/dev/vhost-net` exists),
+    /// vhost or userspace.
+    pub net_backend: NetBackend,
 }
 
 /// virtiofsd, which serves the pod's shared directory.
@@ -191,6 +194,7 @@ impl Default for VmSection {
             memory_mib: 384,
             boot_timeout_secs: 60,
             vmm_log_level: String::new(),
+            net_backend: NetBackend::Auto,
         }
     }
 }
@@ -541,6 +545,7 @@ impl Config {
         c.virtiofsd = files.virtiofsd.clone();
         c.agent_timeout = self.boot_timeout();
         c.vmm_log_level = self.vmm_log_level();
+        c.net_backend = self.vm.net_backend;
         c.log_format = Some(self.log_format);
         c
     }

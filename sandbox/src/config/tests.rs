@@ -174,7 +174,7 @@ fn an_unknown_key_reads_well() {
         error_chain(&e.unwrap_err()),
         "/etc/bulkhead/config.toml, line 3: vm.vcpu: unknown field `vcpu`, expected one of \
          `kernel`, `initrd`, `vmm`, `cmdline`, `vcpus`, `memory_mib`, `boot_timeout_secs`, \
-         `vmm_log_level`"
+         `vmm_log_level`, `net_backend`"
     );
 }
 
@@ -394,4 +394,20 @@ fn log_level_names_are_lowercase() {
     assert_eq!(cfg.log_level_name(), "debug");
     let t = toml::Table::try_from(&cfg).unwrap();
     assert_eq!(t["log_level"].as_str(), Some("debug"));
+}
+
+#[test]
+fn the_nic_data_path_is_auto_vhost_or_userspace() {
+    use crate::NetBackend;
+    assert_eq!(Config::default().vm.net_backend, NetBackend::Auto);
+    let c = Config::parse("[vm]\nnet_backend = \"userspace\"\n", "test").unwrap();
+    assert_eq!(c.vm.net_backend, NetBackend::Userspace);
+    assert!(!NetBackend::Userspace.uses_vhost());
+    assert!(NetBackend::Vhost.uses_vhost());
+    assert_eq!(
+        NetBackend::Auto.uses_vhost(),
+        std::path::Path::new(crate::sandbox::VHOST_NET_DEVICE).exists()
+    );
+    let e = Config::parse("[vm]\nnet_backend = \"fast\"\n", "test").unwrap_err();
+    assert!(e.to_string().contains("net_backend"), "{e}");
 }
