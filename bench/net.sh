@@ -113,20 +113,7 @@ EOF
             /nb/netbench serve "$port")"
         ip="$("$bulkhead" inspect "$id" | python3 -c '
 import json, sys
-d = json.load(sys.stdin)
-d = d[0] if isinstance(d, list) else d
-def find(o):
-    if isinstance(o, dict):
-        for k, v in o.items():
-            if k.lower() in ("ip", "ip_address", "ipaddress", "address") and isinstance(v, str) and v:
-                return v.split("/")[0]
-            r = find(v)
-            if r: return r
-    if isinstance(o, list):
-        for v in o:
-            r = find(v)
-            if r: return r
-print(find(d) or "")')"
+print(json.load(sys.stdin)[0]["network_settings"]["ip_address"])')"
         if [ -n "$ip" ]; then
             probe "$1" "$2" "$ip:$port" || echo "bench: $1 round $2 failed" >&2
         else
