@@ -132,6 +132,23 @@ extern "C" fn remove_test_bridge() {
         let _ = Command::new("ip")
             .args(["link", "del", TEST_BRIDGE])
             .output();
+        // The address store too, once it holds no lease (host-local's files named by an
+        // address); what is left is its lock and last-reserved marker.
+        let leases = std::fs::read_dir(Path::new(TEST_IPAM_DIR).join("bulkhead"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .parse::<std::net::IpAddr>()
+                            .is_ok()
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if leases == 0 {
+            let _ = std::fs::remove_dir_all(TEST_IPAM_DIR);
+        }
     }
 }
 
