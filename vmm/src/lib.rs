@@ -11,7 +11,8 @@
 //! - [`seccomp`]: confinement after set-up (seccomp allow-list per thread, privilege drop);
 //! - [`exit_status`]: how the guest stopped, as the contract's exit statuses;
 //! - [`terminal`]: raw mode for the console on the VMM's own terminal;
-//! - [`metrics_report`]: device counters logged at exit and on SIGUSR1.
+//! - [`metrics_report`]: device counters logged at exit and on SIGUSR1;
+//! - [`panic_hook`]: a panic report that works under the seccomp filters.
 //!
 //! The command line, exit statuses and limits the host relies on are defined once in
 //! `bulkhead_vmm_contract`; this crate uses them.
@@ -25,6 +26,7 @@ pub mod exit_status;
 pub mod kernel_loader;
 pub mod logger;
 pub mod metrics_report;
+pub mod panic_hook;
 pub mod seccomp;
 pub mod terminal;
 pub mod vmm_config;

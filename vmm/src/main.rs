@@ -14,6 +14,8 @@ use bulkhead_vmm_contract::VmmArgs;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // A panic report that needs no file (no backtrace): it must work under the filters.
+    bulkhead_vmm::panic_hook::install();
     // Parsing opens nothing and starts no thread.
     let args = VmmArgs::parse();
     // seccomp/confinement: nothing the VMM did not open itself stays reachable, except the tap

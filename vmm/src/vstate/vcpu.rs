@@ -230,6 +230,15 @@ impl Vcpu {
 
     /// Run on a new thread named `vcpu<N>`, reporting the end to `events`. The thread confines
     /// itself with `seccomp` before its first `KVM_RUN`; if that fails the guest never runs.
+    ///
+    /// Every way the thread ends stays within the vCPU allow-list: a panic in a device model
+    /// is caught and reported as [`VcpuEvent::Failed`] (with `panic = "abort"`, as in release
+    /// builds, the process ends instead, after the panic hook's line), and the thread never
+    /// drops `buses`. Once the event loop has returned, a vCPU thread may hold the last
+    /// reference to the devices, and their destructors (closing a vhost-user connection, a
+    /// unix listener, a tap) are main-thread work: run here they would make syscalls the vCPU
+    /// filter forbids and end the VMM with status 159 instead of its own report (seen on a
+    /// host whose KVM could not run the guest: `statx` from the vsock listener's drop).
     pub fn spawn(
         mut self,
         buses: Arc<Buses>,
@@ -240,13 +249,23 @@ impl Vcpu {
         thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
+                // Never dropped on this thread (see above); the process is ending when a vCPU
+                // thread ends, so nothing is lost.
+                let buses = std::mem::ManuallyDrop::new(buses);
                 // seccomp: the vCPU allow-list, last step before guest code runs (fail closed).
                 if let Err(e) = seccomp.apply() {
                     let why = crate::error_chain(&e);
                     events.send(index, VcpuEvent::Failed(why));
                     return;
                 }
-                let event = self.run(&buses);
+                let run =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(&buses)));
+                let event = run.unwrap_or_else(|payload| {
+                    VcpuEvent::Failed(format!(
+                        "vCPU thread panicked: {}",
+                        crate::panic_hook::payload_message(&*payload)
+                    ))
+                });
                 events.send(index, event);
             })
             .map_err(|source| VcpuError::Spawn { index, source })

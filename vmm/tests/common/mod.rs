@@ -88,8 +88,18 @@ pub struct TinyVm {
     pub vcpu: Vcpu,
 }
 
+/// Attaches more virtio-mmio devices after the rng (slot 1 on).
+pub type MoreDevices<'a> =
+    dyn FnOnce(&Vm, &GuestMemoryMmap, &mut Buses, &mut Cmdline, &mut MmioSlots) + 'a;
+
 impl TinyVm {
     pub fn new(code: &[u8]) -> Self {
+        Self::with_devices(code, Box::new(|_, _, _, _, _| {}))
+    }
+
+    /// [`TinyVm::new`] plus the devices `more` attaches (their event handlers are dropped:
+    /// the buses hold the only reference).
+    pub fn with_devices(code: &[u8], more: Box<MoreDevices<'_>>) -> Self {
         let mem = create_guest_memory(64).unwrap();
         mem.write_slice(code, GuestAddress(CODE_ADDR)).unwrap();
         let vm = Vm::new().unwrap();
@@ -104,7 +114,8 @@ impl TinyVm {
         )
         .unwrap();
         let mut cmdline = Cmdline::new(2048).unwrap();
-        MmioSlots::new()
+        let mut slots = MmioSlots::new();
+        slots
             .attach(
                 &vm,
                 &mem,
@@ -114,6 +125,8 @@ impl TinyVm {
                 Arc::new(Mutex::new(Rng::new().unwrap())),
             )
             .unwrap();
+        more(&vm, &mem, &mut buses, &mut cmdline, &mut slots);
+        drop(slots.take_subscribers());
         let vcpu = Vcpu::new(&vm, 0).unwrap();
         enter_protected_mode(&vcpu, CODE_ADDR);
         TinyVm {
