@@ -10,6 +10,7 @@ use clap::Parser;
 use crate::exit::EXIT_STATUS_HELP;
 use crate::limits::{DEFAULT_CMDLINE, FS_TAG_MAX_LEN};
 use crate::net::NetSpec;
+use crate::socket::{HostSocket, HostSocketError};
 
 /// What `bulkhead-vmm --help` says the binary is.
 pub const ABOUT: &str =
@@ -38,14 +39,25 @@ pub struct VmmArgs {
     /// Serial console: stdout, off, or file:PATH.
     #[arg(long, default_value = "stdout")]
     pub serial: SerialOutput,
+    /// Most bytes of guest console output written; past them one line says the console was
+    /// capped and the rest is dropped (counted in the metrics). 0: no limit.
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub serial_max_bytes: u64,
     /// Leave out the virtio-rng device.
     #[arg(long)]
     pub no_rng: bool,
-    /// Hybrid vsock: host unix socket path; guest connections to host port P go to PATH_P.
-    #[arg(long, value_name = "UDS_PATH")]
-    pub vsock: Option<PathBuf>,
-    /// virtio-fs device: mount tag and the vhost-user socket of its virtiofsd (repeatable).
-    #[arg(long, value_name = "TAG=SOCKET")]
+    /// Hybrid vsock: the unix socket host clients connect to (`CONNECT <port>` handshake): a
+    /// path the VMM binds (a stale socket file there is replaced; it is not removed at the
+    /// end), or fd=N, an inherited listening unix stream socket.
+    #[arg(long, value_name = "UDS_PATH|fd=N")]
+    pub vsock: Option<HostSocket>,
+    /// Let the guest connect to host port P: the VMM connects to UDS_PATH_P (needs a --vsock
+    /// path). Without it such a request is answered with a reset.
+    #[arg(long, requires = "vsock")]
+    pub vsock_guest_connect: bool,
+    /// virtio-fs device: mount tag and the vhost-user socket of its virtiofsd, a path or
+    /// fd=N, an inherited connected unix stream socket (repeatable).
+    #[arg(long, value_name = "TAG=SOCKET|TAG=fd=N")]
     pub fs: Vec<FsSpec>,
     /// virtio-net device on a tap (repeatable): tap=NAME opens /dev/net/tun and attaches the
     /// tap NAME (needs CAP_NET_ADMIN to create it); fd=N uses an inherited fd already attached
@@ -77,17 +89,44 @@ pub struct VmmArgs {
 }
 
 impl VmmArgs {
-    /// The file descriptors the VMM inherits on purpose: the taps of `--net fd=N`. Every other
-    /// inherited descriptor is closed at start.
+    /// The file descriptors the VMM inherits on purpose: the taps of `--net fd=N`, the vsock
+    /// listener of `--vsock fd=N` and the vhost-user connections of `--fs TAG=fd=N`. Every
+    /// other inherited descriptor is closed at start.
     pub fn inherited_fds(&self) -> Vec<i32> {
-        self.net
-            .iter()
-            .filter_map(|n| match n.backend {
-                crate::net::TapBackend::Fd(fd) => Some(fd),
-                crate::net::TapBackend::Name(_) => None,
-            })
-            .collect()
+        let taps = self.net.iter().filter_map(|n| match n.backend {
+            crate::net::TapBackend::Fd(fd) => Some(fd),
+            crate::net::TapBackend::Name(_) => None,
+        });
+        let vsock = self.vsock.iter().filter_map(HostSocket::fd);
+        let fs = self.fs.iter().filter_map(|f| f.socket.fd());
+        taps.chain(vsock).chain(fs).collect()
     }
+
+    /// What clap cannot check: `--vsock-guest-connect` needs a `--vsock` path (the sockets it
+    /// connects to are named after it), and each inherited descriptor has one owner. The VMM
+    /// refuses its command line (status 2) when this fails.
+    pub fn check(&self) -> Result<(), ArgsError> {
+        if self.vsock_guest_connect && matches!(self.vsock, Some(HostSocket::Fd(_))) {
+            return Err(ArgsError::GuestConnectWithoutPath);
+        }
+        let mut fds = self.inherited_fds();
+        fds.sort_unstable();
+        if let Some(pair) = fds.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ArgsError::FdTwice(pair[0]));
+        }
+        Ok(())
+    }
+}
+
+/// Flag combinations the VMM refuses ([`VmmArgs::check`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgsError {
+    #[error(
+        "--vsock-guest-connect needs a --vsock path (UDS_PATH_P is where port P goes), not fd=N"
+    )]
+    GuestConnectWithoutPath,
+    #[error("inherited fd {0} is named twice (--net, --vsock, --fs: one device per descriptor)")]
+    FdTwice(i32),
 }
 
 /// A flag value that is not one of the accepted words.
@@ -204,45 +243,53 @@ pub enum FsSpecError {
     TagNul(String),
     #[error("virtio-fs tag {0:?} contains '='")]
     TagEquals(String),
-    #[error("virtio-fs socket path is empty")]
-    EmptySocket,
+    #[error("virtio-fs socket")]
+    Socket(#[from] HostSocketError),
 }
 
-/// `--fs TAG=SOCKET`: one virtio-fs device, the tag the guest mounts
+/// `--fs TAG=SOCKET` or `--fs TAG=fd=N`: one virtio-fs device, the tag the guest mounts
 /// (`mount -t virtiofs TAG /mnt`) and the vhost-user socket of the virtiofsd serving it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsSpec {
     /// Mount tag, 1 to [`FS_TAG_MAX_LEN`] bytes of UTF-8 without NUL or `=`.
     pub tag: String,
-    /// Path of virtiofsd's listening vhost-user socket.
-    pub socket: PathBuf,
+    /// virtiofsd's listening vhost-user socket (the VMM connects), or an inherited
+    /// descriptor already connected to it.
+    pub socket: HostSocket,
 }
 
 impl FsSpec {
-    /// A checked spec.
+    /// A checked spec on a socket path.
     pub fn new(tag: &str, socket: impl Into<PathBuf>) -> Result<Self, FsSpecError> {
         let spec = FsSpec {
             tag: tag.to_owned(),
-            socket: socket.into(),
+            socket: HostSocket::Path(socket.into()),
         };
         spec.validate()?;
         Ok(spec)
     }
 
-    /// Check the tag and the socket path.
+    /// A spec on an inherited connected descriptor (`TAG=fd=N`); checked by
+    /// [`FsSpec::validate`] and by the VMM.
+    pub fn on_fd(tag: &str, fd: i32) -> Self {
+        FsSpec {
+            tag: tag.to_owned(),
+            socket: HostSocket::Fd(fd),
+        }
+    }
+
+    /// Check the tag and the socket.
     pub fn validate(&self) -> Result<(), FsSpecError> {
         validate_tag(&self.tag)?;
-        if self.socket.as_os_str().is_empty() {
-            return Err(FsSpecError::EmptySocket);
-        }
+        self.socket.validate()?;
         Ok(())
     }
 
-    /// The flag value `TAG=SOCKET`.
+    /// The flag value `TAG=SOCKET` or `TAG=fd=N`.
     pub fn to_arg(&self) -> std::ffi::OsString {
         let mut arg = std::ffi::OsString::from(&self.tag);
         arg.push("=");
-        arg.push(&self.socket);
+        arg.push(self.socket.to_arg());
         arg
     }
 }
@@ -268,7 +315,7 @@ pub fn validate_tag(tag: &str) -> Result<(), FsSpecError> {
     Ok(())
 }
 
-/// Parses `TAG=SOCKET` (the socket path may itself contain `=`).
+/// Parses `TAG=SOCKET` (the socket path may itself contain `=`) and `TAG=fd=N`.
 impl FromStr for FsSpec {
     type Err = FsSpecError;
 
@@ -276,7 +323,12 @@ impl FromStr for FsSpec {
         let (tag, socket) = s
             .split_once('=')
             .ok_or_else(|| FsSpecError::Syntax(s.to_owned()))?;
-        FsSpec::new(tag, socket)
+        let spec = FsSpec {
+            tag: tag.to_owned(),
+            socket: socket.parse()?,
+        };
+        spec.validate()?;
+        Ok(spec)
     }
 }
 
@@ -291,7 +343,8 @@ mod tests {
         let help = VmmArgs::command().render_help().to_string();
         assert!(help.starts_with(ABOUT), "{help}");
         assert!(help.contains("159 forbidden syscall"), "{help}");
-        assert!(help.contains("--fs <TAG=SOCKET>"), "{help}");
+        assert!(help.contains("--fs <TAG=SOCKET|TAG=fd=N>"), "{help}");
+        assert!(help.contains("--vsock <UDS_PATH|fd=N>"), "{help}");
         assert!(
             help.contains("--net <tap=NAME|fd=N[,mac=MAC][,mtu=N][,vhost=on|off]>"),
             "{help}"
@@ -331,14 +384,28 @@ mod tests {
     fn parses_fs_specs() {
         let c: FsSpec = "rootfs=/run/bulkhead/vfs=1.sock".parse().unwrap();
         assert_eq!(c.tag, "rootfs");
-        assert_eq!(c.socket, PathBuf::from("/run/bulkhead/vfs=1.sock"));
+        assert_eq!(
+            c.socket,
+            HostSocket::Path(PathBuf::from("/run/bulkhead/vfs=1.sock"))
+        );
         assert_eq!(c.to_arg(), "rootfs=/run/bulkhead/vfs=1.sock");
         assert!(matches!(
             "rootfs".parse::<FsSpec>(),
             Err(FsSpecError::Syntax(_))
         ));
         assert_eq!("=/tmp/s".parse::<FsSpec>(), Err(FsSpecError::EmptyTag));
-        assert_eq!("t=".parse::<FsSpec>(), Err(FsSpecError::EmptySocket));
+        assert_eq!(
+            "t=".parse::<FsSpec>(),
+            Err(FsSpecError::Socket(HostSocketError::Empty))
+        );
+        let f: FsSpec = "data=fd=5".parse().unwrap();
+        assert_eq!(f, FsSpec::on_fd("data", 5));
+        assert_eq!(f.to_arg(), "data=fd=5");
+        assert!(matches!(
+            "data=fd=1".parse::<FsSpec>(),
+            Err(FsSpecError::Socket(HostSocketError::Fd(_)))
+        ));
+        assert!(FsSpec::on_fd("a=b", 5).validate().is_err());
         let long = "x".repeat(FS_TAG_MAX_LEN + 1);
         assert!(matches!(
             format!("{long}=/s").parse::<FsSpec>(),
@@ -360,5 +427,44 @@ mod tests {
             FsSpec::new("a=b", "/s"),
             Err(FsSpecError::TagEquals(_))
         ));
+    }
+
+    fn parse(args: &[&str]) -> Result<VmmArgs, clap::Error> {
+        VmmArgs::try_parse_from(["bulkhead-vmm", "--kernel", "/k"].iter().chain(args))
+    }
+
+    #[test]
+    fn vsock_takes_a_path_or_a_descriptor_and_guest_connect_needs_a_path() {
+        let a = parse(&["--vsock", "fd=4", "--fs", "t=fd=5", "--net", "fd=6"]).unwrap();
+        assert_eq!(a.vsock, Some(HostSocket::Fd(4)));
+        assert_eq!(a.inherited_fds(), vec![6, 4, 5]);
+        assert!(!a.vsock_guest_connect);
+        a.check().unwrap();
+
+        let a = parse(&["--vsock", "fd=4", "--vsock-guest-connect"]).unwrap();
+        assert_eq!(a.check(), Err(ArgsError::GuestConnectWithoutPath));
+        let a = parse(&["--vsock", "/r/v.sock", "--vsock-guest-connect"]).unwrap();
+        a.check().unwrap();
+        assert!(a.inherited_fds().is_empty());
+        assert!(
+            parse(&["--vsock-guest-connect"]).is_err(),
+            "guest connect without vsock"
+        );
+        assert!(parse(&["--vsock", "fd=1"]).is_err());
+
+        let a = parse(&["--vsock", "fd=4", "--fs", "t=fd=4"]).unwrap();
+        assert_eq!(a.check(), Err(ArgsError::FdTwice(4)));
+    }
+
+    #[test]
+    fn serial_cap_defaults_to_unlimited() {
+        assert_eq!(parse(&[]).unwrap().serial_max_bytes, 0);
+        assert_eq!(
+            parse(&["--serial-max-bytes", "16777216"])
+                .unwrap()
+                .serial_max_bytes,
+            16 << 20
+        );
+        assert!(parse(&["--serial-max-bytes", "-1"]).is_err());
     }
 }

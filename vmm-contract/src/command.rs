@@ -9,14 +9,40 @@ use std::path::PathBuf;
 use crate::args::VmmArgs;
 use crate::args::{FsSpec, SeccompMode, SerialOutput};
 use crate::net::NetSpec;
+use crate::socket::HostSocket;
 
-/// The hybrid vsock device: the host unix socket and the guest's CID.
+/// The hybrid vsock device: the host unix socket, the guest's CID, and whether the guest may
+/// connect to the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsockSpec {
-    /// Host-side unix socket path (`--vsock`).
-    pub uds: PathBuf,
+    /// The listener host clients connect to (`--vsock UDS_PATH` or `--vsock fd=N`, an
+    /// inherited listening unix stream socket).
+    pub host: HostSocket,
     /// The guest's context ID (`--vsock-cid`, 3 or more).
     pub cid: u64,
+    /// `--vsock-guest-connect`: guest connections to host port P go to `UDS_PATH_P`. Needs
+    /// a path; off, the VMM answers them with a reset.
+    pub guest_connect: bool,
+}
+
+impl VsockSpec {
+    /// A listener the VMM binds at `path`; no guest-initiated connections.
+    pub fn on_path(path: impl Into<PathBuf>, cid: u64) -> Self {
+        VsockSpec {
+            host: HostSocket::Path(path.into()),
+            cid,
+            guest_connect: false,
+        }
+    }
+
+    /// An inherited listening socket at descriptor `fd` (no guest-initiated connections).
+    pub fn on_fd(fd: i32, cid: u64) -> Self {
+        VsockSpec {
+            host: HostSocket::Fd(fd),
+            cid,
+            guest_connect: false,
+        }
+    }
 }
 
 /// One VMM invocation. `None` and the defaults leave the VMM's own default in place (the
@@ -35,11 +61,15 @@ pub struct VmmCommand {
     pub memory_mib: u32,
     /// `--serial`.
     pub serial: SerialOutput,
+    /// `--serial-max-bytes`: console bytes written at most, 0 for no limit (the flag is
+    /// written only when not 0).
+    pub serial_max_bytes: u64,
     /// Whether the guest gets a virtio-rng device (`--no-rng` when not).
     pub rng: bool,
-    /// `--vsock` and `--vsock-cid`.
+    /// `--vsock`, `--vsock-cid` and `--vsock-guest-connect`. An `fd=N` listener must be
+    /// open in the VMM process at N.
     pub vsock: Option<VsockSpec>,
-    /// `--fs`, once per device.
+    /// `--fs`, once per device. An `fd=N` connection must be open in the VMM process at N.
     pub fs: Vec<FsSpec>,
     /// `--net`, once per virtio-net device. An `fd=N` backend must be open in the VMM
     /// process at N (the launcher passes it down without `FD_CLOEXEC`).
@@ -67,6 +97,7 @@ impl VmmCommand {
             vcpus: 1,
             memory_mib: 128,
             serial: SerialOutput::Stdout,
+            serial_max_bytes: 0,
             rng: true,
             vsock: None,
             fs: Vec::new(),
@@ -96,8 +127,14 @@ impl VmmCommand {
         push("--vcpus", self.vcpus.to_string().into());
         push("--memory", self.memory_mib.to_string().into());
         push("--serial", self.serial.to_arg());
+        if self.serial_max_bytes != 0 {
+            push(
+                "--serial-max-bytes",
+                self.serial_max_bytes.to_string().into(),
+            );
+        }
         if let Some(vsock) = &self.vsock {
-            push("--vsock", vsock.uds.clone().into());
+            push("--vsock", vsock.host.to_arg());
             push("--vsock-cid", vsock.cid.to_string().into());
         }
         for fs in &self.fs {
@@ -124,6 +161,9 @@ impl VmmCommand {
         if !self.rng {
             args.push("--no-rng".into());
         }
+        if self.vsock.as_ref().is_some_and(|v| v.guest_connect) {
+            args.push("--vsock-guest-connect".into());
+        }
         args
     }
 }
@@ -139,6 +179,7 @@ mod tests {
     fn round_trip(cmd: &VmmCommand) -> VmmArgs {
         let argv = std::iter::once(OsString::from("bulkhead-vmm")).chain(cmd.args());
         let parsed = VmmArgs::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}\n{cmd:?}"));
+        parsed.check().unwrap_or_else(|e| panic!("{e}\n{cmd:?}"));
         assert_eq!(parsed.kernel, cmd.kernel);
         assert_eq!(parsed.initrd, cmd.initrd);
         assert_eq!(
@@ -148,8 +189,13 @@ mod tests {
         assert_eq!(parsed.vcpus, cmd.vcpus);
         assert_eq!(parsed.memory, cmd.memory_mib);
         assert_eq!(parsed.serial, cmd.serial);
+        assert_eq!(parsed.serial_max_bytes, cmd.serial_max_bytes);
         assert_eq!(parsed.no_rng, !cmd.rng);
-        assert_eq!(parsed.vsock, cmd.vsock.as_ref().map(|v| v.uds.clone()));
+        assert_eq!(parsed.vsock, cmd.vsock.as_ref().map(|v| v.host.clone()));
+        assert_eq!(
+            parsed.vsock_guest_connect,
+            cmd.vsock.as_ref().is_some_and(|v| v.guest_connect)
+        );
         assert_eq!(parsed.vsock_cid, cmd.vsock.as_ref().map_or(3, |v| v.cid));
         assert_eq!(parsed.fs, cmd.fs);
         assert_eq!(parsed.net, cmd.net);
@@ -194,10 +240,7 @@ mod tests {
             vcpus: 2,
             memory_mib: 384,
             serial: SerialOutput::File("/run/bulkhead/p/console.log".into()),
-            vsock: Some(VsockSpec {
-                uds: "/run/bulkhead/p/vsock.sock".into(),
-                cid: 3,
-            }),
+            vsock: Some(VsockSpec::on_path("/run/bulkhead/p/vsock.sock", 3)),
             fs: vec![fs("bulkhead", "/run/bulkhead/p/fs.sock")],
             ..VmmCommand::new("/k/vmlinux")
         };
@@ -221,9 +264,10 @@ mod tests {
             serial: SerialOutput::Off,
             rng: false,
             vsock: Some(VsockSpec {
-                uds: "/tmp/a dir/v.sock".into(),
-                cid: u64::from(u32::MAX) + 7,
+                guest_connect: true,
+                ..VsockSpec::on_path("/tmp/a dir/v.sock", u64::from(u32::MAX) + 7)
             }),
+            serial_max_bytes: u64::MAX,
             fs: vec![
                 fs("rootfs", "/run/b/p/fs 1.sock"),
                 fs("data", "/run/b/p/fs=2.sock"),
@@ -256,6 +300,38 @@ mod tests {
                 });
             }
         }
+    }
+
+    #[test]
+    fn a_jailed_sandbox_command_passes_every_socket_as_a_descriptor() {
+        let cmd = VmmCommand {
+            serial_max_bytes: 16 << 20,
+            vsock: Some(VsockSpec::on_fd(5, 3)),
+            fs: vec![FsSpec::on_fd("bulkhead", 4)],
+            net: vec!["fd=3,mac=02:42:0a:58:00:05".parse().unwrap()],
+            ..VmmCommand::new("/kernel")
+        };
+        let parsed = round_trip(&cmd);
+        assert_eq!(parsed.inherited_fds(), vec![3, 5, 4]);
+        assert_eq!(
+            line(&cmd),
+            "--kernel /kernel --vcpus 1 --memory 128 --serial stdout \
+             --serial-max-bytes 16777216 --vsock fd=5 --vsock-cid 3 --fs bulkhead=fd=4 \
+             --net fd=3,mac=02:42:0a:58:00:05"
+        );
+        // Guest-initiated connections need a path: the VMM refuses this command line.
+        let bad = VmmCommand {
+            vsock: Some(VsockSpec {
+                guest_connect: true,
+                ..VsockSpec::on_fd(5, 3)
+            }),
+            ..cmd
+        };
+        let parsed = VmmArgs::try_parse_from(
+            std::iter::once(OsString::from("bulkhead-vmm")).chain(bad.args()),
+        )
+        .unwrap();
+        assert!(parsed.check().is_err());
     }
 
     #[test]

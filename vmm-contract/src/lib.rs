@@ -10,6 +10,8 @@
 //! - [`limits`]: vCPU, memory and command-line limits, and the default command line;
 //! - [`net`]: [`NetSpec`] (`--net`, a virtio-net device on a tap) and [`net::MacAddr`], the
 //!   guest NIC address the host, the VMM and the agent share;
+//! - [`socket`]: [`HostSocket`], a unix socket given as a path or an inherited `fd=N`
+//!   (`--vsock`, `--fs`);
 //! - [`virtiofsd`]: how virtiofsd is run for a virtio-fs device ([`VirtiofsdOptions`]).
 //!
 //! The crate is small on purpose (clap, thiserror, libc, log, bulkhead-log): the VMM binary
@@ -20,10 +22,14 @@ pub mod command;
 pub mod exit;
 pub mod limits;
 pub mod net;
+pub mod socket;
 pub mod virtiofsd;
 
-pub use args::{FsSpec, FsSpecError, ParseValueError, SeccompMode, SerialOutput, VmmArgs};
+pub use args::{
+    ArgsError, FsSpec, FsSpecError, ParseValueError, SeccompMode, SerialOutput, VmmArgs,
+};
 pub use command::{VmmCommand, VsockSpec};
 pub use exit::VmmExit;
 pub use net::{MacAddr, NetSpec, NetSpecError, TapBackend};
+pub use socket::{HostSocket, HostSocketError};
 pub use virtiofsd::{FsCache, FsConfinement, VirtiofsdOptions};

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -13,9 +14,11 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use crate::arch::x86_64 as arch;
 use crate::device_manager::{DeviceManagerError, LegacyDevices, MmioSlots};
 use crate::devices::legacy::{ConsoleOutput, SerialConsole, SerialInput};
-use crate::devices::virtio::fs::Fs;
+use crate::devices::unix_fd::{self, Expect};
+use crate::devices::virtio::fs::{Fs, FsConfig};
 use crate::devices::virtio::net::{Net, Tap, VhostNet};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::unix::HostListener;
 use crate::devices::virtio::vsock::Vsock;
 use crate::event_loop::{run_until_exit, ExitMonitor, RunError};
 use crate::exit_status::GuestExit;
@@ -23,7 +26,7 @@ use crate::kernel_loader::{self, LoadError};
 use crate::metrics_report::{MetricsReport, ReportOnSignal};
 use crate::seccomp::{self, Confinement, PrivilegeError, SeccompError, StartGate, ThreadFilter};
 use crate::vmm_config::{
-    ConfigError, NetSpec, SerialOutput, TapBackend, VmConfig, CMDLINE_MAX_LEN,
+    ConfigError, HostSocket, NetSpec, SerialOutput, TapBackend, VmConfig, CMDLINE_MAX_LEN,
 };
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{self, Buses, Vcpu, VcpuError};
@@ -125,7 +128,7 @@ impl MicroVm {
     }
 }
 
-fn console_output(serial: &SerialOutput) -> Result<ConsoleOutput, StartError> {
+fn console_output(serial: &SerialOutput, max_bytes: u64) -> Result<ConsoleOutput, StartError> {
     let out: Option<Box<dyn Write + Send>> = match serial {
         SerialOutput::Stdout => Some(Box::new(std::io::stdout())),
         SerialOutput::Off => None,
@@ -140,7 +143,9 @@ fn console_output(serial: &SerialOutput) -> Result<ConsoleOutput, StartError> {
                 })?,
         )),
     };
-    ConsoleOutput::new(out).map_err(StartError::Console)
+    Ok(ConsoleOutput::new(out)
+        .map_err(StartError::Console)?
+        .with_limit(max_bytes))
 }
 
 /// A virtio-net device on the tap `spec` names: opened by name, or the inherited fd (which
@@ -171,6 +176,21 @@ fn open_net(spec: &NetSpec, mem: &GuestMemoryMmap) -> Result<Net, StartError> {
         Some(vhost) => net.with_vhost(vhost),
         None => net,
     })
+}
+
+/// A virtio-fs device on virtiofsd's socket path, or on the inherited connection.
+fn open_fs(config: &FsConfig) -> Result<Fs, StartError> {
+    let err = |e: Box<dyn std::error::Error + Send + Sync>| StartError::Device("virtio-fs", e);
+    match &config.socket {
+        HostSocket::Path(_) => Fs::new(config.clone()).map_err(|e| err(Box::new(e))),
+        HostSocket::Fd(fd) => {
+            // SAFETY: the fd was inherited for this device (`--fs TAG=fd=N`), kept open by
+            // `close_inherited_fds`, and named by no other flag (`VmmArgs::check`).
+            let owned =
+                unsafe { unix_fd::take(*fd, Expect::Connected) }.map_err(|e| err(Box::new(e)))?;
+            Fs::over_stream(config.clone(), UnixStream::from(owned)).map_err(|e| err(Box::new(e)))
+        }
+    }
 }
 
 /// Build the VM described by `config` and start its vCPUs, confined as `confinement` says:
@@ -217,13 +237,16 @@ pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<Mic
     };
 
     let mut buses = Buses::default();
-    let legacy = LegacyDevices::attach(&vm, &mut buses, console_output(&config.serial)?)?;
+    let console = console_output(&config.serial, config.serial_max_bytes)?;
+    let console_metrics = console.metrics();
+    let legacy = LegacyDevices::attach(&vm, &mut buses, console)?;
     let mut cmdline = Cmdline::new(CMDLINE_MAX_LEN).map_err(StartError::Cmdline)?;
     cmdline
         .insert_str(&config.cmdline)
         .map_err(|_| StartError::CmdlineTooLong)?;
     let mut slots = MmioSlots::new();
     let mut metrics = MetricsReport::new();
+    metrics.add("serial", console_metrics);
     if config.rng {
         let rng = Rng::new().map_err(|e| StartError::Device("virtio-rng", Box::new(e)))?;
         metrics.add("virtio-rng", rng.metrics());
@@ -237,8 +260,15 @@ pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<Mic
         )?;
     }
     if let Some(v) = &config.vsock {
-        let vsock = Vsock::new(v.guest_cid, v.uds_path.clone())
-            .map_err(|e| StartError::Device("virtio-vsock", Box::new(e)))?;
+        let err = |e| StartError::Device("virtio-vsock", Box::new(e));
+        let listener = match &v.host {
+            HostSocket::Path(path) => HostListener::bind(path),
+            // SAFETY: the fd was inherited for this listener (`--vsock fd=N`), kept open by
+            // `close_inherited_fds`, and named by no other flag (`VmmArgs::check`).
+            HostSocket::Fd(fd) => unsafe { HostListener::from_fd(*fd) },
+        }
+        .map_err(err)?;
+        let vsock = Vsock::new(v.guest_cid, listener, v.guest_connect).map_err(err)?;
         metrics.add("virtio-vsock", vsock.metrics().clone());
         slots.attach(
             &vm,
@@ -251,8 +281,7 @@ pub fn build_microvm(config: &VmConfig, confinement: &Confinement) -> Result<Mic
     }
     let mut device_failures = Vec::new();
     for fs_config in &config.fs {
-        let fs =
-            Fs::new(fs_config.clone()).map_err(|e| StartError::Device("virtio-fs", Box::new(e)))?;
+        let fs = open_fs(fs_config)?;
         device_failures.push(fs.failure());
         metrics.add(format!("virtio-fs {}", fs.tag()), fs.metrics());
         slots.attach(

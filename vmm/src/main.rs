@@ -7,19 +7,25 @@ use anyhow::Context;
 use bulkhead_vmm::builder::build_microvm;
 use bulkhead_vmm::exit_status::STATUS_VMM_ERROR;
 use bulkhead_vmm::metrics_report;
-use bulkhead_vmm::seccomp::{privileges, Confinement, Identity};
+use bulkhead_vmm::seccomp::{privileges, Confinement, Identity, RuleOptions};
 use bulkhead_vmm::terminal::RawTerminal;
 use bulkhead_vmm::vmm_config::{SerialOutput, VmConfig};
 use bulkhead_vmm_contract::VmmArgs;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
     // A panic report that needs no file (no backtrace): it must work under the filters.
     bulkhead_vmm::panic_hook::install();
     // Parsing opens nothing and starts no thread.
     let args = VmmArgs::parse();
-    // seccomp/confinement: nothing the VMM did not open itself stays reachable, except the tap
-    // fds the command line names (`--net fd=N`).
+    if let Err(e) = args.check() {
+        // Status 2, like any other usage error.
+        VmmArgs::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, e)
+            .exit();
+    }
+    // seccomp/confinement: nothing the VMM did not open itself stays reachable, except the
+    // descriptors the command line names (`--net fd=N`, `--vsock fd=N`, `--fs TAG=fd=N`).
     let closed = privileges::close_inherited_fds(&args.inherited_fds());
     // Before any thread exists, so SIGUSR1 reaches only the metrics signalfd.
     let blocked = metrics_report::block_report_signal();
@@ -53,16 +59,18 @@ fn run(args: &VmmArgs) -> anyhow::Result<i32> {
         uid: args.uid,
         gid: args.gid,
     };
-    let confinement =
-        Confinement::compile(args.seccomp, identity).context("cannot build the seccomp filters")?;
+    // The lists depend on the flags (connect only with guest-initiated vsock connections) and
+    // on this process's id (tgkill of its own threads only).
+    let rules = RuleOptions::for_this_process(args.vsock_guest_connect);
+    let confinement = Confinement::compile(args.seccomp, &rules, identity)
+        .context("cannot build the seccomp filters")?;
     let mut vm = build_microvm(&config, &confinement).context("cannot start the microVM")?;
     let _raw = (config.serial == SerialOutput::Stdout).then(|| {
         vm.attach_console_input(std::io::stdin());
         RawTerminal::enter()
     });
+    // The vsock socket file (of a --vsock path) stays: whoever made its directory removes it,
+    // and the next VMM at that path replaces a stale one.
     let result = vm.wait().context("the microVM failed");
-    if let Some(vsock) = &config.vsock {
-        let _ = std::fs::remove_file(&vsock.uds_path);
-    }
     Ok(result?.status())
 }

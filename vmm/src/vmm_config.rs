@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub use bulkhead_vmm_contract::HostSocket;
+
 use crate::devices::virtio::fs::FsConfig;
 
 pub use bulkhead_vmm_contract::limits::{
@@ -16,8 +18,10 @@ pub use bulkhead_vmm_contract::{NetSpec, NetSpecError, SerialOutput, TapBackend}
 pub struct VsockConfig {
     /// The guest's context ID (3 or more).
     pub guest_cid: u64,
-    /// Host-side unix socket path.
-    pub uds_path: PathBuf,
+    /// The host listener: a path the VMM binds, or an inherited listening socket.
+    pub host: HostSocket,
+    /// Guest connections to host port P go to `<path>_P` (needs a path); off: reset.
+    pub guest_connect: bool,
 }
 
 /// Everything needed to build and boot one microVM.
@@ -35,6 +39,8 @@ pub struct VmConfig {
     pub memory_mib: u32,
     /// Serial console destination.
     pub serial: SerialOutput,
+    /// Console bytes written at most (0: no limit).
+    pub serial_max_bytes: u64,
     /// Whether to give the guest a virtio-rng device.
     pub rng: bool,
     /// Optional virtio-vsock device.
@@ -86,10 +92,12 @@ impl VmConfig {
             vcpus: args.vcpus,
             memory_mib: args.memory,
             serial: args.serial.clone(),
+            serial_max_bytes: args.serial_max_bytes,
             rng: !args.no_rng,
-            vsock: args.vsock.clone().map(|uds_path| VsockConfig {
+            vsock: args.vsock.clone().map(|host| VsockConfig {
                 guest_cid: args.vsock_cid,
-                uds_path,
+                host,
+                guest_connect: args.vsock_guest_connect,
             }),
             fs: args.fs.iter().cloned().map(FsConfig::from).collect(),
             net: args.net.clone(),
@@ -208,6 +216,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 128,
             serial: SerialOutput::Stdout,
+            serial_max_bytes: 0,
             rng: true,
             vsock: None,
             fs: Vec::new(),

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bulkhead_vmm::arch::x86_64::layout;
 use bulkhead_vmm::exit_status::GuestExit;
-use bulkhead_vmm::seccomp::{SeccompFilters, SeccompMode};
+use bulkhead_vmm::seccomp::{RuleOptions, SeccompFilters, SeccompMode};
 use bulkhead_vmm::vstate::vcpu::{vcpu_events, VcpuEvent};
 use vmm_sys_util::tempdir::TempDir;
 
@@ -47,7 +47,9 @@ fn vcpu_thread_runs_its_guest_under_the_strict_filter() {
         vcpu,
     } = TinyVm::new(&code);
 
-    let filters = SeccompFilters::compile(SeccompMode::Strict).unwrap();
+    let filters =
+        SeccompFilters::compile(SeccompMode::Strict, &RuleOptions::for_this_process(false))
+            .unwrap();
     let buses = Arc::new(buses);
     let (events, receiver) = vcpu_events().unwrap();
     let thread = vcpu
@@ -227,32 +229,123 @@ fn binary_switches_identity_when_root() {
 
 #[test]
 fn binary_serves_vsock_clients_and_console_input_under_strict_seccomp() {
-    use std::io::Read;
-    use std::os::unix::net::UnixStream;
-
     if !kvm_available() {
         return;
     }
     let dir = TempDir::new().unwrap();
     let uds = dir.as_path().join("v.sock");
-    let mut child = vmm_command(
+    serve_vsock_clients(&dir, &uds, None);
+    assert!(
+        uds.exists(),
+        "the socket file stays (no unlink under the filter): its directory's owner removes it"
+    );
+    // A second VMM at the same path replaces the stale file.
+    serve_vsock_clients(&dir, &uds, None);
+}
+
+#[test]
+fn binary_serves_vsock_clients_on_an_inherited_listener() {
+    use std::os::fd::AsRawFd;
+
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let uds = dir.as_path().join("inherited.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&uds).unwrap();
+    serve_vsock_clients(&dir, &uds, Some(listener.as_raw_fd()));
+
+    // Not a listener: refused with the descriptor named, before the guest runs.
+    let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let out = vmm_command(&dir, SAY_HI_AND_RESET, &["--vsock", "fd=3"])
+        .stdin(Stdio::null())
+        .fd_as_3(a.as_raw_fd())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("fd 3 is a unix stream socket that is not listening"),
+        "{stderr}"
+    );
+    // Guest-initiated connections need a path: a usage error.
+    let out = vmm_command(
         &dir,
-        SAY_HI_WAIT_FOR_INPUT_AND_RESET,
-        &["--seccomp", "strict", "--vsock", uds.to_str().unwrap()],
+        SAY_HI_AND_RESET,
+        &["--vsock", "fd=3", "--vsock-guest-connect"],
     )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
+    .stdin(Stdio::null())
+    .fd_as_3(listener.as_raw_fd())
+    .output()
     .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// Gives a child `fd` as its descriptor 3, without close-on-exec.
+trait FdAs3 {
+    fn fd_as_3(&mut self, fd: i32) -> &mut Self;
+}
+
+impl FdAs3 for Command {
+    fn fd_as_3(&mut self, fd: i32) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: dup2 is async-signal-safe; `fd` stays open in the parent until spawn.
+        unsafe {
+            self.pre_exec(move || {
+                // dup2 onto itself keeps close-on-exec: clear it then.
+                let rc = if fd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, 3)
+                };
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Boot a guest that waits for a console byte, with the vsock listener at `uds` (bound by
+/// the VMM, or `inherited` as its fd 3), talk to it as a host client, then end the guest.
+fn serve_vsock_clients(dir: &TempDir, uds: &std::path::Path, inherited: Option<i32>) {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+
+    let vsock = match inherited {
+        Some(_) => "fd=3".to_string(),
+        None => uds.to_str().unwrap().to_string(),
+    };
+    let mut cmd = vmm_command(
+        dir,
+        SAY_HI_WAIT_FOR_INPUT_AND_RESET,
+        &["--seccomp", "strict", "--vsock", &vsock],
+    );
+    if let Some(fd) = inherited {
+        cmd.fd_as_3(fd);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut hi = [0u8; 3];
-    stdout.read_exact(&mut hi).unwrap();
+    if let Err(e) = stdout.read_exact(&mut hi) {
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "no console output ({e}): {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     assert_eq!(&hi, b"HI\n");
 
     // The guest runs and the main thread is confined: a host client goes through accept,
     // non-blocking set-up and the handshake read in the event loop.
-    let mut client = UnixStream::connect(&uds).expect("the vsock listener is up");
+    let mut client = UnixStream::connect(uds).expect("the vsock listener is up");
     client.write_all(b"CONNECT 1024\n").unwrap();
     client
         .set_read_timeout(Some(Duration::from_millis(500)))
@@ -262,7 +355,7 @@ fn binary_serves_vsock_clients_and_console_input_under_strict_seccomp() {
     // it must still be alive afterwards.
     let _ = client.read(&mut buf);
     drop(client);
-    let second = UnixStream::connect(&uds).expect("still accepting");
+    let second = UnixStream::connect(uds).expect("still accepting");
     drop(second);
 
     // A key on stdin reaches the guest's UART through the event loop; the guest resets.
@@ -277,8 +370,4 @@ fn binary_serves_vsock_clients_and_console_input_under_strict_seccomp() {
         out.status
     );
     assert!(stderr.contains("seccomp: main thread confined"), "{stderr}");
-    assert!(
-        !uds.exists(),
-        "the socket file is removed at the end, under the filter"
-    );
 }

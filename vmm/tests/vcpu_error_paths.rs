@@ -20,9 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulkhead_vmm::devices::bus::BusDevice;
+use bulkhead_vmm::devices::virtio::vsock::unix::HostListener;
 use bulkhead_vmm::devices::virtio::vsock::Vsock;
 use bulkhead_vmm::exit_status::GuestExit;
-use bulkhead_vmm::seccomp::{SeccompFilters, SeccompMode, StartGate, STATUS_SECCOMP_KILL};
+use bulkhead_vmm::seccomp::{
+    RuleOptions, SeccompFilters, SeccompMode, StartGate, STATUS_SECCOMP_KILL,
+};
 use bulkhead_vmm::vstate::vcpu::{vcpu_events, VcpuEvent};
 use common::{kvm_available, TinyVm};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
@@ -147,7 +150,8 @@ fn child() {
     } = TinyVm::with_devices(
         &code,
         Box::new(move |vm, mem, buses, cmdline, slots| {
-            let vsock = Vsock::new(3, uds).unwrap();
+            let listener = HostListener::bind(&uds).unwrap();
+            let vsock = Vsock::new(3, listener, false).unwrap();
             slots
                 .attach(
                     vm,
@@ -174,7 +178,9 @@ fn child() {
     }
     std::mem::forget(mem);
 
-    let filters = SeccompFilters::compile(SeccompMode::Strict).unwrap();
+    let filters =
+        SeccompFilters::compile(SeccompMode::Strict, &RuleOptions::for_this_process(false))
+            .unwrap();
     let (events, receiver) = vcpu_events().unwrap();
     let receiver = if case == "no-listener" {
         drop(receiver);

@@ -3,4 +3,5 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod unix_fd;
 pub mod virtio;

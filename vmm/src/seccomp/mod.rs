@@ -31,6 +31,7 @@ use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 /// How strictly the allow-lists are enforced (`--seccomp`, part of the VMM's command line).
 pub use bulkhead_vmm_contract::SeccompMode;
 pub use privileges::{Identity, PrivilegeError};
+pub use rules::RuleOptions;
 pub use sigsys::STATUS_SECCOMP_KILL;
 
 /// Errors building or installing the filters.
@@ -224,8 +225,8 @@ pub struct SeccompFilters {
 }
 
 impl SeccompFilters {
-    /// Compile the allow-lists for `mode` (nothing for [`SeccompMode::Off`]).
-    pub fn compile(mode: SeccompMode) -> Result<Self, SeccompError> {
+    /// Compile the allow-lists for `mode` (nothing for [`SeccompMode::Off`]) as `opts` says.
+    pub fn compile(mode: SeccompMode, opts: &RuleOptions) -> Result<Self, SeccompError> {
         let mismatch = match mode {
             SeccompMode::Strict => SeccompAction::Trap,
             SeccompMode::Log => SeccompAction::Log,
@@ -252,9 +253,9 @@ impl SeccompFilters {
         };
         let err = |thread| move |source| SeccompError::Build { thread, source };
         Ok(SeccompFilters {
-            process: build("vmm", rules::process_rules().map_err(err("process"))?)?,
-            vcpu: build("vcpu", rules::vcpu_rules().map_err(err("vcpu"))?)?,
-            main: build("main", rules::main_rules().map_err(err("main"))?)?,
+            process: build("vmm", rules::process_rules(opts).map_err(err("process"))?)?,
+            vcpu: build("vcpu", rules::vcpu_rules(opts).map_err(err("vcpu"))?)?,
+            main: build("main", rules::main_rules(opts).map_err(err("main"))?)?,
         })
     }
 }
@@ -272,11 +273,16 @@ pub struct Confinement {
 }
 
 impl Confinement {
-    /// Compile the filters for `mode`; `identity` is applied with the privilege drop.
-    pub fn compile(mode: SeccompMode, identity: Identity) -> Result<Self, SeccompError> {
+    /// Compile the filters for `mode` and `opts`; `identity` is applied with the privilege
+    /// drop.
+    pub fn compile(
+        mode: SeccompMode,
+        opts: &RuleOptions,
+        identity: Identity,
+    ) -> Result<Self, SeccompError> {
         Ok(Confinement {
             mode,
-            filters: SeccompFilters::compile(mode)?,
+            filters: SeccompFilters::compile(mode, opts)?,
             identity,
         })
     }

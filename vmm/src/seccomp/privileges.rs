@@ -41,7 +41,8 @@ pub struct Identity {
 }
 
 /// Close every file descriptor above stderr that the VMM inherited, except those in `keep`
-/// (the tap fds named by `--net fd=N`), which must be open. Call first in `main`, before
+/// (the descriptors named by `--net fd=N`, `--vsock fd=N`, `--fs TAG=fd=N`), which must be
+/// open. Call first in `main`, before
 /// anything is opened.
 pub fn close_inherited_fds(keep: &[RawFd]) -> io::Result<()> {
     let mut keep: Vec<RawFd> = keep.iter().copied().filter(|fd| *fd > 2).collect();
@@ -53,7 +54,7 @@ pub fn close_inherited_fds(keep: &[RawFd]) -> io::Result<()> {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(
                 e.kind(),
-                format!("inherited fd {fd} (--net fd={fd}) is not open: {e}"),
+                format!("inherited fd {fd} (named by --net, --vsock or --fs) is not open: {e}"),
             ));
         }
     }

@@ -13,6 +13,28 @@ use seccompiler::{BackendError, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition
 /// Syscall number to the rules that allow it (an empty list allows it unconditionally).
 pub type RuleMap = BTreeMap<i64, Vec<SeccompRule>>;
 
+/// What the lists depend on, fixed when they are built (before any filter is installed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleOptions {
+    /// The VMM's own thread group id: `tgkill` (a panic's abort) may target its own threads
+    /// only. As PID 1 of a PID namespace this is 1.
+    pub tgid: i32,
+    /// `--vsock-guest-connect`: the main thread creates unix sockets and connects them to
+    /// `<uds>_<port>`. Without it neither `socket` nor `connect` is allowed.
+    pub guest_connect: bool,
+}
+
+impl RuleOptions {
+    /// Options for the calling process (its `getpid()`).
+    pub fn for_this_process(guest_connect: bool) -> Self {
+        RuleOptions {
+            // SAFETY: getpid has no preconditions.
+            tgid: unsafe { libc::getpid() },
+            guest_connect,
+        }
+    }
+}
+
 // include/uapi/linux/kvm.h: _IO(KVMIO, 0x80).
 /// The one KVM ioctl a vCPU thread issues once its guest runs.
 pub const KVM_RUN: u64 = 0xae80;
@@ -79,11 +101,17 @@ impl Builder {
         self
     }
 
-    /// Allow `nr` when one of `rules` matches.
+    /// Allow `nr` when one of `rules` matches (a rule already there is not added twice).
     fn allow_if(&mut self, nr: i64, rules: Vec<SeccompRule>) -> &mut Self {
         match self.rules.get_mut(&nr) {
             Some(existing) if existing.is_empty() => {}
-            Some(existing) => existing.extend(rules),
+            Some(existing) => {
+                for rule in rules {
+                    if !existing.contains(&rule) {
+                        existing.push(rule);
+                    }
+                }
+            }
             None => {
                 self.rules.insert(nr, rules);
             }
@@ -119,7 +147,7 @@ fn no_exec(index: u8) -> Result<Vec<SeccompRule>, BackendError> {
 
 /// What every VMM thread needs to live and die: the allocator, locks and channels, writes to
 /// the log and the console, the end of a thread, and a clean abort on a panic.
-fn common(b: &mut Builder) -> Result<(), BackendError> {
+fn common(b: &mut Builder, opts: &RuleOptions) -> Result<(), BackendError> {
     b
         // stderr log lines, console output, eventfd signals.
         .allow(libc::SYS_read)
@@ -154,7 +182,14 @@ fn common(b: &mut Builder) -> Result<(), BackendError> {
             libc::SYS_rt_sigaction,
             vec![when_eq(0, libc::SIGABRT as u64)?],
         )
-        .allow_if(libc::SYS_tgkill, vec![when_eq(2, libc::SIGABRT as u64)?])
+        // ... on one of the VMM's own threads only.
+        .allow_if(
+            libc::SYS_tgkill,
+            vec![SeccompRule::new(vec![
+                arg_eq(0, opts.tgid as u32 as u64)?,
+                arg_eq(2, libc::SIGABRT as u64)?,
+            ])?],
+        )
         .allow(libc::SYS_getpid)
         .allow(libc::SYS_gettid);
     Ok(())
@@ -166,9 +201,9 @@ fn common(b: &mut Builder) -> Result<(), BackendError> {
 /// writes start and stop the backend from the vCPU thread (SET_MEM_TABLE, SET_VRING_*,
 /// GET_VRING_BASE carry file descriptors and wait for replies). For the same reason it makes
 /// the [`VHOST_NET_IOCTLS`] that start and stop a vhost-net device.
-pub fn vcpu_rules() -> Result<RuleMap, BackendError> {
+pub fn vcpu_rules(opts: &RuleOptions) -> Result<RuleMap, BackendError> {
     let mut b = Builder::new();
-    common(&mut b)?;
+    common(&mut b, opts)?;
     b.allow_if(libc::SYS_ioctl, vec![when_eq(1, KVM_RUN)?])
         .allow_if(libc::SYS_ioctl, when_any(1, &VHOST_NET_IOCTLS)?)
         .allow(libc::SYS_sendmsg)
@@ -182,7 +217,7 @@ pub fn vcpu_rules() -> Result<RuleMap, BackendError> {
 /// after the privilege drop, so helper threads started during set-up (the vhost-user
 /// watchdog) are confined too; each vCPU and the main thread then add their own, narrower list
 /// on top, which does not allow stacking.
-pub fn process_rules() -> Result<RuleMap, BackendError> {
+pub fn process_rules(opts: &RuleOptions) -> Result<RuleMap, BackendError> {
     let mut b = Builder::new();
     b.allow_if(
         libc::SYS_prctl,
@@ -192,7 +227,7 @@ pub fn process_rules() -> Result<RuleMap, BackendError> {
         libc::SYS_seccomp,
         vec![when_eq(0, libc::SECCOMP_SET_MODE_FILTER as u64)?],
     );
-    for rules in [vcpu_rules()?, main_rules()?] {
+    for rules in [vcpu_rules(opts)?, main_rules(opts)?] {
         for (nr, chain) in rules {
             if chain.is_empty() {
                 b.allow(nr);
@@ -205,11 +240,19 @@ pub fn process_rules() -> Result<RuleMap, BackendError> {
 }
 
 /// The main thread running the event loop: epoll, device queue work, the rng's entropy, the
-/// virtio-net taps (read, write, TUNSETOFFLOAD), the vsock unix sockets (accepting host clients, connecting to `<uds>_<port>`), a vhost-user
-/// socket, the console (stdin, terminal mode), and the end (removing the vsock socket file).
-pub fn main_rules() -> Result<RuleMap, BackendError> {
+/// virtio-net taps (read, write, TUNSETOFFLOAD), the vsock unix sockets (accepting host
+/// clients; with `--vsock-guest-connect` only, creating sockets and connecting them to
+/// `<uds>_<port>`), a vhost-user socket, and the console (stdin, terminal mode). Nothing
+/// takes a path: no `open`, `stat`, `unlink` (the vsock socket file is not removed at the
+/// end), and no `connect` without guest-initiated connections.
+pub fn main_rules(opts: &RuleOptions) -> Result<RuleMap, BackendError> {
     let mut b = Builder::new();
-    common(&mut b)?;
+    common(&mut b, opts)?;
+    if opts.guest_connect {
+        // Guest-initiated vsock connections: unix stream sockets only.
+        b.allow_if(libc::SYS_socket, vec![when_eq(0, libc::AF_UNIX as u64)?])
+            .allow(libc::SYS_connect);
+    }
     b
         // The event loop (created after the filter, so its creation is allowed too; the
         // event manager's remote endpoint makes an eventfd).
@@ -220,9 +263,7 @@ pub fn main_rules() -> Result<RuleMap, BackendError> {
         .allow(libc::SYS_eventfd2)
         // virtio-rng.
         .allow(libc::SYS_getrandom)
-        // Hybrid vsock and vhost-user: unix stream sockets only.
-        .allow_if(libc::SYS_socket, vec![when_eq(0, libc::AF_UNIX as u64)?])
-        .allow(libc::SYS_connect)
+        // Hybrid vsock (host clients) and vhost-user.
         .allow(libc::SYS_accept4)
         .allow(libc::SYS_sendto)
         .allow(libc::SYS_recvfrom)
@@ -255,14 +296,7 @@ pub fn main_rules() -> Result<RuleMap, BackendError> {
         .allow_if(
             libc::SYS_ioctl,
             when_any(1, &[FIONBIO, TCGETS, TCSETS, TUNSETOFFLOAD])?,
-        )
-        // The vsock listener removes its socket file when the VM ends, after checking it is
-        // still the one it created.
-        .allow(libc::SYS_fstat)
-        .allow(libc::SYS_newfstatat)
-        .allow(libc::SYS_statx)
-        .allow(libc::SYS_unlink)
-        .allow(libc::SYS_unlinkat);
+        );
     Ok(b.rules)
 }
 
@@ -270,9 +304,18 @@ pub fn main_rules() -> Result<RuleMap, BackendError> {
 mod tests {
     use super::*;
 
+    const OPTS: RuleOptions = RuleOptions {
+        tgid: 4242,
+        guest_connect: true,
+    };
+    const NO_CONNECT: RuleOptions = RuleOptions {
+        tgid: 4242,
+        guest_connect: false,
+    };
+
     #[test]
     fn vcpu_list_is_small_and_has_no_sockets_or_files() {
-        let rules = vcpu_rules().unwrap();
+        let rules = vcpu_rules(&OPTS).unwrap();
         for nr in [
             libc::SYS_socket,
             libc::SYS_connect,
@@ -294,7 +337,7 @@ mod tests {
 
     #[test]
     fn main_list_restricts_sockets_and_ioctls() {
-        let rules = main_rules().unwrap();
+        let rules = main_rules(&OPTS).unwrap();
         assert_eq!(rules[&libc::SYS_socket].len(), 1, "AF_UNIX only");
         assert_eq!(rules[&libc::SYS_ioctl].len(), 4);
         for nr in [
@@ -306,17 +349,46 @@ mod tests {
             libc::SYS_ptrace,
             libc::SYS_bind,
             libc::SYS_listen,
+            libc::SYS_unlink,
+            libc::SYS_unlinkat,
+            libc::SYS_stat,
+            libc::SYS_newfstatat,
+            libc::SYS_statx,
         ] {
             assert!(!rules.contains_key(&nr), "main thread must not get {nr}");
         }
     }
 
     #[test]
+    fn connect_and_socket_only_with_guest_initiated_connections() {
+        for nr in [libc::SYS_connect, libc::SYS_socket] {
+            assert!(main_rules(&OPTS).unwrap().contains_key(&nr));
+            assert!(!main_rules(&NO_CONNECT).unwrap().contains_key(&nr), "{nr}");
+            assert!(
+                !process_rules(&NO_CONNECT).unwrap().contains_key(&nr),
+                "{nr}"
+            );
+        }
+    }
+
+    #[test]
+    fn tgkill_names_the_vmm_itself() {
+        let want = SeccompRule::new(vec![
+            arg_eq(0, 4242).unwrap(),
+            arg_eq(2, libc::SIGABRT as u64).unwrap(),
+        ])
+        .unwrap();
+        for rules in [vcpu_rules(&OPTS), main_rules(&OPTS), process_rules(&OPTS)] {
+            assert_eq!(rules.unwrap()[&libc::SYS_tgkill], vec![want.clone()]);
+        }
+    }
+
+    #[test]
     fn process_list_is_the_union_of_the_thread_lists() {
         let (vcpu, main, all) = (
-            vcpu_rules().unwrap(),
-            main_rules().unwrap(),
-            process_rules().unwrap(),
+            vcpu_rules(&OPTS).unwrap(),
+            main_rules(&OPTS).unwrap(),
+            process_rules(&OPTS).unwrap(),
         );
         for (nr, chain) in vcpu.iter().chain(main.iter()) {
             let union = &all[nr];
@@ -353,7 +425,7 @@ mod tests {
             assert_eq!(ours, crate_nr, "{ours:#x}");
         }
         // Set-up only, before confinement: not on any list.
-        let main = main_rules().unwrap();
+        let main = main_rules(&OPTS).unwrap();
         for nr in [vb::VHOST_SET_OWNER(), vb::VHOST_GET_FEATURES()] {
             assert!(!VHOST_NET_IOCTLS.contains(&nr));
             assert!(!main[&libc::SYS_ioctl].contains(&when_eq(1, nr).unwrap()));

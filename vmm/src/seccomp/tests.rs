@@ -62,7 +62,7 @@ fn assert_killed(case: &str, nr: i64, thread: &str) {
 #[test]
 fn filters_compile_to_bpf_in_every_mode() {
     for mode in [SeccompMode::Strict, SeccompMode::Log] {
-        let f = SeccompFilters::compile(mode).unwrap();
+        let f = SeccompFilters::compile(mode, &opts()).unwrap();
         for t in [&f.process, &f.vcpu, &f.main] {
             let p = t.program().unwrap();
             // Well below the kernel's 4096-instruction limit, and not trivially short.
@@ -74,7 +74,7 @@ fn filters_compile_to_bpf_in_every_mode() {
         }
         assert_ne!(f.vcpu.program(), f.main.program());
     }
-    let off = SeccompFilters::compile(SeccompMode::Off).unwrap();
+    let off = SeccompFilters::compile(SeccompMode::Off, &opts()).unwrap();
     assert!(!off.process.is_active() && !off.vcpu.is_active() && !off.main.is_active());
     off.vcpu.apply().unwrap();
 }
@@ -139,6 +139,34 @@ fn main_filter_allows_unix_sockets_and_kills_on_inet() {
 }
 
 #[test]
+fn main_filter_kills_on_connect_without_guest_initiated_connections() {
+    assert_killed("main-connect-no-guest-connect", libc::SYS_connect, "main");
+    assert_killed("main-socket-no-guest-connect", libc::SYS_socket, "main");
+}
+
+#[test]
+fn main_filter_kills_on_unlink_and_stat() {
+    assert_killed("main-unlink", libc::SYS_unlink, "main");
+    assert_killed("main-stat", libc::SYS_statx, "main");
+}
+
+#[test]
+fn tgkill_reaches_the_vmm_only() {
+    // Another process (a pid far above pid_max, so nothing is hit if the filter failed).
+    assert_killed("tgkill-other-pid", libc::SYS_tgkill, "vcpu");
+    assert_killed("main-tgkill-other-pid", libc::SYS_tgkill, "main");
+    // Its own thread group: allowed, and SIGABRT ends it.
+    let out = run_child("tgkill-own-pid");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGABRT),
+        "{:?}\n{}",
+        out.status,
+        stderr(&out)
+    );
+}
+
+#[test]
 fn main_filter_kills_on_open_and_exec_mappings() {
     assert_killed("main-open", libc::SYS_openat, "main");
     assert_killed("main-exec-mmap", libc::SYS_mmap, "main");
@@ -169,7 +197,7 @@ fn vcpu_filter_stacks_on_the_process_filter() {
 
 #[test]
 fn gated_filter_waits_for_the_gate_and_fails_when_it_is_dropped() {
-    let f = SeccompFilters::compile(SeccompMode::Off).unwrap();
+    let f = SeccompFilters::compile(SeccompMode::Off, &opts()).unwrap();
     let gate = StartGate::new();
     let waiting = f.vcpu.gated(&gate);
     let t = std::thread::spawn(move || waiting.apply());
@@ -208,8 +236,13 @@ fn on_thread(f: impl FnOnce() + Send + 'static) {
     println!("{CHILD_OK}");
 }
 
+/// The options of this (child) process, with guest-initiated vsock connections.
+fn opts() -> RuleOptions {
+    RuleOptions::for_this_process(true)
+}
+
 fn strict() -> SeccompFilters {
-    SeccompFilters::compile(SeccompMode::Strict).unwrap()
+    SeccompFilters::compile(SeccompMode::Strict, &opts()).unwrap()
 }
 
 fn inet_socket() -> i32 {
@@ -333,6 +366,60 @@ fn child_process() {
             // SAFETY: a 40-byte buffer stands for the struct ifreq TUNSETIFF reads.
             unsafe { libc::ioctl(evt.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) };
         }),
+        "main-connect-no-guest-connect" => on_thread(move || {
+            let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+            let f =
+                SeccompFilters::compile(SeccompMode::Strict, &RuleOptions::for_this_process(false))
+                    .unwrap();
+            f.main.apply().unwrap();
+            // SAFETY: a zeroed sockaddr_un; the call is what must be refused.
+            let addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+            unsafe {
+                libc::connect(
+                    a.as_raw_fd(),
+                    (&addr as *const libc::sockaddr_un).cast(),
+                    std::mem::size_of::<libc::sockaddr_un>() as u32,
+                )
+            };
+        }),
+        "main-socket-no-guest-connect" => on_thread(move || {
+            let f =
+                SeccompFilters::compile(SeccompMode::Strict, &RuleOptions::for_this_process(false))
+                    .unwrap();
+            f.main.apply().unwrap();
+            // SAFETY: plain socket(2).
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+        }),
+        "main-unlink" => on_thread(move || {
+            f.main.apply().unwrap();
+            // SAFETY: a NUL-terminated path that does not exist.
+            unsafe { libc::unlink(c"/nonexistent/bulkhead-vmm-test".as_ptr()) };
+        }),
+        "main-stat" => on_thread(move || {
+            f.main.apply().unwrap();
+            let _ = std::fs::metadata("/");
+        }),
+        "tgkill-other-pid" | "main-tgkill-other-pid" => on_thread(move || {
+            if case.starts_with("main") {
+                f.main.apply().unwrap();
+            } else {
+                f.vcpu.apply().unwrap();
+            }
+            // SAFETY: tgkill of a pid above any pid_max: ESRCH if it ran.
+            unsafe { libc::syscall(libc::SYS_tgkill, 0x7fff_fff0, 0x7fff_fff0, libc::SIGABRT) };
+        }),
+        "tgkill-own-pid" => on_thread(move || {
+            f.vcpu.apply().unwrap();
+            // SAFETY: SIGABRT to this very thread: what abort() does.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::getpid(),
+                    libc::syscall(libc::SYS_gettid),
+                    libc::SIGABRT,
+                )
+            };
+        }),
         "main-inet-socket" => on_thread(move || {
             f.main.apply().unwrap();
             inet_socket();
@@ -389,7 +476,7 @@ fn child_process() {
             unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         }),
         "log-inet-socket" => on_thread(move || {
-            let f = SeccompFilters::compile(SeccompMode::Log).unwrap();
+            let f = SeccompFilters::compile(SeccompMode::Log, &opts()).unwrap();
             f.vcpu.apply().unwrap();
             let fd = inet_socket();
             assert!(fd >= 0, "log mode lets the syscall run");
@@ -441,6 +528,6 @@ fn unix_socket_round_trip(f: SeccompFilters, path: &std::path::Path) {
     let mut r = [0u8; 8];
     // SAFETY: getrandom into a local buffer.
     assert_eq!(unsafe { libc::getrandom(r.as_mut_ptr().cast(), 8, 0) }, 8);
+    // The socket file stays: the unconfined caller removes the directory.
     drop(listener);
-    std::fs::remove_file(path).unwrap();
 }

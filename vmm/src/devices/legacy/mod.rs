@@ -5,7 +5,7 @@ mod i8042;
 mod serial;
 mod stdin_input;
 
-pub use console_output::{ConsoleOutput, ConsoleWatch};
+pub use console_output::{ConsoleMetrics, ConsoleOutput, ConsoleWatch};
 pub use i8042::I8042;
 pub use serial::{EventFdTrigger, SerialConsole};
 pub use stdin_input::SerialInput;

@@ -70,3 +70,36 @@ pub fn used(vq: &MockSplitQueue<GuestMemoryMmap>) -> Vec<(u32, u32)> {
         })
         .collect()
 }
+
+/// Counts warn and error records logged on the calling thread while `f` runs (through a
+/// process-wide test logger, installed once; other threads' records are not counted). For
+/// tests that a guest cannot flood the log.
+pub fn warnings_during(f: impl FnOnce()) -> usize {
+    use std::cell::Cell;
+
+    thread_local! {
+        static COUNT: Cell<usize> = const { Cell::new(0) };
+    }
+    struct Counting;
+    impl log::Log for Counting {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.level() <= log::Level::Warn
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            if self.enabled(r.metadata()) {
+                COUNT.with(|c| c.set(c.get() + 1));
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Counting = Counting;
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        // Another logger in this test binary would make the count meaningless.
+        log::set_logger(&LOGGER).expect("no other logger in the unit tests");
+        log::set_max_level(log::LevelFilter::Warn);
+    });
+    let before = COUNT.with(Cell::get);
+    f();
+    COUNT.with(Cell::get) - before
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use bulkhead_vmm_contract::args::validate_tag;
-pub use bulkhead_vmm_contract::{FsSpec, FsSpecError};
+pub use bulkhead_vmm_contract::{FsSpec, FsSpecError, HostSocket};
 
 /// Length of the tag field in the configuration space; a tag uses at most this many bytes.
 pub const TAG_LEN: usize = bulkhead_vmm_contract::limits::FS_TAG_MAX_LEN;
@@ -34,8 +34,8 @@ pub enum FsConfigError {
 pub struct FsConfig {
     /// Mount tag, 1 to [`TAG_LEN`] bytes of UTF-8 without NUL.
     pub tag: String,
-    /// Path of virtiofsd's listening vhost-user socket.
-    pub socket: PathBuf,
+    /// virtiofsd's listening vhost-user socket, or an inherited connection to it.
+    pub socket: HostSocket,
     /// Number of request queues (queue 0 is the high-priority queue, these follow it).
     pub num_request_queues: u16,
     /// Size of every queue.
@@ -43,11 +43,11 @@ pub struct FsConfig {
 }
 
 impl FsConfig {
-    /// A configuration with the default queue layout, validated.
+    /// A configuration on a socket path with the default queue layout, validated.
     pub fn new(tag: &str, socket: impl Into<PathBuf>) -> Result<Self, FsConfigError> {
         let config = Self {
             tag: tag.to_string(),
-            socket: socket.into(),
+            socket: HostSocket::Path(socket.into()),
             num_request_queues: DEFAULT_REQUEST_QUEUES,
             queue_size: DEFAULT_QUEUE_SIZE,
         };
@@ -58,9 +58,7 @@ impl FsConfig {
     /// Check the tag, the socket path and the queue layout.
     pub fn validate(&self) -> Result<(), FsConfigError> {
         validate_tag(&self.tag)?;
-        if self.socket.as_os_str().is_empty() {
-            return Err(FsSpecError::EmptySocket.into());
-        }
+        self.socket.validate().map_err(FsSpecError::Socket)?;
         if self.num_request_queues == 0 {
             return Err(FsConfigError::NoRequestQueues);
         }
@@ -115,7 +113,12 @@ mod tests {
     fn parses_tag_and_socket() {
         let c: FsConfig = "rootfs=/run/bulkhead/vfs=1.sock".parse().unwrap();
         assert_eq!(c.tag, "rootfs");
-        assert_eq!(c.socket, PathBuf::from("/run/bulkhead/vfs=1.sock"));
+        assert_eq!(
+            c.socket,
+            HostSocket::Path(PathBuf::from("/run/bulkhead/vfs=1.sock"))
+        );
+        let c: FsConfig = "data=fd=7".parse().unwrap();
+        assert_eq!(c.socket, HostSocket::Fd(7));
         assert_eq!(c.num_request_queues, DEFAULT_REQUEST_QUEUES);
         assert_eq!(c.queue_size, DEFAULT_QUEUE_SIZE);
         assert_eq!(c.num_queues(), 2);
@@ -135,7 +138,9 @@ mod tests {
         ));
         assert_eq!(
             FsConfig::new("t", ""),
-            Err(FsConfigError::Spec(FsSpecError::EmptySocket))
+            Err(FsConfigError::Spec(FsSpecError::Socket(
+                bulkhead_vmm_contract::HostSocketError::Empty
+            )))
         );
         let mut c = FsConfig::new("t", "/s").unwrap();
         c.num_request_queues = 0;

@@ -2,7 +2,10 @@
 //! activation/reset, which hand the virtqueues to virtiofsd over vhost-user.
 
 use std::io;
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+
+use bulkhead_vmm_contract::HostSocket;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 use virtio_queue::QueueT;
@@ -31,6 +34,8 @@ pub enum FsError {
     },
     #[error("cannot create virtio-fs eventfd")]
     EventFd(#[source] io::Error),
+    #[error("virtio-fs tag {tag}: the inherited fd={fd} must be given with Fs::over_stream")]
+    InheritedFd { tag: String, fd: i32 },
 }
 
 /// What an activated device works with.
@@ -69,12 +74,37 @@ impl Fs {
     /// we need, or serves fewer queues than `config` asks for.
     pub fn new(config: FsConfig) -> Result<Self, FsError> {
         config.validate()?;
-        let backend = |source| FsError::Backend {
-            tag: config.tag.clone(),
-            source,
+        let socket = match &config.socket {
+            HostSocket::Path(p) => p.clone(),
+            HostSocket::Fd(fd) => {
+                return Err(FsError::InheritedFd {
+                    tag: config.tag.clone(),
+                    fd: *fd,
+                })
+            }
         };
-        let conn = VhostUserConn::connect(&config.socket, config.num_queues(), REQUEST_TIMEOUT)
-            .map_err(backend)?;
+        let conn = VhostUserConn::connect(&socket, config.num_queues(), REQUEST_TIMEOUT).map_err(
+            |source| FsError::Backend {
+                tag: config.tag.clone(),
+                source,
+            },
+        )?;
+        Self::with_conn(config, conn)
+    }
+
+    /// As [`Fs::new`], over `stream`, already connected to virtiofsd (`--fs TAG=fd=N`, taken
+    /// over by the caller after checking it is a connected unix stream socket).
+    pub fn over_stream(config: FsConfig, stream: UnixStream) -> Result<Self, FsError> {
+        config.validate()?;
+        let conn = VhostUserConn::over_stream(stream, config.num_queues(), REQUEST_TIMEOUT)
+            .map_err(|source| FsError::Backend {
+                tag: config.tag.clone(),
+                source,
+            })?;
+        Self::with_conn(config, conn)
+    }
+
+    fn with_conn(config: FsConfig, conn: VhostUserConn) -> Result<Self, FsError> {
         let calls = (0..config.num_queues())
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<io::Result<Vec<_>>>()

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -88,7 +89,21 @@ impl VhostUserConn {
     /// and GET_QUEUE_NUM to check the backend serves `num_queues` queues. Each later batch of
     /// requests must be answered within `timeout`.
     pub(super) fn connect(socket: &Path, num_queues: usize, timeout: Duration) -> Result<Self> {
-        let frontend = connect_with_retry(socket, num_queues)?;
+        Self::negotiate_on(connect_with_retry(socket, num_queues)?, num_queues, timeout)
+    }
+
+    /// As [`VhostUserConn::connect`], over `stream`, already connected to the backend (an
+    /// inherited `--fs TAG=fd=N`).
+    pub(super) fn over_stream(
+        stream: UnixStream,
+        num_queues: usize,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let frontend = Frontend::from_stream(stream, num_queues as u64);
+        Self::negotiate_on(frontend, num_queues, timeout)
+    }
+
+    fn negotiate_on(frontend: Frontend, num_queues: usize, timeout: Duration) -> Result<Self> {
         let watchdog =
             Watchdog::spawn(frontend.as_raw_fd(), timeout).map_err(VhostUserError::Watchdog)?;
         let mut conn = Self {

@@ -1,18 +1,17 @@
 //! The virtio-vsock device: feature and config space, activation and reset, and moving
 //! packets between the guest's queues and the muxer.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use log::warn;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::metrics::VsockMetrics;
 use super::muxer::{Muxer, Poller};
 use super::packet::{read_tx_packet, RxBuffer, HOST_CID};
+use super::unix::HostListener;
 use super::VsockError;
 use crate::devices::virtio::device::{
     ActivateError, ActivatedQueue, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
@@ -52,20 +51,26 @@ pub struct Vsock {
     /// Tx processing stopped because too many replies wait for rx buffers.
     tx_paused: bool,
     metrics: Arc<VsockMetrics>,
-    log_limit: LogLimiter,
+    /// Every line a guest can cause goes through this (`warn_limited!`).
+    pub(crate) log_limit: LogLimiter,
 }
 
 impl Vsock {
-    /// A vsock device for a guest with context id `guest_cid`, with host clients connecting at
-    /// `uds_path`. Binds the listener now: fails if another process listens there, replaces a
-    /// stale socket file.
-    pub fn new(guest_cid: u64, uds_path: PathBuf) -> Result<Self, VsockError> {
+    /// A vsock device for a guest with context id `guest_cid`, with host clients connecting
+    /// to `listener` ([`HostListener::bind`] at a path, or [`HostListener::from_fd`]).
+    /// `guest_connect`: guest connections to host port P go to `<path>_P` (the listener must
+    /// have a path); without it they are answered with a reset.
+    pub fn new(
+        guest_cid: u64,
+        listener: HostListener,
+        guest_connect: bool,
+    ) -> Result<Self, VsockError> {
         // 0, 1 and 2 are reserved (hypervisor, local, host); u32::MAX is VMADDR_CID_ANY.
         if guest_cid <= HOST_CID || guest_cid >= u64::from(u32::MAX) {
             return Err(VsockError::InvalidCid(guest_cid));
         }
         let metrics = Arc::new(VsockMetrics::default());
-        let muxer = Muxer::new(guest_cid, &uds_path, metrics.clone())?;
+        let muxer = Muxer::new(guest_cid, listener, guest_connect, metrics.clone())?;
         let activate_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd)?;
         Ok(Vsock {
             guest_cid,
@@ -86,8 +91,8 @@ impl Vsock {
         self.guest_cid
     }
 
-    /// The host listener's path.
-    pub fn uds_path(&self) -> &std::path::Path {
+    /// The host listener's path, when the VMM bound it.
+    pub fn uds_path(&self) -> Option<&std::path::Path> {
         self.muxer.uds_path()
     }
 
@@ -108,7 +113,12 @@ impl Vsock {
                 self.tx_paused = true;
                 break;
             }
-            let Some(chain) = active.queues[TXQ].pop_descriptor_chain(&active.mem) else {
+            let Some(chain) = next_chain(
+                &mut active.queues[TXQ],
+                &active.mem,
+                &self.metrics,
+                &mut self.log_limit,
+            ) else {
                 break;
             };
             let head = chain.head_index();
@@ -144,7 +154,12 @@ impl Vsock {
         };
         let mut used = false;
         while self.muxer.has_pending_rx() {
-            let Some(chain) = active.queues[RXQ].pop_descriptor_chain(&active.mem) else {
+            let Some(chain) = next_chain(
+                &mut active.queues[RXQ],
+                &active.mem,
+                &self.metrics,
+                &mut self.log_limit,
+            ) else {
                 break;
             };
             let head = chain.head_index();
@@ -184,6 +199,25 @@ impl Vsock {
             }
             self.process_tx(poller);
             self.process_rx(poller);
+        }
+    }
+}
+
+/// The next available chain of `queue`. `iter()` rather than `pop_descriptor_chain()`: the
+/// latter logs a bad avail index at error level on every kick, unlimited, which a guest could
+/// use to flood the log; here it is counted and logged through the device's limiter.
+fn next_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    metrics: &VsockMetrics,
+    log_limit: &mut LogLimiter,
+) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+    match queue.iter(mem) {
+        Ok(mut avail) => avail.next(),
+        Err(e) => {
+            metrics.queue_errors.inc();
+            warn_limited!(log_limit, "vsock: cannot read the avail ring: {e}");
+            None
         }
     }
 }
@@ -265,7 +299,7 @@ impl VirtioDevice for Vsock {
         self.tx_paused = false;
         self.reset_pending = true;
         if let Err(e) = self.activate_evt.write(1) {
-            warn!("vsock: cannot signal reset: {e}");
+            warn_limited!(self.log_limit, "vsock: cannot signal reset: {e}");
             return false;
         }
         true

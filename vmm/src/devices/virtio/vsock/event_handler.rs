@@ -5,31 +5,54 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use log::{error, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{Vsock, TXQ};
 use super::muxer::Poller;
+use crate::devices::virtio::rate_limited::warn_limited;
 
-/// Adapts the event manager's per-subscriber operations to what the muxer needs.
-struct OpsPoller<'a, 'b>(&'a mut EventOps<'b>);
+/// Adapts the event manager's per-subscriber operations to what the muxer needs. Failures
+/// are kept (the first one, and a count) and logged by the device through its limiter once
+/// the event is handled: a guest that opens many streams can make them happen.
+struct OpsPoller<'a, 'b> {
+    ops: &'a mut EventOps<'b>,
+    failures: u64,
+    first: Option<String>,
+}
+
+impl<'a, 'b> OpsPoller<'a, 'b> {
+    fn new(ops: &'a mut EventOps<'b>) -> Self {
+        OpsPoller {
+            ops,
+            failures: 0,
+            first: None,
+        }
+    }
+
+    fn failed(&mut self, what: std::fmt::Arguments<'_>) {
+        self.failures += 1;
+        if self.first.is_none() {
+            self.first = Some(what.to_string());
+        }
+    }
+}
 
 impl Poller for OpsPoller<'_, '_> {
     fn add(&mut self, fd: RawFd, events: EventSet) {
-        if let Err(e) = self.0.add(Events::new_raw(fd, events)) {
-            error!("vsock: cannot watch fd {fd}: {e}");
+        if let Err(e) = self.ops.add(Events::new_raw(fd, events)) {
+            self.failed(format_args!("cannot watch fd {fd}: {e}"));
         }
     }
 
     fn modify(&mut self, fd: RawFd, events: EventSet) {
-        if let Err(e) = self.0.modify(Events::new_raw(fd, events)) {
-            error!("vsock: cannot change watch on fd {fd}: {e}");
+        if let Err(e) = self.ops.modify(Events::new_raw(fd, events)) {
+            self.failed(format_args!("cannot change watch on fd {fd}: {e}"));
         }
     }
 
     fn remove(&mut self, fd: RawFd) {
-        if let Err(e) = self.0.remove(Events::empty_raw(fd)) {
-            warn!("vsock: cannot unwatch fd {fd}: {e}");
+        if let Err(e) = self.ops.remove(Events::empty_raw(fd)) {
+            self.failed(format_args!("cannot unwatch fd {fd}: {e}"));
         }
     }
 }
@@ -67,13 +90,16 @@ impl Vsock {
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        let mut poller = OpsPoller(ops);
+        let mut poller = OpsPoller::new(ops);
         poller.add(self.activate_evt.as_raw_fd(), EventSet::IN);
         poller.add(self.muxer.listener_fd(), EventSet::IN);
+        if let Some(first) = poller.first {
+            log::error!("vsock: {first}");
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let mut poller = OpsPoller(ops);
+        let mut poller = OpsPoller::new(ops);
         let fd = events.fd();
         let ev = events.event_set();
         if fd == self.activate_evt.as_raw_fd() {
@@ -87,9 +113,21 @@ impl MutEventSubscriber for Vsock {
             }
         } else if !self.muxer.handle_host_event(fd, ev, &mut poller) {
             // Not ours any more (e.g. a stale queue fd after reset): stop the noise.
-            warn!("vsock: event on unknown fd {fd}");
+            warn_limited!(self.log_limit, "vsock: event on unknown fd {fd}");
             poller.remove(fd);
         }
         self.run_queues(&mut poller);
+        if let Some(first) = poller.first {
+            let more = poller.failures - 1;
+            warn_limited!(
+                self.log_limit,
+                "vsock: {first}{}",
+                if more > 0 {
+                    format!(" (and {more} more event loop errors)")
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
 }

@@ -27,5 +27,9 @@ device_metrics! {
         pub conns_closed,
         /// Host clients refused (bad handshake, too many connections).
         pub host_refused,
+        /// Guest connections to a host port refused without `--vsock-guest-connect`.
+        pub guest_connect_refused,
+        /// Queue errors: the avail ring could not be read (a bad index from the driver).
+        pub queue_errors,
     }
 }

@@ -1,9 +1,11 @@
 //! virtio-vsock with a hybrid (unix socket) host side.
 //!
 //! The guest sees a virtio-vsock device (id 19) with context id `guest_cid`; the host sees a
-//! unix socket at `uds_path`. A host client connects there, writes `CONNECT <port>\n`, reads
-//! `OK <hostport>\n` once the guest accepted, and then has a byte stream to guest port
-//! `<port>`. A guest connecting to host port P reaches the unix socket `<uds_path>_P`.
+//! listening unix socket, bound at `uds_path` or inherited (`--vsock fd=N`). A host client
+//! connects there, writes `CONNECT <port>\n`, reads `OK <hostport>\n` once the guest
+//! accepted, and then has a byte stream to guest port `<port>`. A guest connecting to host
+//! port P reaches the unix socket `<uds_path>_P` only with `--vsock-guest-connect` (and a
+//! path); otherwise the request is answered with a reset and nothing is connected.
 //!
 //! - [`packet`]: the wire header and checked copies from/to descriptor chains;
 //! - [`connection`]: one stream's state machine and credit flow control;
@@ -48,6 +50,15 @@ pub enum VsockError {
     /// Binding the listener failed.
     #[error("cannot listen on vsock socket {0}")]
     Bind(PathBuf, #[source] std::io::Error),
+    /// An inherited descriptor (`--vsock fd=N`) is not a listening unix stream socket.
+    #[error("invalid --vsock descriptor")]
+    Inherited(#[source] crate::devices::unix_fd::UnixFdError),
+    /// The inherited listener could not be set up.
+    #[error("cannot set up the inherited vsock listener fd {0}")]
+    Listener(i32, #[source] std::io::Error),
+    /// Guest-initiated connections need the path the per-port sockets are named after.
+    #[error("guest-initiated vsock connections need a --vsock path, not an inherited listener")]
+    GuestConnectWithoutPath,
     /// The activation eventfd could not be created.
     #[error("cannot create vsock eventfd")]
     EventFd(#[source] std::io::Error),

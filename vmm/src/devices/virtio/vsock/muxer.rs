@@ -1,12 +1,13 @@
 //! The host side of the device: accepts host clients on the unix listener (`CONNECT <port>`
-//! handshake), connects guest requests to `<uds_path>_<port>`, routes guest packets to
-//! connections, and hands out rx packets fairly across connections.
+//! handshake), connects guest requests to `<uds_path>_<port>` when guest-initiated
+//! connections are allowed (resets them otherwise), routes guest packets to connections, and
+//! hands out rx packets fairly across connections.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use event_manager::EventSet;
@@ -57,6 +58,9 @@ struct Handshake {
 pub struct Muxer {
     guest_cid: u64,
     listener: HostListener,
+    /// `Some(uds_path)` when guest-initiated connections are allowed: port P goes to
+    /// `<uds_path>_P`.
+    guest_connect: Option<PathBuf>,
     conns: HashMap<ConnKey, Connection>,
     fds: HashMap<RawFd, ConnKey>,
     handshakes: HashMap<RawFd, Handshake>,
@@ -71,15 +75,23 @@ pub struct Muxer {
 }
 
 impl Muxer {
-    /// Bind the host listener at `uds_path`.
+    /// The host side over `listener`. With `guest_connect`, guest connections to host port P
+    /// go to `<uds_path>_P` (the listener must have a path); without, they are reset.
     pub fn new(
         guest_cid: u64,
-        uds_path: &Path,
+        listener: HostListener,
+        guest_connect: bool,
         metrics: Arc<VsockMetrics>,
     ) -> Result<Self, VsockError> {
+        let guest_connect = match (guest_connect, listener.path()) {
+            (false, _) => None,
+            (true, Some(path)) => Some(path.to_path_buf()),
+            (true, None) => return Err(VsockError::GuestConnectWithoutPath),
+        };
         Ok(Muxer {
             guest_cid,
-            listener: HostListener::bind(uds_path)?,
+            listener,
+            guest_connect,
             conns: HashMap::new(),
             fds: HashMap::new(),
             handshakes: HashMap::new(),
@@ -97,8 +109,8 @@ impl Muxer {
         self.listener.as_raw_fd()
     }
 
-    /// The listening socket's path.
-    pub fn uds_path(&self) -> &Path {
+    /// The listening socket's path, when the VMM bound it.
+    pub fn uds_path(&self) -> Option<&std::path::Path> {
         self.listener.path()
     }
 
@@ -414,7 +426,13 @@ impl Muxer {
             self.reset_reply(req);
             return;
         }
-        let path = port_path(self.listener.path(), req.dst_port);
+        let Some(base) = &self.guest_connect else {
+            // Not allowed (`--vsock-guest-connect`): refused without touching the host.
+            self.metrics.guest_connect_refused.inc();
+            self.reset_reply(req);
+            return;
+        };
+        let path = port_path(base, req.dst_port);
         match connect_nonblocking(&path) {
             Ok(stream) => {
                 let key = ConnKey {

@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{Vsock, QUEUE_SIZE};
 use super::packet::{Header, HDR_SIZE, HOST_CID, TYPE_STREAM};
+use super::unix::HostListener;
 use crate::devices::bus::lock;
 use crate::devices::virtio::device::{ActivatedQueue, VirtioDevice};
 pub use crate::devices::virtio::test_utils::FakeInterrupt;
@@ -180,11 +181,18 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// A device with guest-initiated connections allowed.
     pub fn new() -> Self {
+        Self::with_guest_connect(true)
+    }
+
+    pub fn with_guest_connect(guest_connect: bool) -> Self {
         let dir = TempDir::new();
         let uds = dir.path().join("v.sock");
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let dev = Arc::new(Mutex::new(Vsock::new(GUEST_CID, uds.clone()).unwrap()));
+        let dev = Arc::new(Mutex::new(
+            Vsock::new(GUEST_CID, HostListener::bind(&uds).unwrap(), guest_connect).unwrap(),
+        ));
         let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
             EventManager::new().unwrap();
         em.add_subscriber(dev.clone());
@@ -273,6 +281,15 @@ impl Harness {
             );
         }
         self.notify[0].write(1).unwrap();
+    }
+
+    /// Make the tx queue's avail index claim more chains than the queue holds (a driver bug
+    /// or a hostile guest): reading the avail ring fails from then on.
+    pub fn corrupt_tx_avail_idx(&mut self) {
+        let bogus = self.txq.avail_idx.wrapping_add(QUEUE_SIZE + 1);
+        self.mem
+            .write_obj(bogus, GuestAddress(self.txq.avail + 2))
+            .unwrap();
     }
 
     /// Put raw descriptors on the tx queue and notify.

@@ -1,26 +1,54 @@
-//! The host's unix sockets: the listening socket at `uds_path` (bound safely, removed on drop)
-//! and non-blocking connects to `<uds_path>_<port>` for guest-initiated connections.
+//! The host's unix sockets: the listening socket host clients connect to (bound at a path,
+//! or inherited already listening) and non-blocking connects to `<uds_path>_<port>` for
+//! guest-initiated connections.
+//!
+//! The socket file is not removed when the VMM ends: whoever made the directory removes it
+//! (the launcher removes its run directory), and a path-taking `unlink` at the end would need
+//! a place on the main thread's seccomp list. A stale file left by a VMM run standalone is
+//! replaced by the next [`HostListener::bind`] at that path.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use super::VsockError;
+use crate::devices::unix_fd::{self, Expect};
 
-/// The listening socket host clients connect to. Removes its socket file when dropped.
+/// The listening socket host clients connect to.
 #[derive(Debug)]
 pub struct HostListener {
     listener: UnixListener,
-    path: PathBuf,
-    /// (device, inode) of the socket file we created, so we never remove someone else's.
-    id: (u64, u64),
+    /// Where it was bound, when the VMM bound it.
+    path: Option<PathBuf>,
 }
 
 impl HostListener {
-    /// Bind at `path`. An existing socket file nobody listens on is replaced; one in use, or
-    /// any other kind of file, is an error.
+    /// Take over an inherited listening unix stream socket (`--vsock fd=N`), made
+    /// non-blocking.
+    ///
+    /// # Safety
+    ///
+    /// As [`unix_fd::take`]: `fd` is inherited for this listener only and owned by nothing
+    /// else in the process.
+    pub unsafe fn from_fd(fd: RawFd) -> Result<Self, VsockError> {
+        // SAFETY: the caller's guarantee.
+        let owned: OwnedFd =
+            unsafe { unix_fd::take(fd, Expect::Listening) }.map_err(VsockError::Inherited)?;
+        let listener = UnixListener::from(owned);
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| VsockError::Listener(fd, e))?;
+        Ok(HostListener {
+            listener,
+            path: None,
+        })
+    }
+
+    /// Bind at `path`. An existing socket file nobody listens on (connecting to it is
+    /// refused) is replaced; one in use, or any other kind of file, is an error naming the
+    /// path.
     pub fn bind(path: &Path) -> Result<Self, VsockError> {
         match std::fs::symlink_metadata(path) {
             Ok(meta) => {
@@ -44,18 +72,15 @@ impl HostListener {
         listener
             .set_nonblocking(true)
             .map_err(|e| VsockError::Bind(path.to_path_buf(), e))?;
-        let meta =
-            std::fs::symlink_metadata(path).map_err(|e| VsockError::Bind(path.to_path_buf(), e))?;
         Ok(HostListener {
             listener,
-            path: path.to_path_buf(),
-            id: (meta.dev(), meta.ino()),
+            path: Some(path.to_path_buf()),
         })
     }
 
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The socket path, when the VMM bound it.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// Accept one pending client, non-blocking.
@@ -69,16 +94,6 @@ impl HostListener {
 impl AsRawFd for HostListener {
     fn as_raw_fd(&self) -> RawFd {
         self.listener.as_raw_fd()
-    }
-}
-
-impl Drop for HostListener {
-    fn drop(&mut self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if (meta.dev(), meta.ino()) == self.id {
-                let _ = std::fs::remove_file(&self.path);
-            }
-        }
     }
 }
 
@@ -175,7 +190,15 @@ mod tests {
             Err(VsockError::PathInUse(_))
         ));
         drop(l);
-        assert!(!path.exists(), "drop removes the socket file");
+        assert!(
+            path.exists(),
+            "the socket file stays: the launcher removes its directory"
+        );
+        // ... and the next VMM at that path replaces it.
+        let l = HostListener::bind(&path).unwrap();
+        assert_eq!(l.path(), Some(path.as_path()));
+        drop(l);
+        std::fs::remove_file(&path).unwrap();
 
         std::fs::write(&path, b"not a socket").unwrap();
         assert!(matches!(
@@ -183,6 +206,28 @@ mod tests {
             Err(VsockError::PathNotSocket(_))
         ));
         assert!(path.exists(), "a regular file is never removed");
+    }
+
+    #[test]
+    fn an_inherited_listener_is_checked_and_taken_over() {
+        use std::os::fd::IntoRawFd;
+        let dir = TempDir::new();
+        let path = dir.path().join("v.sock");
+        let fd = UnixListener::bind(&path).unwrap().into_raw_fd();
+        // SAFETY: `fd` was just released by its listener; nothing else owns it.
+        let l = unsafe { HostListener::from_fd(fd) }.unwrap();
+        assert_eq!(l.path(), None);
+        let _client = UnixStream::connect(&path).unwrap();
+        assert!(l.accept().is_ok());
+        drop(l);
+
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = a.into_raw_fd();
+        // SAFETY: as above; on error the descriptor is not taken and closed below.
+        let err = crate::error_chain(&unsafe { HostListener::from_fd(fd) }.unwrap_err());
+        assert!(err.contains(&format!("fd {fd}")), "{err}");
+        // SAFETY: still ours after the refusal.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
     }
 
     #[test]
