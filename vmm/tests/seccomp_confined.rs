@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{kvm_available, TinyVm};
+use common::{kvm_available, pvh_elf, TinyVm, SAY_HI_AND_RESET, SAY_HI_WAIT_FOR_INPUT_AND_RESET};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -78,77 +78,6 @@ fn vcpu_thread_runs_its_guest_under_the_strict_filter() {
         .mmio
         .read(layout::VIRTIO_MMIO_BASE + 0x70, &mut status));
     assert_eq!(u32::from_le_bytes(status), 1);
-}
-
-/// Guest code: print "HI" on COM1, then reset through the i8042.
-const SAY_HI_AND_RESET: &[u8] = &[
-    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
-    0xb0, b'H', 0xee, // 'H'
-    0xb0, b'I', 0xee, // 'I'
-    0xb0, b'\n', 0xee, // newline
-    0xb0, 0xfe, 0xe6, 0x64, // mov al, 0xfe; out 0x64, al (reset)
-    0xf4, 0xeb, 0xfd, // hlt; jmp back to hlt
-];
-
-/// Guest code: print "HI", wait for a byte on COM1's receiver (the VMM's stdin), then reset.
-const SAY_HI_WAIT_FOR_INPUT_AND_RESET: &[u8] = &[
-    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
-    0xb0, b'H', 0xee, // 'H'
-    0xb0, b'I', 0xee, // 'I'
-    0xb0, b'\n', 0xee, // newline
-    0x66, 0xba, 0xfd, 0x03, // mov dx, 0x3fd (line status)
-    0xec, // poll: in al, dx
-    0xa8, 0x01, // test al, 1 (data ready)
-    0x74, 0xfb, // jz poll
-    0xb0, 0xfe, 0xe6, 0x64, // reset
-    0xf4, 0xeb, 0xfd, // hlt; jmp back to hlt
-];
-
-/// A minimal ELF64 "kernel" with a PVH entry note: `code` at 1 MiB, entered in 32-bit
-/// protected mode.
-fn pvh_elf(code: &[u8]) -> Vec<u8> {
-    const LOAD: u64 = layout::HIMEM_START;
-    let mut note = Vec::new();
-    note.extend_from_slice(&4u32.to_le_bytes()); // namesz
-    note.extend_from_slice(&4u32.to_le_bytes()); // descsz
-    note.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
-    note.extend_from_slice(b"Xen\0");
-    note.extend_from_slice(&(LOAD as u32).to_le_bytes());
-
-    let phoff = 64u64;
-    let note_off = phoff + 2 * 56;
-    let code_off = 0x1000u64;
-    let mut elf = Vec::new();
-    elf.extend_from_slice(b"\x7fELF");
-    elf.extend_from_slice(&[2, 1, 1, 0]); // 64-bit, little endian, version 1, SysV
-    elf.extend_from_slice(&[0; 8]);
-    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // x86_64
-    elf.extend_from_slice(&1u32.to_le_bytes());
-    elf.extend_from_slice(&LOAD.to_le_bytes()); // e_entry
-    elf.extend_from_slice(&phoff.to_le_bytes());
-    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    elf.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
-    elf.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
-    elf.extend_from_slice(&2u16.to_le_bytes()); // e_phnum
-    elf.extend_from_slice(&[0; 6]); // e_shentsize, e_shnum, e_shstrndx
-    let phdr = |elf: &mut Vec<u8>, kind: u32, off: u64, addr: u64, len: u64| {
-        elf.extend_from_slice(&kind.to_le_bytes());
-        elf.extend_from_slice(&5u32.to_le_bytes()); // R+X
-        elf.extend_from_slice(&off.to_le_bytes());
-        elf.extend_from_slice(&addr.to_le_bytes()); // vaddr
-        elf.extend_from_slice(&addr.to_le_bytes()); // paddr
-        elf.extend_from_slice(&len.to_le_bytes()); // filesz
-        elf.extend_from_slice(&len.to_le_bytes()); // memsz
-        elf.extend_from_slice(&4u64.to_le_bytes()); // align
-    };
-    phdr(&mut elf, 1, code_off, LOAD, code.len() as u64); // PT_LOAD
-    phdr(&mut elf, 4, note_off, 0, note.len() as u64); // PT_NOTE
-    elf.extend_from_slice(&note);
-    elf.resize(code_off as usize, 0);
-    elf.extend_from_slice(code);
-    elf
 }
 
 fn vmm_command(dir: &TempDir, code: &[u8], extra: &[&str]) -> Command {

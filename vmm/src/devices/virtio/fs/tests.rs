@@ -18,11 +18,12 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempdir::TempDir;
 
 use bulkhead_vmm_contract::virtiofsd::VIRTIOFSD_VERSION;
-use bulkhead_vmm_contract::{FsConfinement, VirtiofsdOptions};
+use bulkhead_vmm_contract::{FsConfinement, HostSocket, VirtiofsdOptions};
 
 use super::vhost_user::VhostUserError;
 use super::*;
 use crate::devices::bus::lock;
+use crate::devices::unix_fd::{self, Expect};
 use crate::devices::virtio::device::{ActivateError, ActivatedQueue, VirtioDevice};
 use crate::devices::virtio::test_utils::{desc, used, FakeInterrupt, NEXT, WRITE};
 use crate::vstate::memory::create_shared_guest_memory;
@@ -363,6 +364,41 @@ fn fuse_requests_go_through_the_rings_to_virtiofsd() {
 
     assert_eq!(lock(&fs).metrics().interrupts.get(), 3);
     assert!(!lock(&fs).failure().has_failed());
+}
+
+#[test]
+fn an_inherited_connection_serves_like_a_socket_path() {
+    use std::os::fd::IntoRawFd;
+    let Some(vfsd) = Virtiofsd::start() else {
+        return;
+    };
+    // What the launcher passes as `--fs TAG=fd=N`: a connection it made.
+    let fd = std::os::unix::net::UnixStream::connect(&vfsd.socket)
+        .unwrap()
+        .into_raw_fd();
+    let mut config = vfsd.config("rootfs");
+    config.socket = HostSocket::Fd(fd);
+    assert!(
+        matches!(Fs::new(config.clone()), Err(FsError::InheritedFd { .. })),
+        "Fs::new never adopts a descriptor by itself"
+    );
+    // SAFETY: `fd` was just released by its stream; nothing else owns it.
+    let owned = unsafe { unix_fd::take(fd, Expect::Connected) }.unwrap();
+    let fs = Arc::new(Mutex::new(
+        Fs::over_stream(config, std::os::unix::net::UnixStream::from(owned)).unwrap(),
+    ));
+    let mut manager = Manager::new().unwrap();
+    manager.add_subscriber(fs.clone());
+    let guest = Guest::new();
+    guest.activate(&fs).unwrap();
+    guest.send(0, FUSE_INIT, 0x1111, 0, &fuse_init_in());
+    assert!(
+        run_until(&mut manager, || guest.irq.count() >= 1),
+        "no interrupt for FUSE_INIT"
+    );
+    let (header, body) = guest.reply(0);
+    assert_eq!((header.unique, header.error), (0x1111, 0));
+    assert_eq!(u32_at(&body, 0), 7, "FUSE major version");
 }
 
 #[test]
