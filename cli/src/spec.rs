@@ -83,6 +83,9 @@ pub struct SpecInput {
     pub volumes: Vec<Volume>,
 }
 
+/// The most of an image's `/etc/passwd` or `/etc/group` that is read.
+const USER_DB_MAX: u64 = 1 << 20;
+
 /// Reads `/etc/passwd` and `/etc/group` of a root filesystem for user names, without
 /// following symlinks out of it.
 pub fn user_db(rootfs: &Path) -> UserDb {
@@ -95,7 +98,19 @@ pub fn user_db(rootfs: &Path) -> UserDb {
                 .unwrap_or(false)
         };
         if plain(&etc) && plain(&file) {
-            std::fs::read_to_string(file).unwrap_or_default()
+            // The image's file: at most USER_DB_MAX bytes of it, opened without following
+            // a symlink swapped in after the check.
+            use std::io::Read;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut text = String::new();
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&file);
+            match opened {
+                Ok(f) if f.take(USER_DB_MAX).read_to_string(&mut text).is_ok() => text,
+                _ => String::new(),
+            }
         } else {
             String::new()
         }

@@ -10,6 +10,7 @@ use bulkhead_protocol::types::InvalidField;
 use thiserror::Error;
 
 use crate::hybrid_vsock::ConnectError;
+use crate::jail::JailError;
 use crate::network::NetworkError;
 use crate::run_dir::RunDirError;
 use crate::virtiofsd_process::VirtiofsdError;
@@ -20,6 +21,7 @@ use crate::vmm_process::{VmExit, VmmError};
 pub enum Phase {
     RunDir,
     Network,
+    Jail,
     Virtiofsd,
     VmmStart,
     KernelBoot,
@@ -48,6 +50,7 @@ impl fmt::Display for Phase {
         f.write_str(match self {
             Phase::RunDir => "creating the run directory",
             Phase::Network => "attaching the pod network",
+            Phase::Jail => "preparing the VMM's jail",
             Phase::Virtiofsd => "starting virtiofsd",
             Phase::VmmStart => "starting the VMM",
             Phase::KernelBoot => "booting the guest",
@@ -98,6 +101,8 @@ pub enum SandboxError {
     RunDir(#[source] RunDirError),
     #[error("{}", Phase::Network)]
     Network(#[source] NetworkError),
+    #[error("{}", Phase::Jail)]
+    Jail(#[source] JailError),
     #[error("{}", Phase::Virtiofsd)]
     Virtiofsd(#[source] VirtiofsdError),
     #[error("{}", Phase::VmmStart)]
@@ -163,6 +168,7 @@ impl SandboxError {
             SandboxError::Destroyed => return None,
             SandboxError::RunDir(_) => Phase::RunDir,
             SandboxError::Network(_) => Phase::Network,
+            SandboxError::Jail(_) => Phase::Jail,
             SandboxError::Virtiofsd(_) => Phase::Virtiofsd,
             SandboxError::VmmStart(_) | SandboxError::VmmFailed { .. } => Phase::VmmStart,
             SandboxError::KernelBoot { .. } => Phase::KernelBoot,

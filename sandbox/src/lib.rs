@@ -31,6 +31,7 @@ pub mod console;
 pub mod error;
 pub mod host_agent;
 pub mod hybrid_vsock;
+pub mod jail;
 pub mod leftovers;
 pub mod mount;
 pub mod mountinfo;

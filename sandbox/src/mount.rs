@@ -76,7 +76,7 @@ pub fn create_mount_point(target: &Path, kind: MountPointKind) -> Result<(), Mou
 }
 
 /// Bind-mounts `source` (recursively) at `target`, created as a directory or a file after
-/// what `source` is; read-only when asked.
+/// what `source` is; `nosuid,nodev`, and read-only when asked.
 pub fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), MountError> {
     let meta = std::fs::metadata(source).map_err(|e| MountError::Source {
         path: source.to_path_buf(),
@@ -96,21 +96,41 @@ pub fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), MountErr
         None,
         "bind-mount onto",
     )?;
-    if readonly {
-        let ro = mount(
-            None,
-            target,
-            None,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-            None,
-            "make read-only",
-        );
-        if let Err(e) = ro {
-            let _ = detach(target);
-            return Err(e);
-        }
+    if let Err(e) = restrict(target, readonly) {
+        let _ = detach(target);
+        return Err(e);
     }
     Ok(())
+}
+
+/// Remounts the bind mount at `target` `nosuid,nodev` (and read-only when asked): content
+/// shared with a guest never carries setuid or device semantics on the host. (The flags of
+/// a bind mount can only be set by such a remount.)
+pub fn restrict(target: &Path, readonly: bool) -> Result<(), MountError> {
+    let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
+    if readonly {
+        flags |= libc::MS_RDONLY;
+    }
+    mount(
+        None,
+        target,
+        None,
+        flags,
+        None,
+        "restrict (nosuid, nodev, ro)",
+    )
+}
+
+/// How an image overlay is mounted on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverlayUse {
+    /// Exported to a microVM: `nosuid,nodev` (the guest kernel still honours the setuid
+    /// bits it reads; the host never does).
+    Guest,
+    /// The root of a container on the host: `nodev`; setuid binaries inside the container
+    /// keep working, as in Docker (its boundary is the container's capabilities, user and
+    /// seccomp profile).
+    HostContainer,
 }
 
 /// Mounts an overlay of `lowers` (topmost first) with `upper`/`work` at `target`, creating
@@ -120,16 +140,21 @@ pub fn mount_overlay(
     upper: &Path,
     work: &Path,
     target: &Path,
+    usage: OverlayUse,
 ) -> Result<(), MountError> {
     let options = overlay_options(lowers, upper, work)?;
     for d in [upper, work, target] {
         create_mount_point(d, MountPointKind::Dir)?;
     }
+    let flags = match usage {
+        OverlayUse::Guest => libc::MS_NOSUID | libc::MS_NODEV,
+        OverlayUse::HostContainer => libc::MS_NODEV,
+    };
     mount(
         Some(b"overlay"),
         target,
         Some(b"overlay"),
-        0,
+        flags,
         Some(options.as_bytes()),
         "mount the image overlay at",
     )
@@ -160,6 +185,34 @@ fn overlay_options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<Stri
         return Err(MountError::TooManyLayers(lowers.len()));
     }
     Ok(options)
+}
+
+/// `mount(source, target, NULL, flags, NULL)`: binds, remounts and propagation changes.
+pub(crate) fn raw_mount(
+    source: Option<&Path>,
+    target: &Path,
+    flags: libc::c_ulong,
+) -> io::Result<()> {
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    };
+    let source = source.map(c).transpose()?;
+    let target = c(target)?;
+    // SAFETY: NUL-terminated strings that outlive the call, or NULL.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            target.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Detaches the mount at `target`; not being mounted (or not existing) is fine.
@@ -250,6 +303,17 @@ mod tests {
         ));
     }
 
+    /// `statvfs`'s mount flags of `path`.
+    fn mount_flags(path: &Path) -> libc::c_ulong {
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: statvfs fills a zeroed struct we own.
+        unsafe {
+            let mut st: libc::statvfs = std::mem::zeroed();
+            assert_eq!(libc::statvfs(c.as_ptr(), &mut st), 0);
+            st.f_flag
+        }
+    }
+
     #[test]
     fn overlay_options_are_checked() {
         let p = |s: &str| PathBuf::from(s);
@@ -290,8 +354,13 @@ mod tests {
             &dir.path().join("u"),
             &dir.path().join("w"),
             &target,
+            OverlayUse::Guest,
         )
         .unwrap();
+        assert_eq!(
+            mount_flags(&target) & (libc::ST_NOSUID | libc::ST_NODEV),
+            libc::ST_NOSUID | libc::ST_NODEV
+        );
         assert_eq!(std::fs::read_to_string(target.join("top")).unwrap(), "1");
         std::fs::write(target.join("base"), "changed").unwrap();
         std::fs::write(target.join("new"), "n").unwrap();
@@ -316,6 +385,8 @@ mod tests {
         let target = dir.path().join("t");
         bind(&src, &target, true).unwrap();
         assert!(std::fs::write(target.join("x"), "x").is_err());
+        let want = libc::ST_NOSUID | libc::ST_NODEV | libc::ST_RDONLY;
+        assert_eq!(mount_flags(&target) & want, want);
         unmount(&target).unwrap();
         assert!(matches!(
             bind(&dir.path().join("missing"), &target, false),
@@ -329,6 +400,8 @@ mod tests {
         std::fs::create_dir_all(at.parent().unwrap()).unwrap();
         std::fs::write(&at, "under").unwrap();
         bind(&file, &at, false).unwrap();
+        let want = libc::ST_NOSUID | libc::ST_NODEV;
+        assert_eq!(mount_flags(&at) & (want | libc::ST_RDONLY), want);
         assert_eq!(
             std::fs::read_to_string(&at).unwrap(),
             "127.0.0.1 localhost\n"

@@ -2,13 +2,24 @@
 //!
 //! ```text
 //! <root>/<id>/            0700
-//!   shared/               exported to the guest by virtiofsd (container rootfs go here)
-//!   vsock.sock            the VMM's hybrid vsock socket
+//!   share/                the host's side: front ends create directories, files and mounts
+//!                         (container root filesystems, volumes) here; the guest never sees
+//!                         this path, so nothing in it can be swapped under the host
+//!   shared/               a read-only view of share/ (a bind mount, receiving share/'s
+//!                         later mounts by propagation), exported to the guest by virtiofsd:
+//!                         the guest can write inside a container's rootfs mount but cannot
+//!                         create, rename or replace anything the host walks through
+//!   root/                 the mount point of the VMM's jail root (empty on the host)
+//!   vsock.sock            the hybrid vsock socket (bound here, handed to the VMM as a fd)
 //!   fs.sock               virtiofsd's vhost-user socket
 //!   console.log           the guest serial console
 //!   vmm.log               the VMM's own log (stderr)
 //!   virtiofsd.log         virtiofsd's log (stderr)
 //! ```
+//!
+//! This is Kata's rw/ro split: host-side operations only ever resolve paths in `share/`,
+//! which is private to the host, and the guest's writes land only inside the mounts that
+//! propagate from it.
 //!
 //! Removal first detaches every mount under the directory (the shim or CLI mounts container
 //! root filesystems below `shared/`), then deletes the tree without ever crossing into
@@ -48,6 +59,13 @@ pub enum RunDirError {
     Exists(PathBuf),
     #[error("cannot create {path}")]
     Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot {what} {path}")]
+    View {
+        what: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -106,21 +124,65 @@ impl RunDir {
             path,
             removed: false,
         };
-        let shared = dir.shared_dir();
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&shared)
-            .map_err(create_err(&shared))?;
+        for sub in [dir.share_dir(), dir.shared_dir(), dir.jail_root()] {
+            fs::DirBuilder::new()
+                .mode(0o755)
+                .create(&sub)
+                .map_err(create_err(&sub))?;
+        }
+        dir.export_read_only()?;
         Ok(dir)
+    }
+
+    /// Makes `shared/` the read-only view of `share/`: `share/` becomes a shared mount of
+    /// its own (so what is mounted below it later propagates, whatever the run root's
+    /// propagation), `shared/` a bind of it, then read-only, nosuid, nodev, and a slave
+    /// (it receives `share/`'s mounts, and virtiofsd's copy of it does too).
+    fn export_read_only(&self) -> Result<(), RunDirError> {
+        let share = self.share_dir();
+        let shared = self.shared_dir();
+        let step = |what: &'static str, path: &Path, r: io::Result<()>| {
+            r.map_err(|source| RunDirError::View {
+                what,
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        use crate::mount::raw_mount as m;
+        step("bind", &share, m(Some(&share), &share, libc::MS_BIND))?;
+        step("share", &share, m(None, &share, libc::MS_SHARED))?;
+        step("bind", &shared, m(Some(&share), &shared, libc::MS_BIND))?;
+        step(
+            "make read-only",
+            &shared,
+            m(
+                None,
+                &shared,
+                libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
+            ),
+        )?;
+        step("make a slave", &shared, m(None, &shared, libc::MS_SLAVE))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
-    /// Exported to the guest by virtiofsd, mounted there at
-    /// [`bulkhead_protocol::SHARED_FS_MOUNT_POINT`].
+    /// Where the host puts what it shares with the guest (private to the host).
+    pub fn share_dir(&self) -> PathBuf {
+        self.path.join("share")
+    }
+    /// The read-only view of [`RunDir::share_dir`] virtiofsd exports to the guest, mounted
+    /// there at [`bulkhead_protocol::SHARED_FS_MOUNT_POINT`].
     pub fn shared_dir(&self) -> PathBuf {
         self.path.join("shared")
+    }
+    /// The (empty) mount point of the VMM's jail root.
+    pub fn jail_root(&self) -> PathBuf {
+        self.path.join("root")
     }
     pub fn vsock_socket(&self) -> PathBuf {
         self.path.join("vsock.sock")
@@ -254,16 +316,17 @@ mod tests {
         let mut dir = RunDir::create(root.path(), "pod-1").unwrap();
         assert_eq!(dir.path(), root.path().join("pod-1"));
         assert!(dir.shared_dir().is_dir());
+        assert!(dir.share_dir().is_dir());
         let mode = fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
         // Content the sandbox leaves behind: files, a socket, nested dirs, a symlink out.
-        fs::create_dir_all(dir.shared_dir().join("c1/rootfs/etc")).unwrap();
-        fs::write(dir.shared_dir().join("c1/rootfs/etc/hostname"), "x").unwrap();
+        fs::create_dir_all(dir.share_dir().join("c1/rootfs/etc")).unwrap();
+        fs::write(dir.share_dir().join("c1/rootfs/etc/hostname"), "x").unwrap();
         let _l = std::os::unix::net::UnixListener::bind(dir.vsock_socket()).unwrap();
         let outside = root.path().join("outside");
         fs::create_dir(&outside).unwrap();
         fs::write(outside.join("keep"), "keep").unwrap();
-        std::os::unix::fs::symlink(&outside, dir.shared_dir().join("link")).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.share_dir().join("link")).unwrap();
         fs::write(dir.console_log(), "boot").unwrap();
 
         assert!(matches!(
@@ -291,6 +354,54 @@ mod tests {
         }
     }
 
+    /// Issue 12, finding 1: the guest's side of the shared directory is read-only, so it
+    /// cannot plant a symlink (or anything) where the host later creates, mounts or deletes;
+    /// what the host mounts in `share/` shows in the guest's view, writable as mounted.
+    #[test]
+    fn the_guest_view_is_read_only_and_follows_host_mounts() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = root.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("keep"), "keep").unwrap();
+        let mut dir = RunDir::create(root.path(), "pod-4").unwrap();
+        let view = dir.shared_dir();
+        let erofs = |r: io::Result<()>| r.unwrap_err().raw_os_error() == Some(libc::EROFS);
+        // Every place the host walks through: the view root, a container's directory, its
+        // mount points.
+        assert!(erofs(std::os::unix::fs::symlink(&outside, view.join("c1"))));
+        assert!(erofs(fs::create_dir(view.join("c1"))));
+        fs::create_dir_all(dir.share_dir().join("c1/mounts/0")).unwrap();
+        fs::create_dir_all(dir.share_dir().join("c1/rootfs")).unwrap();
+        assert!(erofs(fs::remove_dir(view.join("c1/mounts/0"))));
+        assert!(erofs(fs::rename(view.join("c1/rootfs"), view.join("c1/x"))));
+        assert!(erofs(std::os::unix::fs::symlink(
+            &outside,
+            view.join("c1/rootfs-new")
+        )));
+        let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
+        let rootfs = dir.share_dir().join("c1/rootfs");
+        // SAFETY: a tmpfs on a directory we own.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                c(&rootfs).as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        // The container's rootfs is writable through the view; its directory still is not.
+        fs::write(view.join("c1/rootfs/from-guest"), "g").unwrap();
+        assert_eq!(fs::read_to_string(rootfs.join("from-guest")).unwrap(), "g");
+        assert!(erofs(fs::write(view.join("c1/planted"), "x")));
+        dir.remove().unwrap();
+        assert!(!dir.path().exists());
+        assert_eq!(fs::read_to_string(outside.join("keep")).unwrap(), "keep");
+        let left = mountinfo::read_self().unwrap();
+        assert!(mountinfo::mount_points_below(&left, root.path()).is_empty());
+    }
+
     /// Needs root (mount): a tmpfs mounted below `shared/` is detached, and its files are
     /// not deleted through the mount.
     #[test]
@@ -304,7 +415,7 @@ mod tests {
         let source = root.path().join("image-rootfs");
         fs::create_dir(&source).unwrap();
         fs::write(source.join("bin-sh"), "elf").unwrap();
-        let target = dir.shared_dir().join("c1");
+        let target = dir.share_dir().join("c1");
         fs::create_dir(&target).unwrap();
         let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
         // SAFETY: plain bind mount of paths we own.

@@ -2,6 +2,7 @@
 //! connection; container operations that turn a lost connection into "the VM is gone" with
 //! the guest console; and a teardown that leaves no process, socket, mount or directory.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,6 +21,8 @@ use tokio::time::Instant;
 
 use crate::agent::{AgentConn, AgentEndpoint, ExitInfo, DEFAULT_RPC_TIMEOUT};
 use crate::error::{Phase, SandboxError};
+use crate::jail::plan::{JAIL_INITRD, JAIL_KERNEL};
+use crate::jail::{JailContents, JailSettings, SandboxJail};
 use crate::network::{AttachedPodNetwork, PodNetwork};
 use crate::run_dir::RunDir;
 use crate::sizing::VmSize;
@@ -39,6 +42,9 @@ pub const SHARED_FS_TAG: &str = "bulkhead";
 pub const GUEST_LOG_FORMAT_PARAM: &str = "bulkhead.log_format";
 /// Console lines quoted in error messages.
 pub const CONSOLE_TAIL_LINES: usize = 20;
+/// The guest console log stops growing here (the VMM drops the rest and says so): a guest
+/// flooding its console cannot fill the host's `/run`.
+pub const CONSOLE_LOG_MAX_BYTES: u64 = 16 << 20;
 /// How long a VM may take from launch to a version-checked agent (generous: under software
 /// emulation a boot takes seconds).
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -109,6 +115,9 @@ pub struct SandboxConfig {
     /// ([`GUEST_LOG_FORMAT_PARAM`] on the kernel command line); `None` keeps their
     /// defaults (the VMM's `BULKHEAD_LOG_FORMAT`, the agent's text).
     pub log_format: Option<bulkhead_log::Format>,
+    /// The VMM's jail ([`crate::jail`]); `None` runs it as the caller, unconfined but for
+    /// its own seccomp filters.
+    pub jail: Option<JailSettings>,
 }
 
 impl SandboxConfig {
@@ -134,6 +143,7 @@ impl SandboxConfig {
             net_backend: NetBackend::Auto,
             vmm_log_level: None,
             log_format: None,
+            jail: None,
         }
     }
 
@@ -168,6 +178,8 @@ pub struct Sandbox {
     virtiofsd: tokio::sync::Mutex<Option<VirtiofsdProcess>>,
     // Detached after the VM has ended (its drop does the same, best effort).
     network: tokio::sync::Mutex<Option<AttachedPodNetwork>>,
+    // The uid and cgroup of the jailed VMM: released once the VMM and virtiofsd are gone.
+    jail: tokio::sync::Mutex<Option<SandboxJail>>,
     agent: AgentConn,
     destroy_timeout: Duration,
     destroyed: tokio::sync::Mutex<Option<VmExit>>,
@@ -182,6 +194,7 @@ struct Partial {
     network: Option<AttachedPodNetwork>,
     virtiofsd: Option<VirtiofsdProcess>,
     vmm: Option<VmmProcess>,
+    jail: Option<SandboxJail>,
 }
 
 impl Partial {
@@ -191,6 +204,11 @@ impl Partial {
         }
         if let Some(mut fsd) = self.virtiofsd.take() {
             fsd.stop().await;
+        }
+        if let Some(mut jail) = self.jail.take() {
+            if let Err(e) = jail.release() {
+                log::warn!("after a failed start: {}", bulkhead_log::error_chain(&e));
+            }
         }
         if let Some(network) = self.network.take() {
             if let Err(e) = network.detach_async().await {
@@ -219,6 +237,7 @@ impl Sandbox {
             network: None,
             virtiofsd: None,
             vmm: None,
+            jail: None,
         };
         match Self::boot(&config, &mut partial).await {
             Ok(agent) => {
@@ -227,6 +246,7 @@ impl Sandbox {
                     network,
                     virtiofsd,
                     vmm: Some(vmm),
+                    jail,
                 } = partial
                 else {
                     unreachable!("boot returns Ok only with a running VMM");
@@ -236,10 +256,11 @@ impl Sandbox {
                     vmm,
                     virtiofsd: tokio::sync::Mutex::new(virtiofsd),
                     network: tokio::sync::Mutex::new(network),
+                    jail: tokio::sync::Mutex::new(jail),
                     agent,
                     destroy_timeout: config.destroy_timeout,
                     destroyed: tokio::sync::Mutex::new(None),
-                    shared_dir: run_dir.shared_dir(),
+                    shared_dir: run_dir.share_dir(),
                     run_path: run_dir.path().to_path_buf(),
                     run_dir: Mutex::new(Some(run_dir)),
                 })
@@ -285,6 +306,21 @@ impl Sandbox {
             }
         }
         let dir = &partial.run_dir;
+        // The jail: a uid and a cgroup of the sandbox's own; virtiofsd joins the cgroup too.
+        if let Some(settings) = &config.jail {
+            let jail = SandboxJail::prepare(
+                settings,
+                &config.id,
+                config.size.vcpus,
+                config.size.memory_mib,
+            )
+            .map_err(SandboxError::Jail)?;
+            partial.jail = Some(jail);
+        }
+        let cgroup_procs = match &partial.jail {
+            Some(jail) => jail.cgroup_procs().map_err(SandboxError::Jail)?,
+            None => None,
+        };
         let mut fs = Vec::new();
         if let Some(options) = &config.virtiofsd {
             let fsd = VirtiofsdProcess::start(
@@ -292,28 +328,41 @@ impl Sandbox {
                 &dir.fs_socket(),
                 &dir.shared_dir(),
                 &dir.virtiofsd_log(),
+                cgroup_procs.as_ref(),
             )
             .await
             .map_err(SandboxError::Virtiofsd)?;
-            fs.push(FsSpec {
-                tag: SHARED_FS_TAG.to_owned(),
-                socket: fsd.socket().to_path_buf(),
-            });
-            partial.virtiofsd = Some(fsd);
+            // The VMM gets the connection, not the path: its jail has no socket to reach.
+            let fsd = partial.virtiofsd.insert(fsd);
+            let stream = fsd.connect().await.map_err(SandboxError::Virtiofsd)?;
+            fs.push(fs_on_fd(SHARED_FS_TAG, passed_fd(&pass_fds)));
+            pass_fds.push(OwnedFd::from(stream));
         }
+        drop(cgroup_procs);
+        // The hybrid vsock listener is ours too; the VMM accepts on it.
+        let listener = std::os::unix::net::UnixListener::bind(dir.vsock_socket())
+            .map_err(|e| SandboxError::VmmStart(VmmError::PassFd(e)))?;
+        let vsock = vsock_on_fd(passed_fd(&pass_fds), config.vsock_cid);
+        pass_fds.push(OwnedFd::from(listener));
+        let jailed = partial.jail.is_some();
         // Sizes beyond the VMM's types saturate; the VMM then refuses them with its limits.
         let command = VmmCommand {
-            kernel: config.kernel.clone(),
-            initrd: config.initrd.clone(),
+            kernel: if jailed {
+                PathBuf::from(JAIL_KERNEL)
+            } else {
+                config.kernel.clone()
+            },
+            initrd: match &config.initrd {
+                Some(_) if jailed => Some(PathBuf::from(JAIL_INITRD)),
+                other => other.clone(),
+            },
             cmdline: config.guest_cmdline(),
             vcpus: u8::try_from(config.size.vcpus).unwrap_or(u8::MAX),
             memory_mib: u32::try_from(config.size.memory_mib).unwrap_or(u32::MAX),
-            serial: SerialOutput::File(dir.console_log()),
+            serial: SerialOutput::Stdout,
+            serial_max_bytes: CONSOLE_LOG_MAX_BYTES,
             rng: true,
-            vsock: Some(VsockSpec {
-                uds: dir.vsock_socket(),
-                cid: u64::from(config.vsock_cid),
-            }),
+            vsock: Some(vsock),
             fs,
             net,
             seccomp: None,
@@ -322,14 +371,29 @@ impl Sandbox {
             log_level,
             log_format: config.log_format,
         };
+        let jail = match &partial.jail {
+            Some(jail) => Some(
+                jail.plan(&JailContents {
+                    root: &dir.jail_root(),
+                    vmm: &config.vmm_binary,
+                    kernel: &config.kernel,
+                    initrd: config.initrd.as_deref(),
+                    vhost_net: command.net.iter().any(|n| n.vhost),
+                    netns: config.netns.as_deref(),
+                })
+                .map_err(SandboxError::Jail)?,
+            ),
+            None => None,
+        };
         let vmm_config = VmmConfig {
             binary: config.vmm_binary.clone(),
             command,
             console_log: dir.console_log(),
             vmm_log: dir.vmm_log(),
             pass_fds,
+            jail,
         };
-        let vmm = VmmProcess::spawn(&vmm_config).map_err(SandboxError::VmmStart)?;
+        let vmm = VmmProcess::spawn(vmm_config).map_err(SandboxError::VmmStart)?;
         let endpoint = AgentEndpoint::HybridVsock(dir.vsock_socket());
         let deadline = Instant::now() + config.agent_timeout;
         let vmm = partial.vmm.insert(vmm);
@@ -374,7 +438,10 @@ impl Sandbox {
         &self.run_path
     }
 
-    /// The host directory exported to the guest: put container root filesystems here.
+    /// Where the host puts what the guest sees (container root filesystems, volumes): a
+    /// directory private to the host, exported read-only (mounts below it keep their own
+    /// flags) at [`SHARED_FS_MOUNT_POINT`] in the guest. Nothing in it is guest-writable
+    /// except inside the mounts placed there.
     pub fn shared_dir(&self) -> &Path {
         &self.shared_dir
     }
@@ -536,6 +603,13 @@ impl Sandbox {
         if let Some(mut fsd) = self.virtiofsd.lock().await.take() {
             fsd.stop().await;
         }
+        if let Some(mut jail) = self.jail.lock().await.take() {
+            // Blocking for at most a few seconds, while the killed processes leave the cgroup.
+            let released = tokio::task::spawn_blocking(move || jail.release()).await;
+            if let Ok(Err(e)) = released {
+                log::warn!("sandbox {}: {}", self.id, bulkhead_log::error_chain(&e));
+            }
+        }
         if let Some(network) = self.network.lock().await.take() {
             if let Err(e) = network.detach_async().await {
                 log::warn!("sandbox {}: {}", self.id, bulkhead_log::error_chain(&e));
@@ -548,6 +622,21 @@ impl Sandbox {
         }
         Ok(exit)
     }
+}
+
+/// The number the next descriptor pushed onto `pass_fds` has in the VMM.
+fn passed_fd(pass_fds: &[OwnedFd]) -> i32 {
+    FIRST_PASSED_FD + i32::try_from(pass_fds.len()).unwrap_or(i32::MAX - FIRST_PASSED_FD)
+}
+
+/// `--fs TAG=fd=N`: virtiofsd's vhost-user connection, inherited.
+fn fs_on_fd(tag: &str, fd: i32) -> FsSpec {
+    FsSpec::on_fd(tag, fd)
+}
+
+/// `--vsock fd=N`: the hybrid vsock listener, inherited.
+fn vsock_on_fd(fd: i32, cid: u32) -> VsockSpec {
+    VsockSpec::on_fd(fd, u64::from(cid))
 }
 
 /// The error for a VM that ended before its agent answered.

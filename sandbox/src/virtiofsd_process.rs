@@ -9,6 +9,7 @@
 //! waits until the group is gone.
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -44,6 +45,12 @@ pub enum VirtiofsdError {
         status: std::process::ExitStatus,
         log_tail: String,
     },
+    #[error("cannot connect to virtiofsd's socket {socket}")]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "virtiofsd did not create {socket} within {timeout:?}; its log ends with:\n{log_tail}"
     )]
@@ -53,6 +60,9 @@ pub enum VirtiofsdError {
         log_tail: String,
     },
 }
+
+/// How long a refused connection to a fresh socket is retried.
+const CONNECT_WAIT: Duration = Duration::from_secs(2);
 
 /// How long `stop` waits for virtiofsd's forked children after killing its process group.
 const GROUP_EXIT_WAIT: Duration = Duration::from_secs(5);
@@ -69,12 +79,14 @@ pub struct VirtiofsdProcess {
 
 impl VirtiofsdProcess {
     /// Starts virtiofsd on `shared_dir` and waits until `socket` exists. Its stderr goes to
-    /// `log`.
+    /// `log`. With `cgroup_procs` (a sandbox cgroup's `cgroup.procs`, open for writing) it
+    /// moves itself into that cgroup before `exec`.
     pub async fn start(
         options: &VirtiofsdOptions,
         socket: &Path,
         shared_dir: &Path,
         log: &Path,
+        cgroup_procs: Option<&OwnedFd>,
     ) -> Result<Self, VirtiofsdError> {
         let log_file = File::create(log).map_err(|source| VirtiofsdError::LogFile {
             path: log.to_path_buf(),
@@ -88,6 +100,19 @@ impl VirtiofsdProcess {
             .stderr(Stdio::from(log_file))
             .process_group(0)
             .kill_on_drop(true);
+        if let Some(procs) = cgroup_procs {
+            let procs = procs.as_raw_fd();
+            // SAFETY: runs in the forked child before exec; one write(2) on a descriptor
+            // that stays open until the spawn returns.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = close_inherited_fds(&mut command)
             .spawn()
             .map_err(|source| VirtiofsdError::Spawn {
@@ -135,6 +160,30 @@ impl VirtiofsdProcess {
 
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// Connects to virtiofsd's vhost-user socket (the connection is handed to the VMM,
+    /// whose jail has no path to it). virtiofsd binds before it listens: a refusal right
+    /// after the socket appeared is retried for a moment.
+    pub async fn connect(&self) -> Result<std::os::unix::net::UnixStream, VirtiofsdError> {
+        let deadline = Instant::now() + CONNECT_WAIT;
+        loop {
+            match std::os::unix::net::UnixStream::connect(&self.socket) {
+                Ok(stream) => return Ok(stream),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(source) => {
+                    return Err(VirtiofsdError::Connect {
+                        socket: self.socket.clone(),
+                        source,
+                    })
+                }
+            }
+        }
     }
 
     /// The last lines of virtiofsd's log.
@@ -226,7 +275,7 @@ mod tests {
         );
         let socket = dir.path().join("fs.sock");
         let log = dir.path().join("virtiofsd.log");
-        let mut fsd = VirtiofsdProcess::start(&opts, &socket, dir.path(), &log)
+        let mut fsd = VirtiofsdProcess::start(&opts, &socket, dir.path(), &log, None)
             .await
             .unwrap();
         assert!(socket.exists());
@@ -247,7 +296,7 @@ mod tests {
         );
         let socket = dir.path().join("fs.sock");
         let log = dir.path().join("virtiofsd.log");
-        let mut fsd = VirtiofsdProcess::start(&opts, &socket, dir.path(), &log)
+        let mut fsd = VirtiofsdProcess::start(&opts, &socket, dir.path(), &log, None)
             .await
             .unwrap();
         let child = std::fs::read_to_string(dir.path().join("fake-virtiofsd.child")).unwrap();
@@ -266,6 +315,7 @@ mod tests {
             &dir.path().join("fs.sock"),
             dir.path(),
             &dir.path().join("virtiofsd.log"),
+            None,
         )
         .await
         .unwrap_err();
@@ -282,6 +332,7 @@ mod tests {
             &dir.path().join("fs.sock"),
             dir.path(),
             &dir.path().join("virtiofsd.log"),
+            None,
         )
         .await
         .unwrap_err();

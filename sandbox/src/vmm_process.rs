@@ -21,6 +21,9 @@ use tokio::sync::{mpsc, watch};
 use crate::child_fds::pass_fds;
 pub use crate::child_fds::FIRST_PASSED_FD;
 use crate::console;
+use crate::jail::enter::{jail_command, spawn_in_new_pid_namespace};
+use crate::jail::plan::JAIL_VMM;
+use crate::jail::JailPlan;
 
 pub use bulkhead_vmm_contract::exit::{
     STATUS_BAD_FLAGS, STATUS_GUEST_CRASH, STATUS_GUEST_SHUTDOWN, STATUS_SECCOMP_KILL,
@@ -33,15 +36,17 @@ pub use bulkhead_vmm_contract::{FsSpec, SerialOutput, VmmCommand, VsockSpec};
 /// How long dropping a [`VmmProcess`] waits for the killed VMM to exit.
 const DROP_EXIT_WAIT: Duration = Duration::from_secs(2);
 
-/// A VMM to launch: the binary, its command line, where its output goes, and the
-/// descriptors it inherits.
+/// A VMM to launch: the binary, its command line, where its output goes, the descriptors
+/// it inherits, and its jail.
 #[derive(Debug)]
 pub struct VmmConfig {
-    /// The `bulkhead-vmm` binary.
+    /// The `bulkhead-vmm` binary (as the host names it).
     pub binary: PathBuf,
-    /// Its command line. `serial` should be `file:` [`VmmConfig::console_log`].
+    /// Its command line. With `serial: stdout` the console goes to
+    /// [`VmmConfig::console_log`], which the launcher opens (the jail has no writable file).
+    /// In a jail its paths are the jail's ([`crate::jail::plan::JAIL_KERNEL`], ...).
     pub command: VmmCommand,
-    /// The guest serial console, read back for error messages.
+    /// The guest serial console (the VMM's stdout), read back for error messages.
     pub console_log: PathBuf,
     /// The VMM's own log (its stderr) goes here.
     pub vmm_log: PathBuf,
@@ -50,6 +55,8 @@ pub struct VmmConfig {
     /// names (`--net fd=3,...`). Every other descriptor above stderr is closed at exec. Ours
     /// stay open here; drop the config after spawning to close them.
     pub pass_fds: Vec<OwnedFd>,
+    /// The jail to start the VMM in ([`crate::jail`]); `None` runs it as the caller.
+    pub jail: Option<JailPlan>,
 }
 
 impl VmmConfig {
@@ -70,6 +77,20 @@ pub enum VmmError {
     #[error("cannot run the VMM binary {binary}")]
     Spawn {
         binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the VMM {binary} in its jail: {step}")]
+    JailSpawn {
+        binary: PathBuf,
+        /// The step the jail's child reported (its last log line).
+        step: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the console log {path}")]
+    ConsoleLog {
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -96,30 +117,78 @@ pub struct VmmProcess {
 impl VmmProcess {
     /// Starts the VMM. Must be called inside a tokio runtime. The VMM gets its own process
     /// group, so a Ctrl-C on the caller's terminal does not reach it directly.
-    pub fn spawn(config: &VmmConfig) -> Result<Self, VmmError> {
-        let log = File::create(&config.vmm_log).map_err(|source| VmmError::LogFile {
-            path: config.vmm_log.clone(),
+    pub fn spawn(config: VmmConfig) -> Result<Self, VmmError> {
+        let VmmConfig {
+            binary,
+            command: vmm_command,
+            console_log,
+            vmm_log,
+            pass_fds: passed,
+            jail,
+        } = config;
+        let log = File::create(&vmm_log).map_err(|source| VmmError::LogFile {
+            path: vmm_log.clone(),
             source,
         })?;
-        let mut command = Command::new(&config.binary);
+        let console = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&console_log)
+            .map_err(|source| VmmError::ConsoleLog {
+                path: console_log.clone(),
+                source,
+            })?;
+        let jailed = jail.is_some();
+        let program = if jailed {
+            PathBuf::from(JAIL_VMM)
+        } else {
+            binary.clone()
+        };
+        let mut command = Command::new(&program);
         command
-            .args(config.args())
+            .args(vmm_command.args())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(console))
             .stderr(Stdio::from(log))
             .process_group(0)
             .kill_on_drop(true);
-        let fds: Vec<_> = config.pass_fds.iter().map(|fd| fd.as_fd()).collect();
-        let mut child = pass_fds(&mut command, &fds)
-            .spawn()
-            .map_err(|source| VmmError::Spawn {
-                binary: config.binary.clone(),
-                source,
-            })?;
+        if let Some(plan) = jail {
+            // Nothing of the caller's environment reaches a jailed VMM.
+            command.env_clear();
+            // Before pass_fds: the jail's own descriptors are used before renumbering.
+            jail_command(&mut command, plan);
+        }
+        let fds: Vec<_> = passed.iter().map(|fd| fd.as_fd()).collect();
+        pass_fds(&mut command, &fds);
+        let spawned = if jailed {
+            spawn_in_new_pid_namespace(&mut command)
+        } else {
+            command.spawn()
+        };
+        drop(fds);
+        drop(passed);
+        let mut child = spawned.map_err(|source| {
+            if jailed {
+                VmmError::JailSpawn {
+                    binary: binary.clone(),
+                    step: jail_step(&vmm_log),
+                    source,
+                }
+            } else {
+                VmmError::Spawn {
+                    binary: binary.clone(),
+                    source,
+                }
+            }
+        })?;
         let pid = child.id().unwrap_or(0);
         // Before the reaper task exists, so the child cannot have been reaped yet.
         let pidfd = pidfd_open(pid);
-        log::info!("started VMM pid {pid}: {}", config.binary.display());
+        log::info!(
+            "started VMM pid {pid}{}: {}",
+            if jailed { " (jailed)" } else { "" },
+            binary.display()
+        );
         let (status_tx, status) = watch::channel(None);
         let (kill, mut kill_rx) = mpsc::unbounded_channel::<()>();
         tokio::spawn(async move {
@@ -150,8 +219,8 @@ impl VmmProcess {
             pidfd,
             status,
             kill,
-            console_log: config.console_log.clone(),
-            vmm_log: config.vmm_log.clone(),
+            console_log,
+            vmm_log,
         })
     }
 
@@ -216,6 +285,18 @@ impl Drop for VmmProcess {
     }
 }
 
+/// The step a jail's child reported before failing (see [`crate::jail::enter`]).
+fn jail_step(vmm_log: &Path) -> String {
+    let tail = console::tail(vmm_log, 3);
+    tail.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("bulkhead jail: "))
+        .map_or_else(
+            || "the exec of the VMM failed (its log is empty)".to_owned(),
+            str::to_owned,
+        )
+}
+
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     let pid = libc::pid_t::try_from(pid).ok().filter(|&p| p > 0)?;
     // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
@@ -278,19 +359,14 @@ mod tests {
                 vcpus: 2,
                 memory_mib: 384,
                 serial: SerialOutput::File(dir.join("console.log")),
-                vsock: Some(VsockSpec {
-                    uds: dir.join("vsock.sock"),
-                    cid: 3,
-                }),
-                fs: vec![FsSpec {
-                    tag: "bulkhead".into(),
-                    socket: dir.join("fs.sock"),
-                }],
+                vsock: Some(VsockSpec::on_path(dir.join("vsock.sock"), 3)),
+                fs: vec![FsSpec::new("bulkhead", dir.join("fs.sock")).unwrap()],
                 ..VmmCommand::new("/k/vmlinux")
             },
             console_log: dir.join("console.log"),
             vmm_log: dir.join("vmm.log"),
             pass_fds: Vec::new(),
+            jail: None,
         }
     }
 
@@ -310,18 +386,14 @@ mod tests {
             dir.path(),
             "for a in \"$@\"; do printf '%s\\n' \"$a\"; done > \"$0.args\"",
         );
-        let cfg = config(dir.path(), bin);
-        let vmm = VmmProcess::spawn(&cfg).unwrap();
+        let cfg = config(dir.path(), bin.clone());
+        let want = cfg.command.args();
+        assert_eq!(cfg.args(), want);
+        let vmm = VmmProcess::spawn(cfg).unwrap();
         assert_eq!(vmm.wait().await, VmExit::Shutdown);
         let got = std::fs::read_to_string(dir.path().join("fake-vmm.args")).unwrap();
-        let want: Vec<String> = cfg
-            .command
-            .args()
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
+        let want: Vec<String> = want.into_iter().map(|a| a.into_string().unwrap()).collect();
         assert_eq!(got.lines().collect::<Vec<_>>(), want);
-        assert_eq!(cfg.args(), cfg.command.args());
     }
 
     /// A passed descriptor is fd 3 in the VMM (what `--net fd=3` names).
@@ -332,7 +404,7 @@ mod tests {
         let mut cfg = config(dir.path(), bin);
         let stand_in = dir.path().join("tap-stand-in");
         cfg.pass_fds = vec![File::create(&stand_in).unwrap().into()];
-        let vmm = VmmProcess::spawn(&cfg).unwrap();
+        let vmm = VmmProcess::spawn(cfg).unwrap();
         assert_eq!(vmm.wait().await, VmExit::Shutdown);
         let got = std::fs::read_to_string(dir.path().join("fake-vmm.fd3")).unwrap();
         assert_eq!(got.trim(), stand_in.to_str().unwrap());
@@ -351,7 +423,7 @@ mod tests {
             (42, VmExit::Other(42)),
         ] {
             let bin = script(dir.path(), &format!("exit {code}"));
-            let vmm = VmmProcess::spawn(&config(dir.path(), bin)).unwrap();
+            let vmm = VmmProcess::spawn(config(dir.path(), bin)).unwrap();
             assert_eq!(vmm.wait().await, want);
             assert_eq!(vmm.try_wait(), Some(want));
             std::fs::remove_file(dir.path().join("fake-vmm")).unwrap();
@@ -366,7 +438,7 @@ mod tests {
     async fn kill_reaps_and_reports_the_signal() {
         let dir = tempfile::tempdir().unwrap();
         let bin = script(dir.path(), "echo starting >&2\nexec sleep 600");
-        let vmm = VmmProcess::spawn(&config(dir.path(), bin)).unwrap();
+        let vmm = VmmProcess::spawn(config(dir.path(), bin)).unwrap();
         assert_eq!(vmm.try_wait(), None);
         while vmm.log_tail(5).is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -385,7 +457,7 @@ mod tests {
     async fn drop_kills_waits_and_reaps() {
         let dir = tempfile::tempdir().unwrap();
         let bin = script(dir.path(), "exec sleep 600");
-        let vmm = VmmProcess::spawn(&config(dir.path(), bin)).unwrap();
+        let vmm = VmmProcess::spawn(config(dir.path(), bin)).unwrap();
         let pid = vmm.pid();
         assert!(process_exists(pid));
         assert!(vmm.pidfd.is_some(), "this kernel has pidfds");
@@ -412,7 +484,7 @@ mod tests {
             .unwrap();
         let pid = rt.block_on(async {
             let bin = script(dir.path(), "exec sleep 600");
-            let vmm = VmmProcess::spawn(&config(dir.path(), bin)).unwrap();
+            let vmm = VmmProcess::spawn(config(dir.path(), bin)).unwrap();
             let pid = vmm.pid();
             drop(vmm);
             pid
@@ -423,7 +495,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_binary_is_a_spawn_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = VmmProcess::spawn(&config(dir.path(), dir.path().join("absent"))).unwrap_err();
+        let err = VmmProcess::spawn(config(dir.path(), dir.path().join("absent"))).unwrap_err();
         assert!(matches!(err, VmmError::Spawn { .. }));
         assert!(err.to_string().contains("absent"));
     }

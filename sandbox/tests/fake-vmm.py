@@ -35,7 +35,12 @@ def main():
     guest = opts["--kernel"][0]
     serial = opts.get("--serial", ["off"])[0]
     mode = opts.get("--cmdline", [""])[0]
-    console = open(serial[5:], "a") if serial.startswith("file:") else None
+    if serial.startswith("file:"):
+        console = open(serial[5:], "a")
+    elif serial == "stdout":
+        console = sys.stdout
+    else:
+        console = None
 
     def log(line):
         if console:
@@ -51,9 +56,13 @@ def main():
         sys.exit(1)
 
     vsock = opts["--vsock"][0]
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(vsock)
-    srv.listen(64)
+    if vsock.startswith("fd="):
+        # An inherited listener, as the sandbox hands it over.
+        srv = socket.socket(fileno=int(vsock[3:]))
+    else:
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(vsock)
+        srv.listen(64)
 
     def pump(src, dst):
         try:
@@ -101,7 +110,8 @@ def main():
     while not os.path.exists(poweroff):
         time.sleep(0.02)
     log("[    1.000000] reboot: Power down")
-    os.unlink(vsock)
+    if not vsock.startswith("fd="):
+        os.unlink(vsock)
     sys.exit(0)
 
 

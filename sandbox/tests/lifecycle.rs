@@ -56,11 +56,13 @@ async fn full_lifecycle_through_the_fake_vm() {
     });
 
     let mut cfg = config(root.path(), guest.path(), "pod-1");
-    // A stand-in virtiofsd that creates its socket like the real one.
+    // A stand-in virtiofsd that listens on its socket like the real one (the sandbox
+    // connects and hands the connection to the VMM).
     let fsd = root.path().join("fake-virtiofsd");
     std::fs::write(
         &fsd,
-        "#!/bin/sh\necho $$ > \"$0.pid\"\nsock=${1#--socket-path=}\ntouch \"$sock\"\nexec sleep 600\n",
+        "#!/bin/sh\necho $$ > \"$0.pid\"\nsock=${1#--socket-path=}\nexec python3 -c \
+         'import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(1)\ntime.sleep(600)' \"$sock\"\n",
     )
     .unwrap();
     std::fs::set_permissions(&fsd, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -82,10 +84,21 @@ async fn full_lifecycle_through_the_fake_vm() {
         assert_eq!(sb.hostname, "pod-a");
         assert_eq!(sb.shared_fs_tag, "bulkhead");
     }
-    // The VMM got the real command line, shared fs included.
+    // The VMM got the real command line: the vsock listener and virtiofsd's connection
+    // are inherited descriptors (after no taps: 3 and 4), the console is its stdout, capped.
     let console = sandbox.console_tail(50);
-    assert!(console.contains("--vsock"), "{console}");
-    assert!(console.contains(&format!("--fs bulkhead={}/fs.sock", run_dir.display())));
+    assert!(console.contains("--fs bulkhead=fd=3"), "{console}");
+    assert!(console.contains("--vsock fd=4"), "{console}");
+    assert!(console.contains("--serial stdout"), "{console}");
+    assert!(console.contains("--serial-max-bytes 16777216"), "{console}");
+    // The guest's view of the shared directory is read-only.
+    let view = run_dir.join("shared");
+    let planted = std::os::unix::fs::symlink("/", view.join("c1"));
+    assert_eq!(
+        planted.unwrap_err().raw_os_error(),
+        Some(libc::EROFS),
+        "the guest could plant a symlink"
+    );
 
     // Containers.
     let host_rootfs = sandbox.shared_dir().join("c1/rootfs");
@@ -256,12 +269,11 @@ async fn an_agent_that_never_answers_times_out_and_cleans_up() {
     let root = tempfile::tempdir().unwrap();
     let guest = tempfile::tempdir().unwrap();
     // A shell stand-in (starts in milliseconds even on a loaded machine): writes the
-    // console, never listens on vsock.
+    // console (its stdout), never accepts on vsock.
     let vmm = root.path().join("hanging-vmm");
     std::fs::write(
         &vmm,
-        "#!/bin/sh\nwhile [ $# -gt 0 ]; do case \"$1\" in --serial) c=\"${2#file:}\"; shift;; esac; shift; done\n\
-         echo '[    0.1] fake-vmm: guest stuck' >> \"$c\"\nexec sleep 600\n",
+        "#!/bin/sh\necho '[    0.1] fake-vmm: guest stuck'\nexec sleep 600\n",
     )
     .unwrap();
     std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bulkhead_sandbox::mount::{create_mount_point, MountPointKind};
+use bulkhead_sandbox::mount::{create_mount_point, restrict, MountPointKind};
 use bulkhead_sandbox::sandbox::guest_path;
 use serde_json::Value;
 use thiserror::Error;
@@ -93,6 +93,9 @@ pub enum MountError {
     Remove(PathBuf, #[source] bulkhead_sandbox::run_dir::RunDirError),
 }
 
+/// Added to every filesystem the shim mounts for a guest (binds get them by a remount).
+const HOST_ONLY_FLAGS: [&str; 2] = ["nosuid", "nodev"];
+
 /// Whether an OCI mount entry is a bind mount.
 fn is_bind(mount: &Value) -> bool {
     let typ = mount.get("type").and_then(Value::as_str).unwrap_or("");
@@ -161,11 +164,17 @@ pub fn plan(
         });
     } else {
         for m in rootfs {
+            let mut options = m.options.clone();
+            let fstype = Some(m.fstype.clone()).filter(|t| !t.is_empty());
+            if fstype.is_some() {
+                // The guest's content never means setuid or a device on the host.
+                options.extend(HOST_ONLY_FLAGS.iter().map(|o| o.to_string()));
+            }
             mounts.push(HostMount {
-                fstype: Some(m.fstype.clone()).filter(|t| !t.is_empty()),
+                fstype,
                 source: m.source.clone(),
                 target: root_host.clone(),
-                options: m.options.clone(),
+                options,
                 file_target: false,
             });
         }
@@ -303,6 +312,10 @@ fn apply_all(fs: &ContainerFs) -> Result<(), MountError> {
             target: m.target.clone(),
             reason: e.to_string(),
         })?;
+        if m.fstype.is_none() {
+            // A bind keeps its source's flags until remounted: make it nosuid,nodev too.
+            restrict(&m.target, is_read_only(&m.options)).map_err(MountError::MountPoint)?;
+        }
     }
     Ok(())
 }
@@ -364,7 +377,9 @@ mod tests {
         assert_eq!(fs.mounts.len(), 1);
         assert_eq!(fs.mounts[0].fstype.as_deref(), Some("overlay"));
         assert_eq!(fs.mounts[0].target, fs.rootfs);
-        assert_eq!(fs.mounts[0].options, overlay()[0].options);
+        let mut want = overlay()[0].options.clone();
+        want.extend(["nosuid".to_string(), "nodev".to_string()]);
+        assert_eq!(fs.mounts[0].options, want);
         assert_eq!(spec["root"]["path"], "/run/bulkhead/shared/c1/rootfs");
         assert_eq!(spec["root"]["readonly"], false);
         // Non-bind mounts are the guest's business and stay untouched.
@@ -502,6 +517,7 @@ mod tests {
 
     #[test]
     fn apply_and_remove_real_bind_mounts_as_root() {
+        use std::os::unix::ffi::OsStringExt;
         if !is_root() {
             bulkhead_test_skip::skip("needs root for mount(2)");
             return;
@@ -529,6 +545,18 @@ mod tests {
         // Read-only stays read-only on the host side already.
         let err = std::fs::write(fs.dir.join("mounts/0/data"), "changed").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+        // Every host-side mount of container content is nosuid,nodev.
+        for at in ["rootfs", "mounts/0", "mounts/1"] {
+            let c = std::ffi::CString::new(fs.dir.join(at).into_os_string().into_vec()).unwrap();
+            // SAFETY: statvfs fills a zeroed struct we own.
+            let flags = unsafe {
+                let mut st: libc::statvfs = std::mem::zeroed();
+                assert_eq!(libc::statvfs(c.as_ptr(), &mut st), 0);
+                st.f_flag
+            };
+            let want = libc::ST_NOSUID | libc::ST_NODEV;
+            assert_eq!(flags & want, want, "{at}");
+        }
         std::fs::write(fs.dir.join("mounts/1"), "rw\n").unwrap();
 
         remove(&fs.dir).unwrap();

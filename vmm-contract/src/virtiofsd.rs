@@ -132,6 +132,10 @@ impl Default for VirtiofsdOptions {
     }
 }
 
+/// What virtiofsd drops from its default capability set (`CAP_MKNOD`, `CAP_SETFCAP`); it
+/// keeps chown, dac_override, dac_read_search, fowner, fsetid, setgid and setuid.
+pub const DROPPED_CAPS: &str = "--modcaps=-mknod:-setfcap";
+
 impl VirtiofsdOptions {
     /// virtiofsd's arguments (without the binary) to serve `shared_dir` on the vhost-user
     /// socket `socket`. Its seccomp filter stays at its default (kill on a forbidden call).
@@ -146,6 +150,9 @@ impl VirtiofsdOptions {
             format!("--sandbox={}", self.confinement).into(),
             format!("--cache={}", self.cache).into(),
             format!("--thread-pool-size={}", self.thread_pool_size).into(),
+            // No device nodes and no file capabilities from a guest: virtiofsd keeps only
+            // the ownership and permission capabilities a container filesystem needs.
+            DROPPED_CAPS.into(),
         ]
     }
 }
@@ -169,7 +176,8 @@ mod tests {
                 "--shared-dir=/run/b/p/shared",
                 "--sandbox=namespace",
                 "--cache=auto",
-                "--thread-pool-size=1"
+                "--thread-pool-size=1",
+                "--modcaps=-mknod:-setfcap"
             ]
         );
     }

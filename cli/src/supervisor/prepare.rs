@@ -92,7 +92,13 @@ pub async fn prepare(
     let (backend, host_rootfs, runtime_rootfs, volumes, cgroups_path) = match state.isolation {
         Isolation::Container => {
             let target = dir.rootfs();
-            mount::mount_overlay(&lowers, &dir.upper(), &dir.work(), &target)?;
+            mount::mount_overlay(
+                &lowers,
+                &dir.upper(),
+                &dir.work(),
+                &target,
+                mount::OverlayUse::HostContainer,
+            )?;
             mounts.0.push(target.clone());
             timings::mark("rootfs");
             if memory_bytes.is_some() && !host_controller("memory") {
@@ -137,7 +143,13 @@ pub async fn prepare(
                 .context("the microVM has no shared directory")?;
             let cdir = shared.join(&state.id);
             let target = cdir.join("rootfs");
-            mount::mount_overlay(&lowers, &dir.upper(), &dir.work(), &target)?;
+            mount::mount_overlay(
+                &lowers,
+                &dir.upper(),
+                &dir.work(),
+                &target,
+                mount::OverlayUse::Guest,
+            )?;
             mounts.0.push(target.clone());
             let mut volumes = Vec::new();
             for (i, v) in rc.volumes.iter().enumerate() {

@@ -65,8 +65,56 @@ pub struct Config {
     pub vm: VmSection,
     pub virtiofsd: VirtiofsdSection,
     pub network: NetworkSection,
+    pub jail: JailSection,
     pub cli: CliSection,
     pub shim: ShimSection,
+}
+
+/// The VMM's jail ([`crate::jail`]): its own uid, namespaces, a read-only root, a cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JailSection {
+    /// Jail every VMM (needs root and a static VMM binary). Off only to debug the VMM.
+    pub enabled: bool,
+    /// The first of the uids (and gids) handed to sandboxes, one each.
+    pub id_base: u32,
+    /// How many there are.
+    pub id_count: u32,
+    /// Lock files of the ids in use; shared by every front end on the host.
+    pub ids_dir: PathBuf,
+    /// The cgroup, below the cgroup2 root, holding one cgroup per sandbox (VMM and
+    /// virtiofsd); "" leaves them in the caller's cgroup.
+    pub cgroup_parent: PathBuf,
+    /// Memory for the VMM and virtiofsd on top of guest memory, in the cgroup's limit.
+    pub memory_overhead_mib: u64,
+}
+
+impl Default for JailSection {
+    fn default() -> Self {
+        let d = crate::jail::JailSettings::default();
+        JailSection {
+            enabled: true,
+            id_base: d.id_base,
+            id_count: d.id_count,
+            ids_dir: d.ids_dir,
+            cgroup_parent: d.cgroup_parent.unwrap_or_default(),
+            memory_overhead_mib: d.memory_overhead_mib,
+        }
+    }
+}
+
+impl JailSection {
+    /// The settings, `None` when the jail is off.
+    pub fn settings(&self) -> Option<crate::jail::JailSettings> {
+        self.enabled.then(|| crate::jail::JailSettings {
+            id_base: self.id_base,
+            id_count: self.id_count,
+            ids_dir: self.ids_dir.clone(),
+            cgroup_parent: (!self.cgroup_parent.as_os_str().is_empty())
+                .then(|| self.cgroup_parent.clone()),
+            memory_overhead_mib: self.memory_overhead_mib,
+        })
+    }
 }
 
 /// The microVM: guest artefacts, the VMM, the size of a VM without limits.
@@ -176,6 +224,7 @@ impl Default for Config {
             vm: VmSection::default(),
             virtiofsd: VirtiofsdSection::default(),
             network: NetworkSection::default(),
+            jail: JailSection::default(),
             cli: CliSection::default(),
             shim: ShimSection::default(),
         }
@@ -547,6 +596,7 @@ impl Config {
         c.vmm_log_level = self.vmm_log_level();
         c.net_backend = self.vm.net_backend;
         c.log_format = Some(self.log_format);
+        c.jail = self.jail.settings();
         c
     }
 }

@@ -555,7 +555,11 @@ pub fn host_agent_containerd_with(agent: &Path, cri_sandbox_image: Option<&str>)
             ("BULKHEAD_INITRD", ""),
             ("BULKHEAD_VIRTIOFSD", ""),
         ],
-        &format!("[vm]\ncmdline = \"agent={}\"\n", agent.display()),
+        // A Python stand-in cannot be jailed (the jail holds one static binary).
+        &format!(
+            "[vm]\ncmdline = \"agent={}\"\n[jail]\nenabled = false\n",
+            agent.display()
+        ),
         cri_sandbox_image,
     )
 }
