@@ -98,15 +98,30 @@ impl Env {
             .collect()
     }
 
-    /// Processes whose command line mentions this test's directory (VMMs, virtiofsd).
+    /// Processes whose command line or open files mention this test's directory (VMMs,
+    /// virtiofsd; a jailed VMM names no host path on its command line, but its console
+    /// and log are open files there).
     fn processes_left(&self) -> Vec<String> {
         let needle = self.dir.path().to_string_lossy().into_owned();
         fs::read_dir("/proc")
             .unwrap()
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-            .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter_map(|e| {
+                let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+                let mut text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                for fd in fs::read_dir(e.path().join("fd"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if let Ok(target) = fs::read_link(fd.path()) {
+                        text.push(' ');
+                        text.push_str(&target.to_string_lossy());
+                    }
+                }
+                Some(text)
+            })
             .filter(|c| c.contains(&needle))
             .collect()
     }

@@ -118,6 +118,8 @@ pub struct SandboxConfig {
     /// The VMM's jail ([`crate::jail`]); `None` runs it as the caller, unconfined but for
     /// its own seccomp filters.
     pub jail: Option<JailSettings>,
+    /// Where the guest console log stops growing (the VMM's `--serial-max-bytes`).
+    pub console_max_bytes: u64,
 }
 
 impl SandboxConfig {
@@ -144,6 +146,7 @@ impl SandboxConfig {
             vmm_log_level: None,
             log_format: None,
             jail: None,
+            console_max_bytes: CONSOLE_LOG_MAX_BYTES,
         }
     }
 
@@ -360,7 +363,7 @@ impl Sandbox {
             vcpus: u8::try_from(config.size.vcpus).unwrap_or(u8::MAX),
             memory_mib: u32::try_from(config.size.memory_mib).unwrap_or(u32::MAX),
             serial: SerialOutput::Stdout,
-            serial_max_bytes: CONSOLE_LOG_MAX_BYTES,
+            serial_max_bytes: config.console_max_bytes,
             rng: true,
             vsock: Some(vsock),
             fs,

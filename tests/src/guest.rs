@@ -201,7 +201,14 @@ pub fn leftovers(run_root: &Path, vmm_pid: u32) -> Vec<String> {
             };
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(&root) {
+            // A jailed VMM names no host path on its command line: its open files do.
+            let open_below = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .any(|t| t.starts_with(run_root));
+            if cmdline.contains(&root) || open_below {
                 left.push(format!("process {pid}: {cmdline}"));
             }
         }

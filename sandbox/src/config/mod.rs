@@ -140,6 +140,8 @@ pub struct VmSection {
     /// The data path of the guest's NIC: auto (vhost-net where `/dev/vhost-net` exists),
     /// vhost or userspace.
     pub net_backend: NetBackend,
+    /// The guest console log stops growing here (the rest is dropped, and a line says so).
+    pub console_max_bytes: u64,
 }
 
 /// virtiofsd, which serves the pod's shared directory.
@@ -249,6 +251,7 @@ impl Default for VmSection {
 }
 
 impl Default for VirtiofsdSection {
+            console_max_bytes: crate::sandbox::CONSOLE_LOG_MAX_BYTES,
     fn default() -> Self {
         VirtiofsdSection {
             binary: AUTO.into(),
@@ -606,6 +609,7 @@ mod level_filter {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub const EXPECTED: &str = "error, warn, info, debug, trace or off";
+        c.console_max_bytes = self.vm.console_max_bytes;
 
     pub fn serialize<S: Serializer>(l: &log::LevelFilter, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&l.as_str().to_ascii_lowercase())

@@ -174,7 +174,7 @@ fn an_unknown_key_reads_well() {
         error_chain(&e.unwrap_err()),
         "/etc/bulkhead/config.toml, line 3: vm.vcpu: unknown field `vcpu`, expected one of \
          `kernel`, `initrd`, `vmm`, `cmdline`, `vcpus`, `memory_mib`, `boot_timeout_secs`, \
-         `vmm_log_level`, `net_backend`"
+         `vmm_log_level`, `net_backend`, `console_max_bytes`"
     );
 }
 

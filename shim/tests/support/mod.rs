@@ -351,7 +351,14 @@ impl Containerd {
                 continue;
             };
             let text = String::from_utf8_lossy(&cmdline);
-            if text.contains(&run_root) || text.contains(&ns) {
+            // A jailed VMM names no host path on its command line: its open files do.
+            let open_below = std::fs::read_dir(entry.path().join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .any(|t| t.starts_with(&self.run_root));
+            if text.contains(&run_root) || text.contains(&ns) || open_below {
                 found.push(text.replace('\0', " "));
             }
         }
@@ -575,7 +582,9 @@ pub fn host_agent_prerequisites() -> Result<PathBuf, String> {
     Ok(agent)
 }
 
-/// Pids of processes whose command line contains all of `needles`.
+/// Pids of processes whose command line and open files (a jailed VMM names no host path
+/// on its command line, but its console and log are open files in the run directory)
+/// contain all of `needles`.
 pub fn pids_with(needles: &[&str]) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .unwrap()
@@ -583,7 +592,17 @@ pub fn pids_with(needles: &[&str]) -> Vec<i32> {
         .filter_map(|e| {
             let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let mut text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            for fd in std::fs::read_dir(e.path().join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if let Ok(target) = std::fs::read_link(fd.path()) {
+                    text.push(' ');
+                    text.push_str(&target.to_string_lossy());
+                }
+            }
             needles.iter().all(|n| text.contains(n)).then_some(pid)
         })
         .collect()
