@@ -83,7 +83,7 @@ note_skips "host tests" <"$host_log"
 step "end-to-end tests in the KVM host harness"
 # Test binaries that boot guests; they skip on the host and run for real in the harness.
 # image_e2e: registry pull, VM runs, 100 MiB volume checksum.
-e2e_targets="vmm_boot qemu_reference_boot agent_e2e vm_e2e image_e2e containerd_e2e cri_e2e cri_network_e2e"
+e2e_targets="vmm_boot qemu_reference_boot agent_e2e vm_e2e image_e2e containerd_e2e cri_e2e cri_network_e2e hostile_guest_e2e"
 mapfile -t bins < <(
     cargo test --workspace --no-run --message-format=json 2>/dev/null |
         python3 -c '

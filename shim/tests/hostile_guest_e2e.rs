@@ -83,7 +83,7 @@ exec sleep 100000
 /// Gets OOM-killed over and over under a 24 MiB limit.
 const OOM_FLOOD: &str = r#"
 i=0
-while [ $i -lt 40 ]; do sh -c 'x=$(head -c 64000000 /dev/zero | tr "\0" a)'; i=$((i+1)); done
+while [ $i -lt 25 ]; do sh -c 'x=$(head -c 64000000 /dev/zero | tr "\0" a)'; i=$((i+1)); done
 echo oom-flood-done
 exec sleep 100000
 "#;
@@ -224,6 +224,21 @@ fn check_jail(run_root: &str) {
     let cgroup = std::fs::read_to_string(format!("/proc/{vmm}/cgroup")).unwrap();
     eprintln!("VMM cgroup: {}", cgroup.trim());
     assert!(cgroup.contains("/bulkhead-sandboxes/"), "{cgroup}");
+    // The figures behind [jail] memory_overhead_mib: what the sandbox's cgroup holds
+    // beyond the guest's own pages.
+    let dir = Path::new("/sys/fs/cgroup").join(cgroup.trim().trim_start_matches("0::/"));
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    eprintln!(
+        "sandbox cgroup: memory.max {} memory.current {} memory.peak {} pids.current {}; \
+         VMM VmRSS {} (RssAnon {}, RssFile {})",
+        read("memory.max").trim(),
+        read("memory.current").trim(),
+        read("memory.peak").trim(),
+        read("pids.current").trim(),
+        st["VmRSS"],
+        st.get("RssAnon").map_or("?", String::as_str),
+        st.get("RssFile").map_or("?", String::as_str),
+    );
     let fsds = pids_with(&["virtiofsd", run_root]);
     assert!(!fsds.is_empty(), "virtiofsd runs");
     for pid in fsds {
@@ -232,6 +247,7 @@ fn check_jail(run_root: &str) {
         eprintln!("virtiofsd pid {pid}: CapEff {}", st["CapEff"]);
         assert_eq!(eff & (1 << 27), 0, "virtiofsd without CAP_MKNOD");
         assert_eq!(eff & (1 << 31), 0, "virtiofsd without CAP_SETFCAP");
+        eprintln!("virtiofsd pid {pid}: VmRSS {}", st["VmRSS"]);
         let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
         assert!(
             cg.contains("/bulkhead-sandboxes/"),
