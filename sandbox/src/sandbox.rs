@@ -322,7 +322,7 @@ impl Sandbox {
         }
         let cgroup_procs = match &partial.jail {
             Some(jail) => jail.cgroup_procs().map_err(SandboxError::Jail)?,
-            None => None,
+            None => Vec::new(),
         };
         let mut fs = Vec::new();
         if let Some(options) = &config.virtiofsd {
@@ -331,7 +331,7 @@ impl Sandbox {
                 &dir.fs_socket(),
                 &dir.shared_dir(),
                 &dir.virtiofsd_log(),
-                cgroup_procs.as_ref(),
+                &cgroup_procs,
             )
             .await
             .map_err(SandboxError::Virtiofsd)?;

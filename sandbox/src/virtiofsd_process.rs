@@ -79,14 +79,14 @@ pub struct VirtiofsdProcess {
 
 impl VirtiofsdProcess {
     /// Starts virtiofsd on `shared_dir` and waits until `socket` exists. Its stderr goes to
-    /// `log`. With `cgroup_procs` (a sandbox cgroup's `cgroup.procs`, open for writing) it
-    /// moves itself into that cgroup before `exec`.
+    /// `log`. With `cgroup_procs` (a sandbox's `cgroup.procs` files, open for writing) it
+    /// moves itself into those cgroups before `exec`.
     pub async fn start(
         options: &VirtiofsdOptions,
         socket: &Path,
         shared_dir: &Path,
         log: &Path,
-        cgroup_procs: Option<&OwnedFd>,
+        cgroup_procs: &[OwnedFd],
     ) -> Result<Self, VirtiofsdError> {
         let log_file = File::create(log).map_err(|source| VirtiofsdError::LogFile {
             path: log.to_path_buf(),
@@ -100,14 +100,16 @@ impl VirtiofsdProcess {
             .stderr(Stdio::from(log_file))
             .process_group(0)
             .kill_on_drop(true);
-        if let Some(procs) = cgroup_procs {
-            let procs = procs.as_raw_fd();
-            // SAFETY: runs in the forked child before exec; one write(2) on a descriptor
-            // that stays open until the spawn returns.
+        if !cgroup_procs.is_empty() {
+            let procs: Vec<i32> = cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
+            // SAFETY: runs in the forked child before exec; write(2) on descriptors that
+            // stay open until the spawn returns.
             unsafe {
                 command.pre_exec(move || {
-                    if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
+                    for fd in &procs {
+                        if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });
@@ -275,7 +277,7 @@ mod tests {
         );
         let socket = dir.path().join("fs.sock");
         let log = dir.path().join("virtiofsd.log");
-        let mut fsd = VirtiofsdProcess::start(&opts, &socket, dir.path(), &log, None)
+        let mut fsd = VirtiofsdProcess::start(&opts, &socket, dir.path(), &log, &[])
             .await
             .unwrap();
         assert!(socket.exists());
@@ -296,7 +298,7 @@ mod tests {
         );
         let socket = dir.path().join("fs.sock");
         let log = dir.path().join("virtiofsd.log");
-        let mut fsd = VirtiofsdProcess::start(&opts, &socket, dir.path(), &log, None)
+        let mut fsd = VirtiofsdProcess::start(&opts, &socket, dir.path(), &log, &[])
             .await
             .unwrap();
         let child = std::fs::read_to_string(dir.path().join("fake-virtiofsd.child")).unwrap();
@@ -315,7 +317,7 @@ mod tests {
             &dir.path().join("fs.sock"),
             dir.path(),
             &dir.path().join("virtiofsd.log"),
-            None,
+            &[],
         )
         .await
         .unwrap_err();
@@ -332,7 +334,7 @@ mod tests {
             &dir.path().join("fs.sock"),
             dir.path(),
             &dir.path().join("virtiofsd.log"),
-            None,
+            &[],
         )
         .await
         .unwrap_err();

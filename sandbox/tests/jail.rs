@@ -132,17 +132,28 @@ async fn a_jailed_process_seen_from_proc() {
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
     // Its cgroup is the sandbox's, with the VM's limits.
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let cg = jail.cgroup().unwrap().path().to_path_buf();
+    let dirs = jail.cgroup().unwrap().dirs().to_vec();
+    let cg = dirs[0].clone();
+    let name = format!("/{}/pod-jail-{uid}", parent.display());
     assert!(
         cgroup
-            .trim()
-            .ends_with(&format!("/{}/pod-jail-{uid}", parent.display())),
+            .lines()
+            .any(|l| l.starts_with("0::") && l.ends_with(&name)),
         "{cgroup}"
     );
-    if cg.join("memory.max").exists() {
-        let max = std::fs::read_to_string(cg.join("memory.max")).unwrap();
-        assert_eq!(max.trim(), (96u64 << 20).to_string());
-    }
+    // The memory limit, in the v2 cgroup or (hybrid host) the v1 memory hierarchy.
+    let memory = dirs
+        .iter()
+        .flat_map(|d| [d.join("memory.max"), d.join("memory.limit_in_bytes")])
+        .find(|p| p.exists())
+        .expect("a memory limit");
+    let max = std::fs::read_to_string(&memory).unwrap();
+    assert_eq!(
+        max.trim(),
+        (96u64 << 20).to_string(),
+        "{}",
+        memory.display()
+    );
 
     vmm.kill_and_wait().await;
     drop(vmm);
@@ -153,8 +164,10 @@ async fn a_jailed_process_seen_from_proc() {
         std::fs::read_dir(tmp.path().join("ids")).unwrap().count(),
         0
     );
-    let parent_path = cg.parent().unwrap().to_path_buf();
-    std::fs::remove_dir(parent_path).unwrap();
+    for dir in dirs {
+        assert!(!dir.exists());
+        std::fs::remove_dir(dir.parent().unwrap()).unwrap();
+    }
 }
 
 #[tokio::test]

@@ -226,15 +226,31 @@ fn check_jail(run_root: &str) {
     assert!(cgroup.contains("/bulkhead-sandboxes/"), "{cgroup}");
     // The figures behind [jail] memory_overhead_mib: what the sandbox's cgroup holds
     // beyond the guest's own pages.
-    let dir = Path::new("/sys/fs/cgroup").join(cgroup.trim().trim_start_matches("0::/"));
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    // The memory controller's cgroup: v1 (`N:memory:/path`, hybrid hosts) or v2.
+    let memory_dir = cgroup
+        .lines()
+        .find_map(|l| {
+            l.split_once(":memory:")
+                .map(|(_, p)| format!("/sys/fs/cgroup/memory{p}"))
+        })
+        .or_else(|| {
+            cgroup
+                .lines()
+                .find_map(|l| l.strip_prefix("0::").map(|p| format!("/sys/fs/cgroup{p}")))
+        })
+        .unwrap();
+    let read = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|f| std::fs::read_to_string(Path::new(&memory_dir).join(f)).ok())
+            .unwrap_or_default()
+    };
     eprintln!(
-        "sandbox cgroup: memory.max {} memory.current {} memory.peak {} pids.current {}; \
+        "sandbox memory cgroup {memory_dir}: limit {} usage {} peak {}; \
          VMM VmRSS {} (RssAnon {}, RssFile {})",
-        read("memory.max").trim(),
-        read("memory.current").trim(),
-        read("memory.peak").trim(),
-        read("pids.current").trim(),
+        read(&["memory.max", "memory.limit_in_bytes"]).trim(),
+        read(&["memory.current", "memory.usage_in_bytes"]).trim(),
+        read(&["memory.peak", "memory.max_usage_in_bytes"]).trim(),
         st["VmRSS"],
         st.get("RssAnon").map_or("?", String::as_str),
         st.get("RssFile").map_or("?", String::as_str),

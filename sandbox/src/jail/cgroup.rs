@@ -1,7 +1,12 @@
-//! The host cgroup of one jailed sandbox, `<cgroup2>/<parent>/<sandbox>`: the VMM and
-//! virtiofsd run in it, with `memory.max` (guest memory plus overhead, no swap),
-//! `cpu.max` (the vCPUs plus one for the event loop and virtiofsd) and `pids.max`.
-//! Controllers the host does not offer are left out (and logged), never faked.
+//! The host cgroups of one jailed sandbox: the VMM and virtiofsd run in them, with a memory
+//! limit (guest memory plus overhead, no swap), a CPU quota (the vCPUs plus one for the
+//! event loop and virtiofsd) and a pid limit.
+//!
+//! On a cgroup v2 host that is one cgroup, `<cgroup2>/<parent>/<sandbox>`. On a v1/v2
+//! hybrid host (the v2 hierarchy without controllers) each limit goes to the v1 hierarchy
+//! of its controller (`/sys/fs/cgroup/memory/<parent>/<sandbox>`, ...), and the v2 cgroup
+//! still groups the processes. A controller neither offers is left out (and logged), never
+//! faked.
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
@@ -10,14 +15,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::JailError;
-use crate::cgroup::Cgroup2;
+use crate::cgroup::{Cgroup2, CGROUP_ROOT};
 
 /// Threads and processes of a sandbox's VMM and virtiofsd (vCPUs, event loop, watchdog,
 /// virtiofsd's pool and sandbox) fit well below this.
 pub const PIDS_MAX: u32 = 256;
 
-/// `cpu.max`'s period.
+/// `cpu.max`'s (and `cpu.cfs_period_us`'s) period.
 const CPU_PERIOD_US: u64 = 100_000;
+
+/// The controllers a sandbox is limited by.
+const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
 /// What the sandbox cgroup allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,140 +48,161 @@ impl CgroupLimits {
         }
     }
 
+    fn quota_us(&self) -> u64 {
+        u64::from(self.cpus) * CPU_PERIOD_US
+    }
+
     /// The `cpu.max` line.
     pub fn cpu_max(&self) -> String {
-        format!("{} {CPU_PERIOD_US}", u64::from(self.cpus) * CPU_PERIOD_US)
+        format!("{} {CPU_PERIOD_US}", self.quota_us())
+    }
+
+    /// The files that set `controller`'s limit in a v2 or a v1 cgroup.
+    fn files(&self, controller: &str, v2: bool) -> Vec<(&'static str, String)> {
+        match (controller, v2) {
+            ("memory", true) => vec![
+                ("memory.max", self.memory_bytes.to_string()),
+                // Guest memory in swap is guest memory on disk; keep it in RAM.
+                ("memory.swap.max", "0".into()),
+            ],
+            ("memory", false) => vec![
+                ("memory.limit_in_bytes", self.memory_bytes.to_string()),
+                ("memory.swappiness", "0".into()),
+            ],
+            ("cpu", true) => vec![("cpu.max", self.cpu_max())],
+            ("cpu", false) => vec![
+                ("cpu.cfs_period_us", CPU_PERIOD_US.to_string()),
+                ("cpu.cfs_quota_us", self.quota_us().to_string()),
+            ],
+            ("pids", _) => vec![("pids.max", self.pids.to_string())],
+            _ => Vec::new(),
+        }
     }
 }
 
-/// A sandbox cgroup; removed (after its processes are gone) by [`SandboxCgroup::remove`]
-/// or, best effort, on drop.
+/// A sandbox's cgroups; removed (after their processes are gone) by
+/// [`SandboxCgroup::remove`] or, best effort, on drop.
 #[derive(Debug)]
 pub struct SandboxCgroup {
-    path: PathBuf,
+    /// The v2 cgroup first, then v1 ones.
+    dirs: Vec<PathBuf>,
     removed: bool,
 }
 
 impl SandboxCgroup {
-    /// Creates `<hierarchy>/<parent>/<name>` with `limits`, enabling the controllers it
-    /// needs on the way down.
+    /// Creates the sandbox's cgroups `<parent>/<name>` with `limits`.
     pub fn create(parent: &Path, name: &str, limits: &CgroupLimits) -> Result<Self, JailError> {
-        let hierarchy = Cgroup2::find().ok_or(JailError::NoCgroup2)?;
-        Self::create_in(&hierarchy.path, parent, name, limits)
+        let v2 = Cgroup2::find().ok_or(JailError::NoCgroup2)?;
+        let v1 = |c: &str| {
+            let dir = Path::new(CGROUP_ROOT).join(c);
+            (v2.path != Path::new(CGROUP_ROOT) && is_cgroup1(&dir)).then_some(dir)
+        };
+        Self::create_in(&v2.path, &v1, parent, name, limits)
     }
 
     fn create_in(
-        root: &Path,
+        v2_root: &Path,
+        v1_root: &dyn Fn(&str) -> Option<PathBuf>,
         parent: &Path,
         name: &str,
         limits: &CgroupLimits,
     ) -> Result<Self, JailError> {
-        let parent = root.join(parent.strip_prefix("/").unwrap_or(parent));
-        std::fs::create_dir_all(&parent).map_err(err("create", &parent))?;
-        let offered = read_words(&root.join("cgroup.controllers"));
-        let wanted: Vec<&str> = ["memory", "cpu", "pids"]
+        let parent = parent.strip_prefix("/").unwrap_or(parent);
+        let offered = read_words(&v2_root.join("cgroup.controllers"));
+        let in_v2: Vec<&str> = CONTROLLERS
             .into_iter()
             .filter(|c| offered.iter().any(|o| o == c))
             .collect();
-        for missing in ["memory", "cpu", "pids"]
-            .iter()
-            .filter(|c| !wanted.contains(c))
-        {
-            log::warn!("the host's cgroup2 hierarchy has no {missing} controller: sandboxes run without that limit");
-        }
-        // Enable on every level from the root down to the parent.
-        let mut level = root.to_path_buf();
-        let rel = parent.strip_prefix(root).unwrap_or(Path::new(""));
-        let mut levels = vec![level.clone()];
-        for c in rel.components() {
-            level.push(c);
-            levels.push(level.clone());
-        }
-        for dir in &levels {
-            enable(dir, &wanted)?;
-        }
-        let path = parent.join(name);
-        match std::fs::create_dir(&path) {
-            Ok(()) => {}
-            // A stale one of a crashed front end with this very sandbox name: reuse it if empty.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(err("create", &path)(e)),
-        }
-        let cgroup = SandboxCgroup {
-            path,
+        let mut cgroup = SandboxCgroup {
+            dirs: Vec::new(),
             removed: false,
         };
-        if wanted.contains(&"memory") {
-            cgroup.write("memory.max", &limits.memory_bytes.to_string())?;
-            // Guest memory in swap is guest memory on disk; keep it in RAM (best effort:
-            // hosts without swap accounting lack the file).
-            if cgroup.path.join("memory.swap.max").exists() {
-                cgroup.write("memory.swap.max", "0")?;
+        // The v2 cgroup, with the controllers it offers enabled on the way down.
+        let v2_dir = make_dir(v2_root, parent, name)?;
+        cgroup.dirs.push(v2_dir.clone());
+        let mut level = v2_root.to_path_buf();
+        enable(&level, &in_v2)?;
+        for c in parent.components() {
+            level.push(c);
+            enable(&level, &in_v2)?;
+        }
+        for controller in CONTROLLERS {
+            let dir = if in_v2.contains(&controller) {
+                v2_dir.clone()
+            } else if let Some(root) = v1_root(controller) {
+                let dir = make_dir(&root, parent, name)?;
+                if !cgroup.dirs.contains(&dir) {
+                    cgroup.dirs.push(dir.clone());
+                }
+                dir
+            } else {
+                log::warn!(
+                    "this host offers no {controller} controller: sandboxes run without that limit"
+                );
+                continue;
+            };
+            for (file, value) in limits.files(controller, dir.starts_with(v2_root)) {
+                let path = dir.join(file);
+                // memory.swap.max needs swap accounting; without it there is no file.
+                if file == "memory.swap.max" && !path.exists() {
+                    continue;
+                }
+                write(&path, &value)?;
             }
-        }
-        if wanted.contains(&"cpu") {
-            cgroup.write("cpu.max", &limits.cpu_max())?;
-        }
-        if wanted.contains(&"pids") {
-            cgroup.write("pids.max", &limits.pids.to_string())?;
         }
         Ok(cgroup)
     }
 
+    /// The v2 cgroup (the one `/proc/<pid>/cgroup`'s `0::` line names).
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.dirs[0]
     }
 
-    /// `cgroup.procs`, open for writing: a child writes `0` to it to move itself in.
-    pub fn procs_fd(&self) -> Result<OwnedFd, JailError> {
-        let path = self.path.join("cgroup.procs");
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(err("open", &path))?;
-        Ok(file.into())
+    /// Every cgroup of the sandbox (v2, then v1 ones).
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
     }
 
-    fn write(&self, file: &str, value: &str) -> Result<(), JailError> {
-        let path = self.path.join(file);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(err("open", &path))?;
-        f.write_all(value.as_bytes()).map_err(err("write", &path))
+    /// The `cgroup.procs` of each, open for writing: a child writes `0` to them to move
+    /// itself in.
+    pub fn procs_fds(&self) -> Result<Vec<OwnedFd>, JailError> {
+        self.dirs
+            .iter()
+            .map(|d| {
+                let path = d.join("cgroup.procs");
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map(OwnedFd::from)
+                    .map_err(err("open", &path))
+            })
+            .collect()
     }
 
-    /// Removes the cgroup once its processes have gone (they were killed before; exiting
+    /// Removes the cgroups once their processes have gone (they were killed before; exiting
     /// takes a moment), waiting up to `timeout`.
     pub fn remove(&mut self, timeout: Duration) -> Result<(), JailError> {
         if self.removed {
             return Ok(());
         }
         let deadline = std::time::Instant::now() + timeout;
-        loop {
-            match std::fs::remove_dir(&self.path) {
-                Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EBUSY)
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(10));
+        for dir in &self.dirs {
+            loop {
+                match std::fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY)
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(err("remove", dir)(e)),
                 }
-                Err(e) => return Err(err("remove", &self.path)(e)),
             }
         }
         self.removed = true;
         Ok(())
-    }
-
-    /// The cgroup's peak memory (`memory.peak`, Linux 5.19+), if known.
-    pub fn memory_peak(&self) -> Option<u64> {
-        std::fs::read_to_string(self.path.join("memory.peak"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
     }
 }
 
@@ -182,6 +211,26 @@ impl Drop for SandboxCgroup {
         if let Err(e) = self.remove(Duration::from_secs(2)) {
             log::warn!("leaving the cgroup: {}", bulkhead_log::error_chain(&e));
         }
+    }
+}
+
+/// Creates `<root>/<parent>/<name>`; an existing one that holds no process (left by a
+/// crashed front end) is reused, a populated one is an error.
+fn make_dir(root: &Path, parent: &Path, name: &str) -> Result<PathBuf, JailError> {
+    let parent = root.join(parent);
+    std::fs::create_dir_all(&parent).map_err(err("create", &parent))?;
+    let dir = parent.join(name);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            if procs.trim().is_empty() {
+                Ok(dir)
+            } else {
+                Err(err("reuse (it holds processes)", &dir)(e))
+            }
+        }
+        Err(e) => Err(err("create", &dir)(e)),
     }
 }
 
@@ -196,12 +245,16 @@ fn enable(dir: &Path, controllers: &[&str]) -> Result<(), JailError> {
     if missing.is_empty() {
         return Ok(());
     }
-    let mut f = OpenOptions::new()
+    write(&control, &missing.join(" "))
+}
+
+fn write(path: &Path, value: &str) -> Result<(), JailError> {
+    OpenOptions::new()
         .write(true)
-        .open(&control)
-        .map_err(err("open", &control))?;
-    f.write_all(missing.join(" ").as_bytes())
-        .map_err(err("enable controllers in", &control))
+        .open(path)
+        .map_err(err("open", path))?
+        .write_all(value.as_bytes())
+        .map_err(err("write", path))
 }
 
 fn read_words(path: &Path) -> Vec<String> {
@@ -210,6 +263,20 @@ fn read_words(path: &Path) -> Vec<String> {
         .split_whitespace()
         .map(str::to_owned)
         .collect()
+}
+
+/// Whether `path` is the root of a cgroup v1 hierarchy.
+fn is_cgroup1(path: &Path) -> bool {
+    const CGROUP_SUPER_MAGIC: libc::c_long = 0x0027_e0eb;
+    let Ok(c) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+    else {
+        return false;
+    };
+    // SAFETY: statfs fills a zeroed struct we own from a NUL-terminated path.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type == CGROUP_SUPER_MAGIC
+    }
 }
 
 fn err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> JailError {
@@ -228,47 +295,76 @@ mod tests {
         assert_eq!(l.cpus, 3);
         assert_eq!(l.cpu_max(), "300000 100000");
         assert_eq!(l.pids, PIDS_MAX);
+        assert_eq!(
+            l.files("cpu", false),
+            [
+                ("cpu.cfs_period_us", "100000".to_string()),
+                ("cpu.cfs_quota_us", "300000".to_string())
+            ]
+        );
+        assert_eq!(l.files("memory", false)[0].1, (608u64 << 20).to_string());
     }
 
+    /// As root, on this host's hierarchies (v2, or hybrid with v1 controllers): the limits
+    /// are where the kernel reads them, a child moves itself in by writing `0`, and
+    /// removal waits for the cgroups to empty.
     #[test]
     fn a_real_sandbox_cgroup_as_root() {
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return bulkhead_test_skip::skip("needs root for cgroups");
-        }
-        let Some(h) = Cgroup2::find() else {
-            return bulkhead_test_skip::skip("no cgroup2 hierarchy");
-        };
+        assert_eq!(unsafe { libc::geteuid() }, 0, "needs root for cgroups");
+        let h = Cgroup2::find().expect("a cgroup2 hierarchy");
         let parent = PathBuf::from(format!("bulkhead-test-{}", std::process::id()));
         let limits = CgroupLimits::for_vm(1, 64, 32);
         let mut cg = SandboxCgroup::create(&parent, "pod-1", &limits).unwrap();
         assert!(cg.path().starts_with(&h.path));
-        if h.has_controller("memory") {
-            let max = std::fs::read_to_string(cg.path().join("memory.max")).unwrap();
-            assert_eq!(max.trim(), (96u64 << 20).to_string());
+        let find = |file: &str| cg.dirs().iter().map(|d| d.join(file)).find(|p| p.exists());
+        let memory = find("memory.max").or_else(|| find("memory.limit_in_bytes"));
+        let memory = memory.expect("a memory limit on this host");
+        let value = std::fs::read_to_string(memory).unwrap();
+        assert_eq!(value.trim(), (96u64 << 20).to_string());
+        match (find("cpu.max"), find("cpu.cfs_quota_us")) {
+            (Some(max), _) => {
+                assert_eq!(
+                    std::fs::read_to_string(max).unwrap().trim(),
+                    "200000 100000"
+                )
+            }
+            (None, Some(quota)) => {
+                assert_eq!(std::fs::read_to_string(quota).unwrap().trim(), "200000")
+            }
+            (None, None) => panic!("no CPU limit on this host"),
         }
-        if h.has_controller("cpu") {
-            let max = std::fs::read_to_string(cg.path().join("cpu.max")).unwrap();
-            assert_eq!(max.trim(), "200000 100000");
-        }
-        // A child moves itself in by writing 0.
-        let procs = cg.procs_fd().unwrap();
-        let procs = std::os::fd::AsRawFd::as_raw_fd(&procs);
+        let procs: Vec<i32> = cg
+            .procs_fds()
+            .unwrap()
+            .into_iter()
+            .map(std::os::fd::IntoRawFd::into_raw_fd)
+            .collect();
+        let for_child = procs.clone();
+        // SAFETY: the closure makes raw write(2) calls only, in the child before exec.
         let mut child = unsafe {
             use std::os::unix::process::CommandExt;
             std::process::Command::new("sleep")
                 .arg("30")
                 .pre_exec(move || {
-                    if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(io::Error::last_os_error());
+                    for fd in &for_child {
+                        if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                            return Err(io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 })
                 .spawn()
                 .unwrap()
         };
-        let listed = std::fs::read_to_string(cg.path().join("cgroup.procs")).unwrap();
-        assert_eq!(listed.trim(), child.id().to_string());
+        for fd in procs {
+            // SAFETY: fds we own, no longer used.
+            unsafe { libc::close(fd) };
+        }
+        for dir in cg.dirs() {
+            let listed = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+            assert_eq!(listed.trim(), child.id().to_string(), "{}", dir.display());
+        }
         assert!(
             cg.remove(Duration::from_millis(50)).is_err(),
             "busy while populated"
@@ -276,7 +372,9 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         cg.remove(Duration::from_secs(2)).unwrap();
-        assert!(!cg.path().exists());
-        std::fs::remove_dir(h.path.join(&parent)).unwrap();
+        for dir in cg.dirs() {
+            assert!(!dir.exists());
+            std::fs::remove_dir(dir.parent().unwrap()).unwrap();
+        }
     }
 }

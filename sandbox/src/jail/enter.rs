@@ -85,7 +85,7 @@ macro_rules! check {
 /// Call only in a freshly forked child, before `exec`.
 unsafe fn enter(plan: &JailPlan, last_cap: u32) -> io::Result<()> {
     let null = std::ptr::null::<libc::c_char>();
-    if let Some(procs) = &plan.cgroup_procs {
+    for procs in &plan.cgroup_procs {
         if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
             return Err(fail(b"joining the sandbox cgroup"));
         }

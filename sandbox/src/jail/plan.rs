@@ -58,8 +58,8 @@ pub struct JailPlan {
     pub devices: Vec<JailDevice>,
     /// The pod's network namespace; `None`: a new, empty one.
     pub netns: Option<OwnedFd>,
-    /// The sandbox cgroup's `cgroup.procs`, open for writing.
-    pub cgroup_procs: Option<OwnedFd>,
+    /// The sandbox cgroups' `cgroup.procs`, open for writing.
+    pub cgroup_procs: Vec<OwnedFd>,
     pub uid: u32,
     pub gid: u32,
 }
@@ -82,7 +82,7 @@ impl JailPlan {
         contents: &JailContents<'_>,
         uid: u32,
         gid: u32,
-        cgroup_procs: Option<OwnedFd>,
+        cgroup_procs: Vec<OwnedFd>,
     ) -> Result<Self, JailError> {
         check_static(contents.vmm)?;
         let mut binds = vec![

@@ -57,12 +57,12 @@ impl SandboxJail {
         self.cgroup.as_ref()
     }
 
-    /// The cgroup's `cgroup.procs` for a child to move itself in (`None` without a cgroup).
-    pub fn cgroup_procs(&self) -> Result<Option<OwnedFd>, JailError> {
-        self.cgroup
-            .as_ref()
-            .map(SandboxCgroup::procs_fd)
-            .transpose()
+    /// The cgroups' `cgroup.procs` for a child to move itself in (none without a cgroup).
+    pub fn cgroup_procs(&self) -> Result<Vec<OwnedFd>, JailError> {
+        match &self.cgroup {
+            Some(cgroup) => cgroup.procs_fds(),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The plan for the VMM's child process.

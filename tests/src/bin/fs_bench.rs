@@ -365,7 +365,7 @@ fn one_boot(
             &socket,
             &scratch.join("shared"),
             &log,
-            None,
+            &[],
         ))
         .context("starting virtiofsd")?;
     let mut cmd = match (tool, vmm) {
