@@ -1,6 +1,7 @@
 //! What a dead front end (a crashed shim or CLI supervisor) left of a sandbox, and its
 //! removal: the VMM and virtiofsd, found by their command lines naming a path in the run
-//! directory, are killed; [`crate::run_dir::remove_tree`] then detaches the mounts and
+//! directory or by a file they hold open there (a jailed VMM names no host path on its
+//! command line, but its console and log are open files in the run directory), are killed; [`crate::run_dir::remove_tree`] then detaches the mounts and
 //! deletes the directory. Blocking.
 
 use std::path::Path;
@@ -20,8 +21,19 @@ pub fn cmdline_refers_to(cmdline: &[u8], dir: &Path) -> bool {
         .any(|arg| arg.windows(prefix.len()).any(|w| w == prefix.as_slice()))
 }
 
-/// SIGKILLs every process (but this one) whose command line names a path inside `dir`
-/// (the VMM and virtiofsd of a sandbox, a host agent); returns their pids.
+/// Whether the process behind `/proc/<pid>` (`proc_dir`) holds a file inside `dir` open.
+fn holds_file_in(proc_dir: &Path, dir: &Path) -> bool {
+    let Ok(fds) = std::fs::read_dir(proc_dir.join("fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| target.starts_with(dir) && target != dir)
+}
+
+/// SIGKILLs every process (but this one) whose command line names a path inside `dir`, or
+/// that holds a file inside it open (the VMM and virtiofsd of a sandbox, a host agent);
+/// returns their pids.
 pub fn kill_processes_using(dir: &Path) -> Vec<i32> {
     let me = std::process::id();
     let mut killed = Vec::new();
@@ -45,7 +57,7 @@ pub fn kill_processes_using(dir: &Path) -> Vec<i32> {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
-        if cmdline_refers_to(&cmdline, dir) {
+        if cmdline_refers_to(&cmdline, dir) || holds_file_in(&entry.path(), dir) {
             // SAFETY: kill takes plain integers.
             if unsafe { libc::kill(raw, libc::SIGKILL) } == 0 {
                 killed.push(raw);
@@ -110,14 +122,26 @@ mod tests {
             .arg(run_dir.join("vsock.sock"))
             .spawn()
             .unwrap();
+        // A stand-in for a jailed VMM: only its stdout (the console log) is in the run
+        // directory.
+        let console = std::fs::File::create(run_dir.join("console.log")).unwrap();
+        let mut jailed = std::process::Command::new("sleep")
+            .arg("60")
+            .stdout(console)
+            .spawn()
+            .unwrap();
         let mut bystander = std::process::Command::new("sleep")
             .arg("60")
             .spawn()
             .unwrap();
         // Let the children exec so that /proc shows their final command lines.
         std::thread::sleep(Duration::from_millis(100));
-        let killed = kill_processes_using(&run_dir);
-        assert_eq!(killed, [vmm.id() as i32]);
+        let mut killed = kill_processes_using(&run_dir);
+        killed.sort_unstable();
+        let mut want = [vmm.id() as i32, jailed.id() as i32];
+        want.sort_unstable();
+        assert_eq!(killed, want);
+        jailed.wait().unwrap();
         let status = vmm.wait().unwrap();
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
