@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use bulkhead_protocol::types::validate_container_id;
 use bulkhead_sandbox::leftovers;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
@@ -21,6 +22,7 @@ use containerd_shim::util::write_str_to_file;
 use containerd_shim::{api, Config, Flags, StartOpts};
 
 use crate::config::ShimConfig;
+use crate::error::ShimError;
 use crate::pod::{self, Role};
 use crate::pod_core::PodCore;
 use crate::process::VM_GONE_EXIT_STATUS;
@@ -114,7 +116,8 @@ impl Shim for BulkheadShim {
         let annotations = pod::read_spec(&self.bundle)
             .map(|s| pod::annotations(&s))
             .unwrap_or_default();
-        let grouping = pod::grouping_id(&opts.id, &annotations);
+        let grouping = pod::grouping_id(&opts.id, &annotations)
+            .map_err(|e| containerd_shim::Error::InvalidArgument(e.message()))?;
         let address = spawn(opts, &grouping, Vec::new()).await?;
         write_str_to_file("address", &address).await?;
         Ok(address)
@@ -129,7 +132,20 @@ impl Shim for BulkheadShim {
             .unwrap_or_else(|_| ShimConfig::load_lenient());
         let spec = pod::read_spec(&self.bundle).ok();
         let annotations = spec.as_ref().map(pod::annotations).unwrap_or_default();
-        let role = pod::classify(&self.id, &annotations);
+        // Every id that becomes a path below is checked (classify: the container's and the
+        // sandbox id of its annotations).
+        let role = pod::classify(&self.id, &annotations).and_then(|role| {
+            validate_container_id(&self.namespace)
+                .map(|()| role)
+                .map_err(|e| ShimError::InvalidArgument(format!("namespace: {e}")))
+        });
+        let role = match role {
+            Ok(role) => role,
+            Err(e) => {
+                log::error!("delete {}: {}", self.id, e.message());
+                return Err(containerd_shim::Error::InvalidArgument(e.message()));
+            }
+        };
         let namespace = self.namespace.clone();
         let id = self.id.clone();
         let cleaned =
@@ -250,6 +266,74 @@ mod tests {
         );
         bystander.kill().unwrap();
         bystander.wait().unwrap();
+    }
+
+    fn shim(
+        run_root: &std::path::Path,
+        bundle: PathBuf,
+        id: &str,
+        namespace: &str,
+    ) -> BulkheadShim {
+        let mut config = ShimConfig::default();
+        config.config.run_root = run_root.to_path_buf();
+        BulkheadShim {
+            namespace: namespace.into(),
+            id: id.into(),
+            bundle,
+            config: Ok(config),
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    #[tokio::test]
+    async fn delete_refuses_a_sandbox_id_that_is_no_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_root = tmp.path().join("run");
+        // What `<run_root>/default/../../victim` names: outside the run root.
+        let victim = tmp.path().join("victim/shared/web");
+        std::fs::create_dir_all(&victim).unwrap();
+        std::fs::write(victim.join("precious"), "keep").unwrap();
+        let bundle = tmp.path().join("bundle");
+        std::fs::create_dir(&bundle).unwrap();
+        let spec = serde_json::json!({"annotations": {
+            pod::ANNOTATION_CONTAINER_TYPE: "container",
+            pod::ANNOTATION_SANDBOX_ID: "../../victim",
+        }});
+        std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+
+        let r = shim(&run_root, bundle.clone(), "web", "default")
+            .delete_shim()
+            .await;
+        assert!(
+            matches!(r, Err(containerd_shim::Error::InvalidArgument(_))),
+            "{r:?}"
+        );
+        assert!(
+            victim.join("precious").exists(),
+            "deleted outside the run root"
+        );
+
+        // A namespace or container id that is no id is refused the same way.
+        std::fs::write(bundle.join("config.json"), "{}").unwrap();
+        for (id, ns) in [("web", "../.."), ("../../victim/shared/web", "default")] {
+            let r = shim(&run_root, bundle.clone(), id, ns).delete_shim().await;
+            assert!(r.is_err(), "{id} in {ns}: {r:?}");
+        }
+        assert!(victim.join("precious").exists());
+
+        // A valid member's delete still works.
+        let member = run_root.join("default/pod1/shared/web");
+        std::fs::create_dir_all(&member).unwrap();
+        let spec = serde_json::json!({"annotations": {
+            pod::ANNOTATION_CONTAINER_TYPE: "container",
+            pod::ANNOTATION_SANDBOX_ID: "pod1",
+        }});
+        std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+        shim(&run_root, bundle, "web", "default")
+            .delete_shim()
+            .await
+            .unwrap();
+        assert!(!member.exists());
     }
 
     #[test]

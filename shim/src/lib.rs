@@ -14,7 +14,8 @@
 //!   labels) removed for the guest; [`pod_network`]: the pod's network namespace on the
 //!   host and the guest's shared one instead (the run root's propagation, naming and leftovers
 //!   are `bulkhead_sandbox`'s); [`stdio`]: FIFO plumbing; [`process`]: process
-//!   state; [`events`]: task events and their sinks; [`publisher`]: the sink that is
+//!   state (the pid containerd sees is the VMM's); [`events`]: task events and their sinks;
+//!   [`oom`]: which of the guest's OOM events reach containerd; [`publisher`]: the sink that is
 //!   containerd's event service; [`error`]: errors and their ttrpc codes;
 //!   [`config`]: `/etc/bulkhead/config.toml`.
 
@@ -24,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod guest_spec;
 pub mod mounts;
+pub mod oom;
 pub mod pod;
 pub mod pod_core;
 pub mod pod_network;

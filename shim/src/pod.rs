@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use bulkhead_protocol::types::validate_container_id;
 use bulkhead_sandbox::{naming, PodResources, SandboxConfig, VmSize};
 use serde_json::Value;
 
@@ -45,8 +46,20 @@ impl Role {
     }
 }
 
-/// Classifies container `id` by its annotations.
-pub fn classify(id: &str, annotations: &HashMap<String, String>) -> Role {
+/// Classifies container `id` by its annotations. The sandbox id an annotation names
+/// becomes a path (the run directory, `shared/<id>` below it): it and `id` are checked
+/// like every other id ([`validate_container_id`]); an invalid one is refused.
+pub fn classify(id: &str, annotations: &HashMap<String, String>) -> Result<Role> {
+    let role = role_of(id, annotations);
+    for (what, value) in [("container id", id), ("sandbox id", role.sandbox_id())] {
+        validate_container_id(value).map_err(|e| {
+            ShimError::InvalidArgument(format!("{what} {value:?} of container {id:?}: {e}"))
+        })?;
+    }
+    Ok(role)
+}
+
+fn role_of(id: &str, annotations: &HashMap<String, String>) -> Role {
     let sandbox_id = annotations
         .get(ANNOTATION_SANDBOX_ID)
         .filter(|s| !s.is_empty());
@@ -77,8 +90,8 @@ pub fn classify(id: &str, annotations: &HashMap<String, String>) -> Role {
 
 /// The key the `start` action groups shims by: containers with the same key share one
 /// shim (and one VM).
-pub fn grouping_id(id: &str, annotations: &HashMap<String, String>) -> String {
-    classify(id, annotations).sandbox_id().to_owned()
+pub fn grouping_id(id: &str, annotations: &HashMap<String, String>) -> Result<String> {
+    Ok(classify(id, annotations)?.sandbox_id().to_owned())
 }
 
 /// The spec's annotations (missing or malformed: none).
@@ -200,47 +213,78 @@ mod tests {
             (ANNOTATION_SANDBOX_ID, "pod-xyz"),
         ]);
         assert_eq!(
-            classify("pod-abc", &sandbox),
+            classify("pod-abc", &sandbox).unwrap(),
             Role::Owner {
                 sandbox_id: "pod-abc".into(),
                 cri: true
             }
         );
         assert_eq!(
-            classify("web", &app),
+            classify("web", &app).unwrap(),
             Role::Member {
                 sandbox_id: "pod-abc".into()
             }
         );
-        assert_eq!(grouping_id("pod-abc", &sandbox), "pod-abc");
-        assert_eq!(grouping_id("web", &app), "pod-abc");
-        assert_eq!(grouping_id("db", &app), "pod-abc");
-        assert_eq!(grouping_id("web", &other), "pod-xyz");
+        assert_eq!(grouping_id("pod-abc", &sandbox).unwrap(), "pod-abc");
+        assert_eq!(grouping_id("web", &app).unwrap(), "pod-abc");
+        assert_eq!(grouping_id("db", &app).unwrap(), "pod-abc");
+        assert_eq!(grouping_id("web", &other).unwrap(), "pod-xyz");
     }
 
     #[test]
     fn plain_containers_get_their_own_vm() {
         assert_eq!(
-            classify("c1", &HashMap::new()),
+            classify("c1", &HashMap::new()).unwrap(),
             Role::Owner {
                 sandbox_id: "c1".into(),
                 cri: false
             }
         );
-        assert_eq!(grouping_id("c1", &HashMap::new()), "c1");
-        assert_eq!(grouping_id("c2", &HashMap::new()), "c2");
+        assert_eq!(grouping_id("c1", &HashMap::new()).unwrap(), "c1");
+        assert_eq!(grouping_id("c2", &HashMap::new()).unwrap(), "c2");
         // An empty sandbox id does not group everything together.
         let app = ann(&[
             (ANNOTATION_CONTAINER_TYPE, "container"),
             (ANNOTATION_SANDBOX_ID, ""),
         ]);
-        assert_eq!(grouping_id("c3", &app), "c3");
-        assert!(classify("c3", &app).owns_vm());
+        assert_eq!(grouping_id("c3", &app).unwrap(), "c3");
+        assert!(classify("c3", &app).unwrap().owns_vm());
         // containerd's grouping label groups like a sandbox id.
         let grouped = ann(&[(ANNOTATION_GROUP, "g1")]);
-        assert_eq!(grouping_id("c4", &grouped), "g1");
-        assert_eq!(grouping_id("g1", &grouped), "g1");
-        assert!(classify("g1", &grouped).owns_vm());
+        assert_eq!(grouping_id("c4", &grouped).unwrap(), "g1");
+        assert_eq!(grouping_id("g1", &grouped).unwrap(), "g1");
+        assert!(classify("g1", &grouped).unwrap().owns_vm());
+    }
+
+    #[test]
+    fn sandbox_ids_from_annotations_are_validated() {
+        for bad in [
+            "../../etc",
+            "a/b",
+            ".hidden",
+            "..",
+            "x\0y",
+            &"a".repeat(1000),
+        ] {
+            for annotations in [
+                ann(&[
+                    (ANNOTATION_CONTAINER_TYPE, "container"),
+                    (ANNOTATION_SANDBOX_ID, bad),
+                ]),
+                ann(&[(ANNOTATION_GROUP, bad)]),
+            ] {
+                assert!(
+                    matches!(
+                        classify("web", &annotations),
+                        Err(ShimError::InvalidArgument(_))
+                    ),
+                    "{bad:?} accepted"
+                );
+                assert!(grouping_id("web", &annotations).is_err());
+            }
+        }
+        // The container's own id too (it names `shared/<id>`).
+        assert!(classify("../web", &HashMap::new()).is_err());
     }
 
     #[test]

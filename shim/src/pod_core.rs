@@ -4,7 +4,8 @@
 //! One shim serves one VM: a standalone container's, or a CRI pod's (sandbox container plus
 //! app containers). Background tasks per VM: one waits on each started process (exit ->
 //! TaskExit after its output is copied), one on the VM itself (a VM that ends on its own
-//! ends every live process within the output drain limit), one forwards OOM events.
+//! ends every live process within the output drain limit), one forwards OOM events (those
+//! of its own containers, rate limited: [`crate::oom`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,10 +25,10 @@ use crate::error::{Result, ShimError};
 use crate::events::{EventSink, TaskEvent};
 use crate::mounts::{self, ContainerFs};
 use crate::pod::{self, Role};
-use crate::process::{Exit, Process, Status, OUTPUT_DRAIN_LIMIT};
+use crate::process::{self, Exit, Process, Status, OUTPUT_DRAIN_LIMIT};
 use crate::stdio::{self, SandboxStreams, StdioPaths};
 use crate::translate::{CreateTask, ExecTask, KillTask, ProcessState};
-use crate::{guest_spec, pod_network};
+use crate::{guest_spec, oom, pod_network};
 
 /// How long Delete waits for a removed container's init to be reported gone.
 const REMOVE_EXIT_WAIT: Duration = Duration::from_secs(2);
@@ -133,7 +134,7 @@ impl PodCore {
     }
 
     /// Create: the VM (for an owner), the container's filesystems, the container in the
-    /// guest, its stdio. Returns the guest pid of its init.
+    /// guest, its stdio. Returns the pid containerd sees for it (the VMM's).
     pub async fn create(self: &Arc<Self>, t: CreateTask) -> Result<u32> {
         let _serial = self.create_lock.lock().await;
         let config = self
@@ -161,7 +162,7 @@ impl PodCore {
                 joined.join(", ")
             );
         }
-        let role = pod::classify(&t.id, &pod::annotations(&spec));
+        let role = pod::classify(&t.id, &pod::annotations(&spec))?;
         let existing = self.state().vm.clone();
         let (vm, new_vm) = match &role {
             Role::Owner { sandbox_id, .. } => {
@@ -304,15 +305,21 @@ impl PodCore {
             rootfs: fs.guest_rootfs.clone(),
             stdio: stdio_config(&t.stdio),
         };
-        let pid = vm
+        let guest_pid = vm
             .sandbox
             .create_container(&config)
             .await
             .map_err(ShimError::sandbox(format!("creating container {}", t.id)))?;
+        log::debug!("create {}: init is pid {guest_pid} in the guest", t.id);
         let process =
             ProcessRef::new(&t.id, "").map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
-        let init = Arc::new(Process::new(process.clone(), t.stdio.clone(), None));
-        init.set_pid(pid);
+        let init = Arc::new(Process::new(
+            process.clone(),
+            t.stdio.clone(),
+            None,
+            vm.sandbox.vmm_pid(),
+        ));
+        init.set_guest_pid(guest_pid);
         let streams = SandboxStreams {
             sandbox: &vm.sandbox,
             process,
@@ -332,7 +339,8 @@ impl PodCore {
         Ok(init)
     }
 
-    /// Start: the container's init, or a created exec. Returns its pid.
+    /// Start: the container's init, or a created exec. Returns its pid as containerd sees
+    /// it (the VMM's).
     pub async fn start(self: &Arc<Self>, p: &ProcessRef) -> Result<u32> {
         let (proc_, vm) = self.process(p)?;
         if proc_.status() != Status::Created {
@@ -361,12 +369,13 @@ impl PodCore {
             process_json: proc_.exec_spec.clone().unwrap_or_default(),
             stdio: stdio_config(&proc_.stdio),
         };
-        let pid = vm
+        let guest_pid = vm
             .sandbox
             .exec(&config)
             .await
             .map_err(ShimError::sandbox(format!("starting exec {}", describe(p))))?;
-        proc_.set_pid(pid);
+        log::debug!("exec {}: pid {guest_pid} in the guest", describe(p));
+        proc_.set_guest_pid(guest_pid);
         let streams = SandboxStreams {
             sandbox: &vm.sandbox,
             process: p.clone(),
@@ -388,10 +397,10 @@ impl PodCore {
             .publish(TaskEvent::ExecStarted {
                 container_id: p.container_id.clone(),
                 exec_id: p.exec_id.clone(),
-                pid,
+                pid: proc_.pid(),
             })
             .await;
-        Ok(pid)
+        Ok(proc_.pid())
     }
 
     /// Exec: registers the process; Start runs it.
@@ -416,7 +425,12 @@ impl PodCore {
                     describe(&t.process)
                 )));
             }
-            let proc_ = Process::new(t.process.clone(), t.stdio, Some(t.spec_json));
+            let proc_ = Process::new(
+                t.process.clone(),
+                t.stdio,
+                Some(t.spec_json),
+                c.vm.sandbox.vmm_pid(),
+            );
             c.execs.insert(t.process.exec_id.clone(), Arc::new(proc_));
         }
         self.events
@@ -675,18 +689,17 @@ impl PodCore {
         }
     }
 
+    /// Pids: the VMM's once while a process of the container runs (as Kata: the guest's
+    /// pids mean nothing on the host).
     pub fn pids(&self, container_id: &str) -> Result<Vec<u32>> {
         let state = self.state();
         let c = state
             .containers
             .get(container_id)
             .ok_or_else(|| ShimError::NotFound(format!("container {container_id}")))?;
-        Ok(std::iter::once(&c.init)
-            .chain(c.execs.values())
-            .filter(|p| p.status() == Status::Running)
-            .map(|p| p.pid())
-            .filter(|pid| *pid != 0)
-            .collect())
+        Ok(process::task_pids(
+            std::iter::once(&c.init).chain(c.execs.values()),
+        ))
     }
 
     pub async fn resize(&self, p: &ProcessRef, size: WinSize) -> Result<()> {
@@ -796,6 +809,14 @@ impl PodCore {
         });
     }
 
+    /// Whether container `id` is one of this shim's, in `vm`.
+    fn owns(&self, id: &str, vm: &Arc<Vm>) -> bool {
+        self.state()
+            .containers
+            .get(id)
+            .is_some_and(|c| Arc::ptr_eq(&c.vm, vm))
+    }
+
     /// Watches the VM: if it ends on its own, every live process exits with it; forwards
     /// OOM events.
     fn watch_vm(self: &Arc<Self>, vm: &Arc<Vm>) {
@@ -835,18 +856,15 @@ impl PodCore {
         let rt = self.clone();
         let watched = vm.clone();
         let oom = tokio::spawn(async move {
-            loop {
-                match watched.sandbox.next_oom_event().await {
-                    Ok(container_id) => {
-                        rt.events.publish(TaskEvent::Oom { container_id }).await;
-                    }
-                    Err(e) => {
-                        if !watched.destroying() {
-                            log::info!("OOM events of {} end: {e}", watched.sandbox_id);
-                        }
-                        break;
-                    }
-                }
+            let e = oom::forward(
+                &watched.sandbox_id,
+                || watched.sandbox.next_oom_event(),
+                |id| rt.owns(id, &watched),
+                &*rt.events,
+            )
+            .await;
+            if !watched.destroying() {
+                log::info!("OOM events of {} end: {e}", watched.sandbox_id);
             }
         });
         let mut w = vm.watchers.lock().unwrap_or_else(|e| e.into_inner());

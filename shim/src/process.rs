@@ -1,5 +1,8 @@
-//! One process as containerd sees it (a container's init or an exec): its status, guest
-//! pid, stdio and exit. The exit is recorded once, whoever notices it first (the agent's
+//! One process as containerd sees it (a container's init or an exec): its status, pid,
+//! stdio and exit. The pid containerd gets is a host pid, the VMM's, as Kata reports it:
+//! containerd and its clients act on task pids on the host (`/proc/<pid>`, signals), and a
+//! pid the guest reports names some unrelated host process; the guest's pid is only kept
+//! for logs. The exit is recorded once, whoever notices it first (the agent's
 //! WaitProcess answer, or the VM going away), and every waiter sees the same one.
 
 use std::sync::Mutex;
@@ -55,7 +58,8 @@ impl Exit {
 #[derive(Debug)]
 struct Inner {
     status: Status,
-    pid: u32,
+    /// In the guest, as the agent reports it: logs only.
+    guest_pid: u32,
     /// The stdio streams are attached.
     io_ready: bool,
     /// CloseIO came before the streams were attached: close stdin once they are.
@@ -69,20 +73,29 @@ pub struct Process {
     pub stdio: StdioPaths,
     /// The OCI process JSON of an exec that is not started yet.
     pub exec_spec: Option<Vec<u8>>,
+    /// The host pid reported for it: its VMM's.
+    task_pid: u32,
     inner: Mutex<Inner>,
     exit: watch::Sender<Option<Exit>>,
     io: tokio::sync::Mutex<Option<ProcessIo>>,
 }
 
 impl Process {
-    pub fn new(process: ProcessRef, stdio: StdioPaths, exec_spec: Option<Vec<u8>>) -> Self {
+    /// A process of the VM whose VMM is host process `vmm_pid`.
+    pub fn new(
+        process: ProcessRef,
+        stdio: StdioPaths,
+        exec_spec: Option<Vec<u8>>,
+        vmm_pid: u32,
+    ) -> Self {
         Process {
             process,
             stdio,
             exec_spec,
+            task_pid: vmm_pid,
             inner: Mutex::new(Inner {
                 status: Status::Created,
-                pid: 0,
+                guest_pid: 0,
                 io_ready: false,
                 stdin_close_deferred: false,
             }),
@@ -102,12 +115,18 @@ impl Process {
         self.lock().status
     }
 
+    /// The pid containerd gets (for the task, its events, State and Pids): the VMM's.
     pub fn pid(&self) -> u32 {
-        self.lock().pid
+        self.task_pid
     }
 
-    pub fn set_pid(&self, pid: u32) {
-        self.lock().pid = pid;
+    /// The pid in the guest, for logs: never reported to containerd.
+    pub fn guest_pid(&self) -> u32 {
+        self.lock().guest_pid
+    }
+
+    pub fn set_guest_pid(&self, pid: u32) {
+        self.lock().guest_pid = pid;
     }
 
     /// Marks the process running (unless it already exited).
@@ -203,6 +222,23 @@ impl Process {
     }
 }
 
+/// The pids containerd gets for `processes`: each running one's, each pid once (all of a
+/// VM's are its VMM's).
+pub fn task_pids<'a, P>(processes: impl IntoIterator<Item = &'a P>) -> Vec<u32>
+where
+    P: std::ops::Deref<Target = Process> + 'a,
+{
+    let mut pids: Vec<u32> = processes
+        .into_iter()
+        .filter(|p| p.status() == Status::Running)
+        .map(|p| p.pid())
+        .filter(|&pid| pid != 0)
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,8 +249,11 @@ mod tests {
             ProcessRef::new("c1", "").unwrap(),
             StdioPaths::default(),
             None,
+            VMM_PID,
         )
     }
+
+    const VMM_PID: u32 = 4242;
 
     #[test]
     fn guest_exit_times() {
@@ -261,7 +300,7 @@ mod tests {
     async fn the_first_exit_wins_and_every_waiter_sees_it() {
         let p = Arc::new(proc_());
         assert_eq!(p.status(), Status::Created);
-        p.set_pid(42);
+        p.set_guest_pid(42);
         p.set_running();
         assert_eq!(p.status(), Status::Running);
         let waiters: Vec<_> = (0..3)
@@ -289,6 +328,33 @@ mod tests {
         // A late "running" does not revive it.
         p.set_running();
         assert_eq!(p.status(), Status::Stopped);
-        assert_eq!(p.pid(), 42);
+        assert_eq!(p.guest_pid(), 42);
+    }
+
+    #[test]
+    fn pids_name_the_vmm_once() {
+        let procs: Vec<Arc<Process>> = (0..3).map(|_| Arc::new(proc_())).collect();
+        assert!(task_pids(&procs).is_empty(), "nothing runs yet");
+        for (guest_pid, p) in [1, 7, 9].into_iter().zip(&procs) {
+            p.set_guest_pid(guest_pid);
+        }
+        procs[0].set_running();
+        procs[1].set_running();
+        assert_eq!(task_pids(&procs), [VMM_PID]);
+        procs[0].record_exit(Exit::vm_gone());
+        procs[1].record_exit(Exit::vm_gone());
+        assert!(task_pids(&procs).is_empty());
+    }
+
+    #[test]
+    fn containerd_gets_the_vmm_pid_never_the_guests() {
+        let p = proc_();
+        assert_eq!(p.pid(), VMM_PID, "before the guest reports one");
+        p.set_guest_pid(1);
+        p.set_running();
+        assert_eq!(p.pid(), VMM_PID);
+        assert_eq!(p.guest_pid(), 1);
+        p.record_exit(Exit::vm_gone());
+        assert_eq!(p.pid(), VMM_PID);
     }
 }
