@@ -9,6 +9,7 @@ pub mod config;
 pub mod container;
 pub mod error;
 pub mod fd_stream;
+pub mod host_only;
 pub mod init;
 pub mod logger;
 pub mod network;

@@ -1,5 +1,6 @@
 //! Listeners: the ttrpc API and the stdio stream port, on vsock (guest) or
-//! unix sockets (tests and host-side use).
+//! unix sockets (tests and host-side use). On vsock both take connections from the host
+//! only ([`crate::host_only`]).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead_protocol::stdio::{AttachStatus, Decoded, StdioHeader, FIXED_LEN};
+use futures_util::StreamExt;
 use log::{debug, info, warn};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixListener;
@@ -17,6 +19,7 @@ use ttrpc::r#async::transport::Listener;
 use ttrpc::r#async::Server;
 
 use crate::error::AgentError;
+use crate::host_only::{accepts, host_only};
 use crate::sandbox::Sandbox;
 use crate::service::AgentService;
 
@@ -80,7 +83,9 @@ pub async fn start(
 ) -> Result<Server, AgentError> {
     let listener = match api {
         ListenAddr::Unix(p) => Listener::from(bind_unix(p)?),
-        ListenAddr::Vsock(port) => Listener::from(bind_vsock(*port)?),
+        ListenAddr::Vsock(port) => Listener::new(
+            host_only(accepts(bind_vsock(*port)?), "agent API").map(Ok::<_, std::io::Error>),
+        ),
     };
     let service = AgentService::new(Arc::clone(&sandbox), shutdown);
     let mut server = Server::new()
@@ -105,13 +110,10 @@ pub async fn start(
             });
         }
         ListenAddr::Vsock(port) => {
-            let l = bind_vsock(*port)?;
+            let mut conns = Box::pin(host_only(accepts(bind_vsock(*port)?), "stdio"));
             tokio::spawn(async move {
-                loop {
-                    match l.accept().await {
-                        Ok((conn, _)) => spawn_stdio_conn(Arc::clone(&sandbox), conn),
-                        Err(e) => accept_failed(e).await,
-                    }
+                while let Some(conn) = conns.next().await {
+                    spawn_stdio_conn(Arc::clone(&sandbox), conn);
                 }
             });
         }
