@@ -108,7 +108,7 @@ pub fn user_db(rootfs: &Path) -> UserDb {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&file);
             match opened {
-                Ok(f) if f.take(USER_DB_MAX).read_to_string(&mut text).is_ok() => text,
+                Ok(f) if (&f).take(USER_DB_MAX).read_to_string(&mut text).is_ok() => text,
                 _ => String::new(),
             }
         } else {
