@@ -29,6 +29,16 @@ pub trait RunLayout {
     fn sandboxes_dir(&self) -> PathBuf;
 }
 
+/// The bounds `run` unpacks an image's layers within (`[cli]` `max_layer_bytes`,
+/// `max_image_bytes`, `max_layer_entries`).
+pub fn image_limits(cfg: &Config) -> bulkhead_images::Limits {
+    bulkhead_images::Limits {
+        max_layer_bytes: cfg.cli.max_layer_bytes,
+        max_image_bytes: cfg.cli.max_image_bytes,
+        max_entries: cfg.cli.max_layer_entries,
+    }
+}
+
 impl RunLayout for Config {
     fn containers_dir(&self) -> PathBuf {
         self.run_root.join("containers")
@@ -49,6 +59,16 @@ mod tests {
             Config::default().store_root,
             Path::new(bulkhead_images::store::DEFAULT_ROOT)
         );
+    }
+
+    #[test]
+    fn the_default_image_limits_are_the_image_crates() {
+        assert_eq!(
+            image_limits(&Config::default()),
+            bulkhead_images::Limits::default()
+        );
+        let cfg = Config::parse("[cli]\nmax_layer_bytes = 4096\n", "test").unwrap();
+        assert_eq!(image_limits(&cfg).max_layer_bytes, 4096);
     }
 
     #[test]

@@ -51,8 +51,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("layer entry {entry:?} refused: {reason}")]
-    HostileEntry { entry: String, reason: String },
+    #[error("layer {layer}: entry {entry:?} refused: {reason}")]
+    HostileEntry {
+        /// The layer (blob digest, or the unpack target for a bare stream).
+        layer: String,
+        entry: String,
+        reason: String,
+    },
     #[error("layer entry {entry:?}: {context}")]
     Entry {
         entry: String,
@@ -72,6 +77,19 @@ pub enum Error {
     Layout(String),
     #[error("invalid user {0:?}")]
     InvalidUser(String),
+    #[error("{what} is too large: {} (the limit is {cap} bytes)", size.map_or("more than the limit".to_string(), |s| format!("{s} bytes")))]
+    TooLarge {
+        what: String,
+        /// The size, when known before reading (a header or a declared size).
+        size: Option<u64>,
+        cap: u64,
+    },
+    #[error("image {name:?} already exists (manifest {existing}): remove it first or replace it explicitly")]
+    ImageExists { name: String, existing: String },
+    #[error("image {name:?} is in use by container(s) {}", holders.join(", "))]
+    ImageInUse { name: String, holders: Vec<String> },
+    #[error("invalid lease holder {0:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit, at most 128")]
+    InvalidHolder(String),
 }
 
 impl Error {

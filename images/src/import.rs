@@ -1,5 +1,8 @@
 //! Offline import: an OCI image layout directory or a `docker save`
-//! tarball, every blob verified on the way into the store.
+//! tarball, every blob verified on the way into the store. JSON documents (index.json,
+//! manifest.json, manifests, indexes, configs) are refused above
+//! [`MAX_DOCUMENT_BYTES`] before they are buffered; layers are streamed. An image is
+//! not recorded under a name another image has, unless the caller says `replace`.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -10,12 +13,21 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, Result};
+use crate::limits::{read_document, too_large, MAX_DOCUMENT_BYTES};
 use crate::pull::{layer_records, select_platform};
 use crate::store::{normalize_name, ImageRecord, Store};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
-/// Largest JSON document (manifest.json, config) read into memory.
-const MAX_CONFIG: u64 = 16 << 20;
+
+/// Reads the JSON document at `p` (`what` names it), refusing one above the cap.
+fn read_file_document(p: &Path, what: &str) -> Result<Vec<u8>> {
+    let f = File::open(p).map_err(|e| Error::io("open", p, e))?;
+    let size = f.metadata().map_err(|e| Error::io("stat", p, e))?.len();
+    if size > MAX_DOCUMENT_BYTES {
+        return Err(too_large(what, Some(size), MAX_DOCUMENT_BYTES));
+    }
+    read_document(f, what, "read", p)
+}
 
 /// Streams `src` into the store as blob `expected` (verified), unless present.
 fn copy_blob(store: &Store, mut src: impl Read, expected: &Digest) -> Result<()> {
@@ -59,21 +71,24 @@ fn read_json<T: serde::de::DeserializeOwned>(data: &[u8], what: &str) -> Result<
 }
 
 /// Imports the image(s) of an OCI layout. With `name`, only the manifest
-/// whose ref-name annotation matches (or the only one) is imported.
-pub fn oci_layout(store: &Store, dir: &Path, name: Option<&str>) -> Result<Vec<ImageRecord>> {
+/// whose ref-name annotation matches (or the only one) is imported. An image whose
+/// name another image has is refused unless `replace`.
+pub fn oci_layout(
+    store: &Store,
+    dir: &Path,
+    name: Option<&str>,
+    replace: bool,
+) -> Result<Vec<ImageRecord>> {
     let _g = store.lock_shared()?;
     let blob = |d: &Digest| dir.join("blobs/sha256").join(d.hex());
-    let read = |d: &Digest| -> Result<Vec<u8>> {
-        let p = blob(d);
-        let data = fs::read(&p).map_err(|e| Error::io("read layout blob", &p, e))?;
+    // Manifests, indexes and configs: JSON read into memory.
+    let read = |d: &Digest, what: &str| -> Result<Vec<u8>> {
+        let data = read_file_document(&blob(d), &format!("{what} {d}"))?;
         d.verify(&data)?;
         Ok(data)
     };
     let ip = dir.join("index.json");
-    let index: ImageIndex = read_json(
-        &fs::read(&ip).map_err(|e| Error::io("read", &ip, e))?,
-        "index.json",
-    )?;
+    let index: ImageIndex = read_json(&read_file_document(&ip, "index.json")?, "index.json")?;
     let mut entries: Vec<_> = index.manifests().iter().collect();
     if let Some(n) = name {
         let tag = n.rsplit_once(':').map(|(_, t)| t).unwrap_or(n);
@@ -111,7 +126,7 @@ pub fn oci_layout(store: &Store, dir: &Path, name: Option<&str>) -> Result<Vec<I
                 })?,
         };
         let mut md = Digest::parse(desc.digest().as_ref())?;
-        let mut mraw = read(&md)?;
+        let mut mraw = read(&md, "manifest")?;
         let mut index_digest = None;
         let is_index = serde_json::from_slice::<serde_json::Value>(&mraw)
             .map(|v| v.get("manifests").is_some())
@@ -123,11 +138,11 @@ pub fn oci_layout(store: &Store, dir: &Path, name: Option<&str>) -> Result<Vec<I
             store.put_blob_bytes(&md, &mraw)?;
             index_digest = Some(md);
             md = Digest::parse(e.digest().as_ref())?;
-            mraw = read(&md)?;
+            mraw = read(&md, "manifest")?;
         }
         let manifest: ImageManifest = read_json(&mraw, "image manifest")?;
         let cd = Digest::parse(manifest.config().digest().as_ref())?;
-        let craw = read(&cd)?;
+        let craw = read(&cd, "image config")?;
         let config: ImageConfiguration = read_json(&craw, "image config")?;
         let layers = layer_records(&manifest, &config)?;
         for l in &layers {
@@ -144,7 +159,7 @@ pub fn oci_layout(store: &Store, dir: &Path, name: Option<&str>) -> Result<Vec<I
             config_digest: cd,
             layers,
         };
-        store.put_image(&rec)?;
+        store.put_new_image(&rec, replace)?;
         out.push(rec);
     }
     Ok(out)
@@ -166,14 +181,20 @@ fn clean(p: &str) -> String {
         .to_string()
 }
 
-/// Imports the images of a `docker save` tarball (legacy and OCI-style).
-pub fn docker_archive(store: &Store, file: &Path, name: Option<&str>) -> Result<Vec<ImageRecord>> {
+/// Imports the images of a `docker save` tarball (legacy and OCI-style). An image whose
+/// name another image has is refused unless `replace`.
+pub fn docker_archive(
+    store: &Store,
+    file: &Path,
+    name: Option<&str>,
+    replace: bool,
+) -> Result<Vec<ImageRecord>> {
     let _g = store.lock_shared()?;
     let f = File::open(file).map_err(|e| Error::io("open archive", file, e))?;
     let mut ar = tar::Archive::new(io::BufReader::with_capacity(1 << 20, f));
     let mut files: HashMap<String, (PathBuf, Digest, u64)> = HashMap::new();
     let mut links: HashMap<String, String> = HashMap::new();
-    let mut small: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut manifest_json: Option<Vec<u8>> = None;
     let bad = |e: io::Error| Error::io("read archive", file, e);
     let result = (|| -> Result<Vec<ImageRecord>> {
         for entry in ar.entries().map_err(bad)? {
@@ -181,12 +202,13 @@ pub fn docker_archive(store: &Store, file: &Path, name: Option<&str>) -> Result<
             let path = clean(&String::from_utf8_lossy(&entry.path_bytes()));
             match entry.header().entry_type() {
                 tar::EntryType::Regular => {
-                    if path == "manifest.json"
-                        || path.ends_with(".json") && entry.size() < MAX_CONFIG
-                    {
-                        let mut v = Vec::new();
-                        entry.read_to_end(&mut v).map_err(bad)?;
-                        small.insert(path, v);
+                    if path == "manifest.json" {
+                        let what = "the archive's manifest.json";
+                        if entry.size() > MAX_DOCUMENT_BYTES {
+                            return Err(too_large(what, Some(entry.size()), MAX_DOCUMENT_BYTES));
+                        }
+                        manifest_json =
+                            Some(read_document(&mut entry, what, "read archive", file)?);
                     } else {
                         let t = stream_to_temp(store, &mut entry)?;
                         files.insert(path, t);
@@ -214,8 +236,8 @@ pub fn docker_archive(store: &Store, file: &Path, name: Option<&str>) -> Result<
             }
         }
         let manifests: Vec<DockerManifest> = read_json(
-            small
-                .get("manifest.json")
+            manifest_json
+                .as_deref()
                 .ok_or_else(|| Error::Layout("archive has no manifest.json".into()))?,
             "manifest.json",
         )?;
@@ -231,12 +253,11 @@ pub fn docker_archive(store: &Store, file: &Path, name: Option<&str>) -> Result<
                 ckey = t.clone();
             }
             // Docker 25+ keeps the config as `blobs/sha256/<hex>` (no .json).
-            let craw: Vec<u8> = match (small.get(&ckey), files.get(&ckey)) {
-                (Some(v), _) => v.clone(),
-                (None, Some((tmp, _, size))) if *size <= MAX_CONFIG => {
-                    fs::read(tmp).map_err(|e| Error::io("read image config", tmp, e))?
+            let craw: Vec<u8> = match files.get(&ckey) {
+                Some((tmp, _, _)) => {
+                    read_file_document(tmp, &format!("image config {}", m.config))?
                 }
-                _ => return Err(Error::Layout(format!("config {} missing", m.config))),
+                None => return Err(Error::Layout(format!("config {} missing", m.config))),
             };
             let craw = &craw;
             let cd = Digest::of(craw);
@@ -292,7 +313,7 @@ pub fn docker_archive(store: &Store, file: &Path, name: Option<&str>) -> Result<
                 config_digest: cd,
                 layers,
             };
-            store.put_image(&rec)?;
+            store.put_new_image(&rec, replace)?;
             out.push(rec);
         }
         Ok(out)

@@ -3,13 +3,14 @@
 //! content-addressed [`Store`], unpack layers safely, and turn an image
 //! config into an OCI runtime process.
 //!
-//! Module graph (no cycles): `digest`, `error` at the bottom; `store` (blobs, records,
+//! Module graph (no cycles): `digest`, `error`, `limits` at the bottom; `store` (blobs, records,
 //! locks, gc) on them; `unpack` (layers into the store, [`rootfs_layers`]) and `pull` /
 //! `import` on `store`; `process` on the image config alone.
 
 pub mod digest;
 pub mod error;
 pub mod import;
+pub mod limits;
 pub mod process;
 pub mod pull;
 pub mod store;
@@ -17,6 +18,7 @@ pub mod unpack;
 
 pub use digest::Digest;
 pub use error::{Error, Result};
+pub use limits::{MAX_DOCUMENT_BYTES, MAX_TAR_METADATA_BYTES};
 pub use process::{runtime_process, ProcessOverrides, UserDb};
 pub use pull::{pull, PullOptions};
 pub use store::{ImageRecord, LayerRecord, Store};

@@ -141,7 +141,7 @@ fn legacy_docker_save_with_symlinked_layer() {
     let archive = tmp.path().join("save.tar");
     let diff_ids = legacy_archive(&archive);
     let store = Store::open(tmp.path().join("store")).unwrap();
-    let recs = import::docker_archive(&store, &archive, None).unwrap();
+    let recs = import::docker_archive(&store, &archive, None, false).unwrap();
     assert_eq!(recs.len(), 1);
     let rec = &recs[0];
     assert_eq!(rec.name, "docker.io/saved/app:1");
@@ -171,7 +171,7 @@ fn legacy_docker_save_with_symlinked_layer() {
     let blobs = fs::read_dir(store.root().join("blobs/sha256"))
         .unwrap()
         .count();
-    let again = import::docker_archive(&store, &archive, Some("local/copy:1")).unwrap();
+    let again = import::docker_archive(&store, &archive, Some("local/copy:1"), false).unwrap();
     assert_eq!(again[0].manifest_digest, rec.manifest_digest);
     assert_eq!(
         fs::read_dir(store.root().join("blobs/sha256"))
@@ -189,7 +189,7 @@ fn oci_style_docker_save() {
     let archive = tmp.path().join("save.tar");
     let diff_ids = oci_style_archive(&archive, false);
     let store = Store::open(tmp.path().join("store")).unwrap();
-    let recs = import::docker_archive(&store, &archive, None).unwrap();
+    let recs = import::docker_archive(&store, &archive, None, false).unwrap();
     let rec = &recs[0];
     assert_eq!(rec.name, "docker.io/saved/oci:2");
     assert_eq!(
@@ -209,7 +209,7 @@ fn docker_save_with_wrong_diff_id_fails_to_unpack() {
     let archive = tmp.path().join("save.tar");
     let diff_ids = oci_style_archive(&archive, true);
     let store = Store::open(tmp.path().join("store")).unwrap();
-    let rec = import::docker_archive(&store, &archive, None)
+    let rec = import::docker_archive(&store, &archive, None, false)
         .unwrap()
         .remove(0);
     let err =
@@ -236,8 +236,112 @@ fn docker_save_with_missing_layer_is_refused() {
     let archive = tmp.path().join("bad.tar");
     fs::write(&archive, b.into_inner().unwrap()).unwrap();
     let store = Store::open(tmp.path().join("store")).unwrap();
-    let err = import::docker_archive(&store, &archive, None).unwrap_err();
+    let err = import::docker_archive(&store, &archive, None, false).unwrap_err();
     assert!(format!("{err}").contains("nope/layer.tar"), "{err}");
     assert!(store.list_images().unwrap().is_empty());
     assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn import_does_not_replace_another_image_of_the_same_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let first = tmp.path().join("first.tar");
+    legacy_archive(&first);
+    let second = tmp.path().join("second.tar");
+    oci_style_archive(&second, false);
+    let a = import::docker_archive(&store, &first, Some("local/app:1"), false).unwrap();
+    // The same image again under the same name: nothing changes, no error.
+    import::docker_archive(&store, &first, Some("local/app:1"), false).unwrap();
+    let err = import::docker_archive(&store, &second, Some("local/app:1"), false).unwrap_err();
+    match &err {
+        Error::ImageExists { name, existing } => {
+            assert_eq!(name, "docker.io/local/app:1");
+            assert_eq!(existing, &a[0].manifest_digest.to_string());
+        }
+        other => panic!("expected ImageExists, got {other:?}"),
+    }
+    assert_eq!(
+        store.get_image("local/app:1").unwrap().manifest_digest,
+        a[0].manifest_digest
+    );
+    let b = import::docker_archive(&store, &second, Some("local/app:1"), true).unwrap();
+    assert_eq!(
+        store.get_image("local/app:1").unwrap().manifest_digest,
+        b[0].manifest_digest
+    );
+}
+
+#[test]
+fn oversized_json_documents_are_refused_before_buffering() {
+    let cap = bulkhead_images::MAX_DOCUMENT_BYTES;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    // A manifest.json above the cap.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut big = b"[".to_vec();
+    big.resize(cap as usize + 10, b' ');
+    big.push(b']');
+    append(&mut b, "manifest.json", &big);
+    let archive = tmp.path().join("big-manifest.tar");
+    fs::write(&archive, b.into_inner().unwrap()).unwrap();
+    let err = import::docker_archive(&store, &archive, None, false).unwrap_err();
+    assert!(
+        matches!(&err, Error::TooLarge { what, cap: c, .. } if what.contains("manifest.json") && *c == cap),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&cap.to_string()), "{err}");
+    // A config above the cap.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut cfg = config(&[]);
+    let pad = cap as usize + 1 - cfg.len() + 1;
+    cfg.splice(1..1, std::iter::repeat_n(b' ', pad));
+    append(&mut b, "c.json", &cfg);
+    append(
+        &mut b,
+        "manifest.json",
+        br#"[{"Config":"c.json","RepoTags":["x/y:1"],"Layers":[]}]"#,
+    );
+    let archive = tmp.path().join("big-config.tar");
+    fs::write(&archive, b.into_inner().unwrap()).unwrap();
+    let err = import::docker_archive(&store, &archive, None, false).unwrap_err();
+    assert!(
+        matches!(&err, Error::TooLarge { what, .. } if what.contains("image config c.json")),
+        "{err:?}"
+    );
+    assert!(store.list_images().unwrap().is_empty());
+    assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn an_oversized_oci_layout_index_is_refused() {
+    let cap = bulkhead_images::MAX_DOCUMENT_BYTES;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let layout = tmp.path().join("layout");
+    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let mut index = br#"{"schemaVersion":2,"manifests":[]}"#.to_vec();
+    index.resize(cap as usize + 1, b'\n');
+    fs::write(layout.join("index.json"), &index).unwrap();
+    let err = import::oci_layout(&store, &layout, None, false).unwrap_err();
+    assert!(
+        matches!(&err, Error::TooLarge { what, size: Some(s), .. } if what == "index.json" && *s == cap + 1),
+        "{err:?}"
+    );
+    // A manifest blob above the cap, named by a small index.
+    let mut manifest = br#"{"schemaVersion":2}"#.to_vec();
+    manifest.resize(cap as usize + 1, b' ');
+    let d = Digest::of(&manifest);
+    fs::write(layout.join("blobs/sha256").join(d.hex()), &manifest).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": d.to_string(), "size": manifest.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "big:1"}
+    }]});
+    fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    let err = import::oci_layout(&store, &layout, None, false).unwrap_err();
+    assert!(
+        matches!(&err, Error::TooLarge { what, .. } if what.starts_with("manifest sha256:")),
+        "{err:?}"
+    );
 }

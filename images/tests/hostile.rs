@@ -6,8 +6,9 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use bulkhead_images::{apply_layer, Error, Limits, Mode};
+use bulkhead_images::{apply_layer, Error, Limits, Mode, MAX_TAR_METADATA_BYTES};
 use common::Layer;
+use tar::EntryType;
 
 /// Applies `tar` under `out/root` and returns the result; `out/outside`
 /// is a directory a hostile entry might try to reach.
@@ -39,9 +40,21 @@ fn refused(tar: Vec<u8>, entry: &str) {
     for mode in [Mode::Flatten, Mode::Overlay] {
         let (out, r) = run(tar.clone(), mode, &Limits::default());
         match r {
-            Err(Error::HostileEntry { entry: e, reason }) => {
+            Err(Error::HostileEntry {
+                layer,
+                entry: e,
+                reason,
+            }) => {
                 assert_eq!(e, entry, "{mode:?}: wrong entry named ({reason})");
-                assert!(format!("{}", Error::HostileEntry { entry: e, reason }).contains(entry));
+                let root = out.path().join("root");
+                assert_eq!(layer, root.display().to_string(), "the layer is named");
+                let msg = Error::HostileEntry {
+                    layer,
+                    entry: e,
+                    reason,
+                }
+                .to_string();
+                assert!(msg.contains(entry), "{msg}");
             }
             other => panic!("{mode:?}: expected refusal of {entry}, got {other:?}"),
         }
@@ -192,4 +205,157 @@ fn garbage_is_an_error_not_a_panic() {
         &Limits::default(),
     );
     assert!(r.is_err());
+}
+
+#[test]
+fn device_nodes_are_refused() {
+    for (kind, name, major, minor) in [
+        (EntryType::Char, "dev/null", 1, 3),
+        (EntryType::Char, "dev/kmsg", 1, 11),
+        (EntryType::Block, "dev/sda", 8, 0),
+        // 0:x is not the whiteout either.
+        (EntryType::Char, "dev/zero-major", 0, 1),
+    ] {
+        let tar = Layer::new()
+            .dir("dev/", 0o755)
+            .node(kind, name, major, minor)
+            .tar();
+        refused(tar.clone(), name);
+        for mode in [Mode::Flatten, Mode::Overlay] {
+            let (out, r) = run(tar.clone(), mode, &Limits::default());
+            let msg = r.unwrap_err().to_string();
+            assert!(
+                msg.contains("device") && msg.contains(&format!("{major}:{minor}")),
+                "{msg}"
+            );
+            assert!(!out.path().join("root").join(name).exists(), "{name}");
+        }
+    }
+}
+
+#[test]
+fn a_char_0_0_entry_is_a_whiteout() {
+    // Flatten: it deletes what a lower layer put there.
+    let out = tempfile::tempdir().unwrap();
+    let lower = Layer::new()
+        .dir("etc/", 0o755)
+        .file("etc/gone", 0o644, b"x");
+    apply_layer(
+        &lower.tar()[..],
+        out.path(),
+        Mode::Flatten,
+        &Limits::default(),
+    )
+    .unwrap();
+    assert!(out.path().join("etc/gone").exists());
+    let upper = Layer::new().node(EntryType::Char, "etc/gone", 0, 0).tar();
+    apply_layer(&upper[..], out.path(), Mode::Flatten, &Limits::default()).unwrap();
+    assert!(!out.path().join("etc/gone").exists());
+    // Overlay: it stays the overlay whiteout (mknod needs root).
+    if !common::is_root() {
+        bulkhead_test_skip::skip("a whiteout device needs root");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    apply_layer(&upper[..], out.path(), Mode::Overlay, &Limits::default()).unwrap();
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = fs::symlink_metadata(out.path().join("etc/gone")).unwrap();
+    assert!(m.file_type().is_char_device());
+    assert_eq!(m.rdev(), 0);
+}
+
+#[test]
+fn fifos_and_set_id_bits_are_kept() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let out = tempfile::tempdir().unwrap();
+    let tar = Layer::new()
+        .node(EntryType::Fifo, "pipe", 0, 0)
+        .file("su", 0o4755, b"#!")
+        .tar();
+    apply_layer(&tar[..], out.path(), Mode::Flatten, &Limits::default()).unwrap();
+    let m = fs::symlink_metadata(out.path().join("pipe")).unwrap();
+    assert!(m.file_type().is_fifo());
+    let m = fs::metadata(out.path().join("su")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o7777, 0o4755);
+}
+
+/// Unpacks `tar` (plain) with a `limit`-byte layer budget.
+fn unpack_limited(tar: &[u8], limit: u64) -> Result<bulkhead_images::unpack::Stats, Error> {
+    let out = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_layer_bytes: limit,
+        ..Limits::default()
+    };
+    apply_layer(tar, out.path(), Mode::Flatten, &limits)
+}
+
+fn over_limit(r: Result<bulkhead_images::unpack::Stats, Error>, what: &str) {
+    match r {
+        Err(e @ Error::LimitExceeded { .. }) => {
+            assert!(e.to_string().contains(what), "{e}");
+        }
+        other => panic!("expected the limit ({what}), got {other:?}"),
+    }
+}
+
+#[test]
+fn pax_headers_count_against_the_layer_limit() {
+    // 600 KiB of PAX records and 4 bytes of file data: over a 512 KiB budget.
+    let mut l = Layer::new();
+    let big = vec![b'x'; 600 << 10];
+    l.b.append_pax_extensions([("comment", &big[..])]).unwrap();
+    let tar = l.file("f", 0o644, b"data").tar();
+    over_limit(unpack_limited(&tar, 512 << 10), "decompressed bytes");
+    let stats = unpack_limited(&tar, 1 << 20).unwrap();
+    assert_eq!(stats.bytes, 4);
+    assert_eq!(stats.stream_bytes, tar.len() as u64);
+}
+
+#[test]
+fn a_huge_pax_header_is_refused_before_it_is_buffered() {
+    let mut l = Layer::new();
+    let big = vec![b'x'; (MAX_TAR_METADATA_BYTES + 1) as usize];
+    l.b.append_pax_extensions([("comment", &big[..])]).unwrap();
+    let tar = common::compress(
+        &l.file("f", 0o644, b"data").tar(),
+        common::Compression::Gzip,
+    );
+    // Refused under a budget that would let it through: the tar reader keeps PAX
+    // records in memory, so they have their own, small cap.
+    over_limit(unpack_limited(&tar, 1 << 30), "PAX extended header");
+}
+
+#[test]
+fn gnu_long_name_chains_count_against_the_layer_limit() {
+    // Hundreds of entries whose names need a GNU long-name record each: the names are
+    // most of the stream, the file data is nothing.
+    let long = format!("{}/", "n".repeat(200)).repeat(15);
+    let mut l = Layer::new();
+    for i in 0..300 {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(0);
+        l.b.append_data(&mut h, format!("{long}{i}"), &[][..])
+            .unwrap();
+    }
+    let tar = l.tar();
+    assert!(tar.len() > 300 * 3000);
+    over_limit(unpack_limited(&tar, 256 << 10), "decompressed bytes");
+    let stats = unpack_limited(&tar, 4 << 20).unwrap();
+    assert_eq!((stats.entries, stats.bytes), (300, 0));
+}
+
+#[test]
+fn data_after_the_end_of_archive_counts() {
+    let mut tar = Layer::new().file("f", 0o644, b"data").tar();
+    let clean = tar.len() as u64;
+    tar.extend(std::iter::repeat_n(0x5a, 2 << 20));
+    over_limit(unpack_limited(&tar, 1 << 20), "decompressed bytes");
+    // Within the budget, trailing bytes are read (and would be hashed in the diff_id).
+    let stats = unpack_limited(&tar, 4 << 20).unwrap();
+    assert_eq!(stats.stream_bytes, clean + (2 << 20));
 }

@@ -261,7 +261,7 @@ fn zstd_layers_and_index_resolve_to_amd64() {
     let rec2 = rt().block_on(pull(&store, &by_digest, &plain())).unwrap();
     assert_eq!(rec2.manifest_digest, rec.manifest_digest);
     let imported =
-        bulkhead_images::import::oci_layout(&store, &layout, Some("local/multi:1")).unwrap();
+        bulkhead_images::import::oci_layout(&store, &layout, Some("local/multi:1"), false).unwrap();
     assert_eq!(imported[0].manifest_digest, rec.manifest_digest);
     assert_eq!(store.list_images().unwrap().len(), 3);
 }

@@ -15,17 +15,25 @@ pub struct Args {
     /// Tarball written by `docker save`.
     #[arg(long)]
     pub docker_archive: Option<PathBuf>,
+    /// Replace an image already stored under the same name (default: refuse).
+    #[arg(long)]
+    pub replace: bool,
     /// Name to store the image under (default: the name recorded in the source).
     pub reference: Option<String>,
 }
 
 pub fn run(store: &Store, args: Args) -> anyhow::Result<()> {
     let recs = if let Some(dir) = &args.oci_layout {
-        bulkhead_images::import::oci_layout(store, dir, args.reference.as_deref())
+        bulkhead_images::import::oci_layout(store, dir, args.reference.as_deref(), args.replace)
             .with_context(|| format!("importing OCI layout {}", dir.display()))?
     } else if let Some(file) = &args.docker_archive {
-        bulkhead_images::import::docker_archive(store, file, args.reference.as_deref())
-            .with_context(|| format!("importing docker archive {}", file.display()))?
+        bulkhead_images::import::docker_archive(
+            store,
+            file,
+            args.reference.as_deref(),
+            args.replace,
+        )
+        .with_context(|| format!("importing docker archive {}", file.display()))?
     } else {
         anyhow::bail!("give --oci-layout or --docker-archive");
     };

@@ -197,10 +197,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Supervise(a) => supervise::run(&ctx, a),
         Command::Pull(a) => done(pull::run(&ctx.store()?, a)),
         Command::Images(a) => done(images::run(&ctx.store()?, a)),
-        Command::Rmi(a) => done(rmi::run(&ctx.store()?, a)),
+        Command::Rmi(a) => done(rmi::run(&ctx, a)),
         Command::Image(ImageCommand::Unpack(a)) => done(unpack::run(&ctx.store()?, a)),
         Command::Image(ImageCommand::Import(a)) => done(import::run(&ctx.store()?, a)),
-        Command::Image(ImageCommand::Gc(a)) => done(gc::run(&ctx.store()?, a)),
+        Command::Image(ImageCommand::Gc(a)) => done(gc::run(&ctx, a)),
     }
 }
 

@@ -83,6 +83,7 @@ fn remove_one(ctx: &Ctx, containers: &Containers, c: &str, force: bool) -> anyho
         wait_supervisor(&s, Duration::from_secs(30));
     }
     let _lock = containers.lock()?;
+    super::gc::release_lease(ctx, &s.id);
     // A supervisor that finished with --rm may have removed it already.
     if !dir.path.exists() {
         return Ok(());

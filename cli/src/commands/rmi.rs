@@ -1,7 +1,8 @@
-//! `bulkhead rmi`: remove image references.
+//! `bulkhead rmi`: remove image references, except images a container uses.
 
 use anyhow::Context;
-use bulkhead_images::Store;
+
+use super::Ctx;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -9,7 +10,10 @@ pub struct Args {
     pub references: Vec<String>,
 }
 
-pub fn run(store: &Store, args: Args) -> anyhow::Result<()> {
+pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    let store = ctx.store()?;
+    // Leases of removed containers do not keep an image.
+    super::gc::drop_stale_leases(ctx, &store)?;
     for r in &args.references {
         let rec = store
             .remove_image(r)

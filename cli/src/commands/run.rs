@@ -230,6 +230,10 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
                 other.id.get(..12).unwrap_or(&other.id)
             );
         }
+        // The image stays (`rmi` refuses it, `gc` keeps its layers) until `rm`.
+        store
+            .lease(&id, &rec)
+            .with_context(|| format!("using image {}", rec.name))?;
         dir.create(&state)?;
     }
 

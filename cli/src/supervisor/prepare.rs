@@ -66,11 +66,10 @@ pub async fn prepare(
     let lowers = {
         let store = store.clone();
         let rec = rec.clone();
-        tokio::task::spawn_blocking(move || {
-            bulkhead_images::rootfs_layers(&store, &rec, &bulkhead_images::Limits::default())
-        })
-        .await
-        .context("unpacking layers")??
+        let limits = crate::config::image_limits(cfg);
+        tokio::task::spawn_blocking(move || bulkhead_images::rootfs_layers(&store, &rec, &limits))
+            .await
+            .context("unpacking layers")??
     };
     timings::mark("image");
     if rc.network != NetworkMode::Host {

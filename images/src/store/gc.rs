@@ -1,5 +1,5 @@
-//! Garbage collection: drop blobs and unpacked layers that no image record
-//! refers to, and leftovers in `tmp/` from crashed pulls.
+//! Garbage collection: drop blobs and unpacked layers that no image record and no
+//! lease refers to, and leftovers in `tmp/` from crashed pulls.
 
 use std::collections::HashSet;
 use std::fs;
@@ -29,7 +29,11 @@ fn remove_any(p: &Path) -> std::io::Result<()> {
 pub(super) fn collect(store: &Store) -> Result<GcReport> {
     let _g = store.lock_exclusive()?;
     let mut report = GcReport::default();
-    let images = store.list_images()?;
+    // Leases first: a lease is only taken while its image's record exists (and the
+    // shared lock, which we hold exclusively, is held meanwhile).
+    let leased: Vec<_> = store.leases()?.into_iter().map(|l| l.image).collect();
+    let mut images = store.list_images()?;
+    images.extend(leased);
     let blobs: HashSet<String> = images
         .iter()
         .flat_map(|r| r.blobs().map(|d| d.hex().to_string()))

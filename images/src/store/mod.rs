@@ -4,23 +4,31 @@
 //! ROOT/blobs/sha256/<hex>      verified blobs (manifests, configs, layers)
 //! ROOT/layers/sha256/<hex>     layers unpacked in overlayfs format, by diff_id
 //! ROOT/images/<hex>.json       image records, by sha256 of the reference name
+//! ROOT/leases/<holder>         images in use (see [`leases`])
 //! ROOT/tmp/                    work in progress; never trusted
 //! ROOT/locks/                  flock files (store.lock: GC exclusive, others shared)
 //! ```
 //!
 //! Only an entry renamed into place is complete: blobs are verified and
 //! fsynced before the rename, layer directories are synced before theirs.
+//!
+//! The root is mode 0700 (tightened when it exists with a wider mode), and so is every
+//! directory the store creates: unpacked layers keep the set-id bits and owners of the
+//! image (the container needs them), so no host user but root may reach them.
 
 mod gc;
+pub mod leases;
 pub mod lock;
 mod records;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use gc::GcReport;
+pub use leases::Lease;
 pub use lock::LockGuard;
 pub use records::{normalize_name, ImageRecord, LayerRecord};
 
@@ -39,12 +47,34 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `root`.
+    /// Opens (creating if needed) the store at `root`, and makes the root 0700.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
-        for sub in ["blobs/sha256", "layers/sha256", "images", "tmp", "locks"] {
-            let p = root.join(sub);
-            fs::create_dir_all(&p).map_err(|e| Error::io("create store directory", &p, e))?;
+        let private = |p: &Path| {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(p)
+                .map_err(|e| Error::io("create store directory", p, e))
+        };
+        private(&root)?;
+        let mode = fs::metadata(&root)
+            .map_err(|e| Error::io("stat store root", &root, e))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io("make the store root private (0700)", &root, e))?;
+        }
+        for sub in [
+            "blobs/sha256",
+            "layers/sha256",
+            "images",
+            "leases",
+            "tmp",
+            "locks",
+        ] {
+            private(&root.join(sub))?;
         }
         Ok(Store { root })
     }
@@ -146,6 +176,33 @@ impl Store {
             .join(format!("{}.json", Digest::of(name.as_bytes()).hex()))
     }
 
+    /// Saves an image record under its name unless another image has that name: the
+    /// same image again is a no-op, another one is [`Error::ImageExists`] unless
+    /// `replace`.
+    pub fn put_new_image(&self, rec: &ImageRecord, replace: bool) -> Result<()> {
+        let _l = self.lock_digest("image", &Digest::of(rec.name.as_bytes()))?;
+        if !replace {
+            let p = self.record_path(&rec.name);
+            match File::open(&p) {
+                Ok(f) => {
+                    let data =
+                        crate::limits::read_document(f, "image record", "read image record", &p)?;
+                    let existing: ImageRecord = serde_json::from_slice(&data)
+                        .map_err(|e| Error::json("image record", e))?;
+                    if existing.manifest_digest != rec.manifest_digest {
+                        return Err(Error::ImageExists {
+                            name: rec.name.clone(),
+                            existing: existing.manifest_digest.to_string(),
+                        });
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("open image record", &p, e)),
+            }
+        }
+        self.put_image(rec)
+    }
+
     /// Saves (or replaces) an image record under its name.
     pub fn put_image(&self, rec: &ImageRecord) -> Result<()> {
         let json = serde_json::to_vec_pretty(rec).map_err(|e| Error::json("image record", e))?;
@@ -205,22 +262,14 @@ impl Store {
         Err(Error::ImageNotFound(name.to_string()))
     }
 
-    /// Removes an image reference (blobs stay until [`Store::gc`]).
-    pub fn remove_image(&self, name: &str) -> Result<ImageRecord> {
-        let rec = self.get_image(name)?;
-        let p = self.record_path(&rec.name);
-        fs::remove_file(&p).map_err(|e| Error::io("remove image record", &p, e))?;
-        Ok(rec)
-    }
-
     /// Parsed image config of a stored image.
     pub fn image_config(&self, rec: &ImageRecord) -> Result<oci_spec::image::ImageConfiguration> {
         let data = self.read_blob(&rec.config_digest)?;
         serde_json::from_slice(&data).map_err(|e| Error::json("image config", e))
     }
 
-    /// Removes blobs and unpacked layers no image refers to, and stale
-    /// temp files. Waits for running pulls (they hold the shared lock).
+    /// Removes blobs and unpacked layers that no image record and no lease refers to,
+    /// and stale temp files. Waits for running pulls (they hold the shared lock).
     pub fn gc(&self) -> Result<GcReport> {
         gc::collect(self)
     }
@@ -274,6 +323,47 @@ mod tests {
         fs::write(s.blob_path(&d), b"xyz").unwrap();
         assert!(s.read_blob(&d).is_err());
         assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_root_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let fresh = dir.path().join("new/store");
+        let s = Store::open(&fresh).unwrap();
+        assert_eq!(mode(s.root()), 0o700);
+        assert_eq!(mode(&s.root().join("layers/sha256")), 0o700);
+        // An existing store made with the default umask is tightened.
+        let old = dir.path().join("old");
+        fs::create_dir(&old).unwrap();
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o755)).unwrap();
+        Store::open(&old).unwrap();
+        assert_eq!(mode(&old), 0o700);
+    }
+
+    #[test]
+    fn a_new_image_does_not_replace_another_of_the_same_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let a = rec("local/app:1", &[b"a"]);
+        s.put_new_image(&a, false).unwrap();
+        // The same image again is fine.
+        s.put_new_image(&a, false).unwrap();
+        let mut b = rec("local/app:1", &[b"b"]);
+        b.manifest_digest = Digest::of(b"another manifest");
+        match s.put_new_image(&b, false) {
+            Err(e @ Error::ImageExists { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("local/app:1") && msg.contains(&a.manifest_digest.to_string()),
+                    "{msg}"
+                );
+            }
+            other => panic!("expected ImageExists, got {other:?}"),
+        }
+        assert_eq!(s.get_image("local/app:1").unwrap(), a);
+        s.put_new_image(&b, true).unwrap();
+        assert_eq!(s.get_image("local/app:1").unwrap(), b);
     }
 
     #[test]

@@ -4,6 +4,13 @@
 //! writes through symlinks and hard links to missing or outside paths are
 //! refused with an error naming the entry. Absolute paths are taken as
 //! relative to the target (as runc and umoci do).
+//!
+//! Device nodes are refused (error naming the entry and the layer), except the overlay
+//! whiteout (char 0:0), which is applied as a whiteout; FIFOs are kept. Set-id bits are
+//! kept: the container needs them (`su`, `ping`, `sudo` inside the guest or container).
+//! They give nothing on the host because no host user but root can reach an unpacked
+//! layer (the store root is 0700, see [`crate::store`]) and every host-side mount of a
+//! rootfs is `nosuid,nodev`.
 
 use std::collections::HashSet;
 use std::ffi::CString;
@@ -35,7 +42,10 @@ const COPY_BUF: usize = 256 * 1024;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     pub entries: u64,
+    /// File data written.
     pub bytes: u64,
+    /// Decompressed tar bytes read (what the byte limits bound).
+    pub stream_bytes: u64,
 }
 
 pub(crate) struct Applier<'a> {
@@ -55,8 +65,10 @@ pub(crate) struct Applier<'a> {
     privileged: bool,
 }
 
+/// A refused entry; [`Applier::apply`] fills in the layer.
 fn hostile(entry: &[u8], reason: impl Into<String>) -> Error {
     Error::HostileEntry {
+        layer: String::new(),
         entry: String::from_utf8_lossy(entry).into_owned(),
         reason: reason.into(),
     }
@@ -201,19 +213,10 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    fn count_bytes(&mut self, n: u64) -> Result<()> {
+    /// File data written (the byte limits bound the whole stream, in `guard`).
+    fn count_bytes(&mut self, n: u64) {
         self.layer_stats.bytes += n;
         self.image_stats.bytes += n;
-        if self.layer_stats.bytes > self.limits.max_layer_bytes {
-            return Err(self.limit(format!("more than {} bytes", self.limits.max_layer_bytes)));
-        }
-        if self.image_stats.bytes > self.limits.max_image_bytes {
-            return Err(self.limit(format!(
-                "image total above {} bytes",
-                self.limits.max_image_bytes
-            )));
-        }
-        Ok(())
     }
 
     /// Applies every entry of `archive`, then fixes directory mtimes.
@@ -229,7 +232,18 @@ impl<'a> Applier<'a> {
                 source: e,
             })?;
             self.count_entry()?;
-            self.apply_entry(&mut entry)?;
+            self.apply_entry(&mut entry).map_err(|e| match e {
+                Error::HostileEntry {
+                    layer: _,
+                    entry,
+                    reason,
+                } => Error::HostileEntry {
+                    layer: layer.clone(),
+                    entry,
+                    reason,
+                },
+                e => e,
+            })?;
         }
         self.finish_dirs();
         Ok(self.layer_stats)
@@ -381,33 +395,34 @@ impl<'a> Applier<'a> {
                 fsops::hardlink(tpfd.as_fd_ref(), &ctname, pfd.as_fd_ref(), &cname_)
                     .map_err(|e| entry_err(&raw, "hard link", e))?;
             }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let (ftype, dev) = match kind {
-                    EntryType::Fifo => (libc::S_IFIFO, 0),
-                    t => {
-                        let major = hdr_dev(entry.header().device_major());
-                        let minor = hdr_dev(entry.header().device_minor());
-                        let ft = if t == EntryType::Char {
-                            libc::S_IFCHR
-                        } else {
-                            libc::S_IFBLK
-                        };
-                        (ft, libc::makedev(major, minor))
-                    }
+            EntryType::Char | EntryType::Block => {
+                let dev = |v: io::Result<Option<u32>>| {
+                    v.map(|d| d.unwrap_or(0))
+                        .map_err(|e| entry_err(&raw, "bad device number", e))
                 };
-                let made = self.replacing(&raw, &pfd, &cname_, || {
-                    fsops::mknod(pfd.as_fd_ref(), &cname_, ftype | mode, dev)
-                })?;
-                match made {
-                    Ok(()) => {}
-                    Err(e) if !self.privileged && e.raw_os_error() == Some(libc::EPERM) => {
-                        log::warn!("skipping device node {:?}: not privileged", fsops::os(&raw));
-                        return Ok(());
-                    }
-                    Err(e) => return Err(entry_err(&raw, "mknod", e)),
+                let major = dev(entry.header().device_major())?;
+                let minor = dev(entry.header().device_minor())?;
+                if kind == EntryType::Char && major == 0 && minor == 0 {
+                    // The overlay whiteout itself (layers made from an overlay upper
+                    // directory): the same as a `.wh.` file.
+                    return self.whiteout_target(&raw, parent, name);
                 }
+                return Err(hostile(
+                    &raw,
+                    format!(
+                        "{} device {major}:{minor}: device nodes are refused (only the overlay whiteout, char 0:0, is allowed)",
+                        if kind == EntryType::Char { "character" } else { "block" }
+                    ),
+                ));
+            }
+            EntryType::Fifo => {
+                // A FIFO is not a device: harmless on the host (and in images, rarely).
+                self.replacing(&raw, &pfd, &cname_, || {
+                    fsops::mknod(pfd.as_fd_ref(), &cname_, libc::S_IFIFO | (mode & 0o777), 0)
+                })?
+                .map_err(|e| entry_err(&raw, "mkfifo", e))?;
                 self.chown_at(&raw, &pfd, &cname_, uid, gid)?;
-                fsops::chmod_at(pfd.as_fd_ref(), &cname_, mode)
+                fsops::chmod_at(pfd.as_fd_ref(), &cname_, mode & 0o777)
                     .map_err(|e| entry_err(&raw, "chmod", e))?;
                 let _ = fsops::utimes_at(pfd.as_fd_ref(), &cname_, mtime);
             }
@@ -456,6 +471,12 @@ impl<'a> Applier<'a> {
             }
             return Ok(());
         }
+        self.whiteout_target(raw, parent, target)
+    }
+
+    /// Whites out `target` in `parent`: a 0/0 char device (overlay) or a removal
+    /// (flatten).
+    fn whiteout_target(&mut self, raw: &[u8], parent: &[Vec<u8>], target: &[u8]) -> Result<()> {
         if target.is_empty() || target == b"." || target == b".." || target.starts_with(WH_PREFIX) {
             return Err(hostile(raw, "malformed whiteout"));
         }
@@ -530,7 +551,7 @@ impl<'a> Applier<'a> {
                     })
                 }
             };
-            self.count_bytes(n as u64)?;
+            self.count_bytes(n as u64);
             dst.write_all(buf.get(..n).unwrap_or_default())
                 .map_err(|e| entry_err(raw, "write file", e))?;
         }
@@ -607,8 +628,4 @@ impl<'a> Applier<'a> {
         }
         Ok(())
     }
-}
-
-fn hdr_dev(v: io::Result<Option<u32>>) -> u32 {
-    v.ok().flatten().unwrap_or(0)
 }

@@ -5,6 +5,7 @@
 mod apply;
 pub mod decompress;
 mod fsops;
+mod guard;
 mod gzip;
 
 use std::fs;
@@ -12,36 +13,17 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+pub use crate::limits::Limits;
 pub use apply::{Mode, Stats};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::store::{ImageRecord, LayerRecord, Store};
 use decompress::{Decompressed, Pool};
+use guard::{Guarded, Violation, Watch};
 
 /// How far (MiB) a layer's decompressor may run ahead of the writer.
 const PREFETCH_MIB: usize = 32;
-
-/// Bounds against decompression bombs.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// File data written per layer.
-    pub max_layer_bytes: u64,
-    /// File data written per image (all layers).
-    pub max_image_bytes: u64,
-    /// Tar entries per layer.
-    pub max_entries: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_layer_bytes: 32 << 30,
-            max_image_bytes: 64 << 30,
-            max_entries: 2_000_000,
-        }
-    }
-}
 
 /// Applies one (possibly compressed) layer stream to `dest`, which must
 /// exist. Returns what was written. Used by tests and tools; the store uses
@@ -52,15 +34,60 @@ pub fn apply_layer(
     mode: Mode,
     limits: &Limits,
 ) -> Result<Stats> {
+    let layer = dest.display().to_string();
     let root = fsops::open_dir_path(dest).map_err(|e| Error::io("open unpack target", dest, e))?;
     let r = decompress::decompressor(reader).map_err(|e| Error::Layer {
-        layer: dest.display().to_string(),
+        layer: layer.clone(),
         source: e,
     })?;
-    let mut archive = tar::Archive::new(r);
     let mut total = Stats::default();
-    let mut ap = apply::Applier::new(root, mode, limits, dest.display().to_string(), &mut total);
-    ap.apply(&mut archive)
+    let (guarded, watch) = guard_stream(r, limits, &total);
+    let mut archive = tar::Archive::new(guarded);
+    let stats = {
+        let mut ap = apply::Applier::new(root, mode, limits, layer.clone(), &mut total);
+        ap.apply(&mut archive)
+            .map_err(|e| explain(e, &watch, &layer))?
+    };
+    // What follows the end-of-archive marker counts too.
+    let mut guarded = archive.into_inner();
+    guarded.drain().map_err(|e| {
+        let e = Error::Layer {
+            layer: layer.clone(),
+            source: e,
+        };
+        explain(e, &watch, &layer)
+    })?;
+    Ok(Stats {
+        stream_bytes: guarded.consumed(),
+        ..stats
+    })
+}
+
+/// Wraps a layer's decompressed stream in its byte budget: the layer limit, or what is
+/// left of the image's.
+fn guard_stream<R: Read>(r: R, limits: &Limits, total: &Stats) -> (Guarded<R>, Watch) {
+    let image_left = limits.max_image_bytes.saturating_sub(total.stream_bytes);
+    if image_left < limits.max_layer_bytes {
+        Guarded::new(r, image_left, Violation::ImageBytes(limits.max_image_bytes))
+    } else {
+        Guarded::new(
+            r,
+            limits.max_layer_bytes,
+            Violation::LayerBytes(limits.max_layer_bytes),
+        )
+    }
+}
+
+/// The bound behind an error, if the guard broke one (the tar reader reports it as an
+/// I/O error of its own).
+fn explain(e: Error, watch: &Watch, layer: &str) -> Error {
+    match watch.violation() {
+        Some(v) => Error::LimitExceeded {
+            layer: layer.to_string(),
+            what: v.to_string(),
+        },
+        None => e,
+    }
 }
 
 /// Starts decompressing a stored layer blob; `ahead` MiB may be buffered.
@@ -86,18 +113,31 @@ fn apply_blob(
     limits: &Limits,
     total: &mut Stats,
 ) -> Result<Stats> {
+    let name = layer.digest.to_string();
     let root = fsops::open_dir_path(dest).map_err(|e| Error::io("open unpack target", dest, e))?;
-    let mut archive = tar::Archive::new(stream);
+    let (guarded, watch) = guard_stream(stream, limits, total);
+    let mut archive = tar::Archive::new(guarded);
     let stats = {
-        let mut ap = apply::Applier::new(root, mode, limits, layer.digest.to_string(), total);
-        ap.apply(&mut archive)?
+        let mut ap = apply::Applier::new(root, mode, limits, name.clone(), total);
+        ap.apply(&mut archive)
+            .map_err(|e| explain(e, &watch, &name))?
     };
-    let actual = archive.into_inner().finish().map_err(|e| Error::Layer {
-        layer: layer.digest.to_string(),
+    // What follows the end-of-archive marker counts too (and is part of the diff_id).
+    let mut guarded = archive.into_inner();
+    let drained = guarded.drain();
+    total.stream_bytes += guarded.consumed();
+    let layer_err = |e| Error::Layer {
+        layer: name.clone(),
         source: e,
-    })?;
+    };
+    drained.map_err(|e| explain(layer_err(e), &watch, &name))?;
+    let stream_bytes = guarded.consumed();
+    let actual = guarded.into_inner().finish().map_err(layer_err)?;
     check_diff_id(&layer.diff_id, &actual)?;
-    Ok(stats)
+    Ok(Stats {
+        stream_bytes,
+        ..stats
+    })
 }
 
 fn check_diff_id(expected: &Digest, actual: &Digest) -> Result<()> {

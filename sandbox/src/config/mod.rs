@@ -185,6 +185,13 @@ pub struct CliSection {
     pub network: NetworkMode,
     /// Default of `stop -t`: seconds between SIGTERM and SIGKILL.
     pub stop_timeout_secs: u64,
+    /// Unpacking an image for `run`: decompressed tar bytes per layer (headers, PAX
+    /// records and data after the end of the archive included).
+    pub max_layer_bytes: u64,
+    /// Decompressed tar bytes per image.
+    pub max_image_bytes: u64,
+    /// Tar entries per layer.
+    pub max_layer_entries: u64,
 }
 
 /// What only the containerd shim reads (nothing yet: pod annotation allow-lists and the
@@ -286,6 +293,10 @@ impl Default for CliSection {
             isolation: Isolation::Vm,
             network: NetworkMode::Bridge,
             stop_timeout_secs: 10,
+            // bulkhead_images::Limits::default() (a CLI test checks).
+            max_layer_bytes: 32 << 30,
+            max_image_bytes: 64 << 30,
+            max_layer_entries: 2_000_000,
         }
     }
 }
