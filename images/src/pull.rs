@@ -17,6 +17,7 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
+use crate::limits::{too_large, MAX_DOCUMENT_BYTES};
 use crate::store::{ImageRecord, LayerRecord, Store};
 
 pub use oci_client::secrets::RegistryAuth as Auth;
@@ -128,6 +129,14 @@ pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<
         .pull_manifest_raw(&image, &opts.auth, MANIFEST_TYPES)
         .await
         .map_err(registry_err(format!("manifest of {}", image.whole())))?;
+    // oci-client has already buffered it; at least it goes no further.
+    if raw.len() as u64 > MAX_DOCUMENT_BYTES {
+        return Err(too_large(
+            format!("manifest of {}", image.whole()),
+            Some(raw.len() as u64),
+            MAX_DOCUMENT_BYTES,
+        ));
+    }
     let top_digest = Digest::of(&raw);
     if let Some(want) = image.digest() {
         let want = Digest::parse(want)?;
@@ -149,6 +158,13 @@ pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<
             .pull_manifest_raw(&by_digest, &opts.auth, MANIFEST_TYPES)
             .await
             .map_err(registry_err(format!("manifest {md}")))?;
+        if mraw.len() as u64 > MAX_DOCUMENT_BYTES {
+            return Err(too_large(
+                format!("manifest {md}"),
+                Some(mraw.len() as u64),
+                MAX_DOCUMENT_BYTES,
+            ));
+        }
         md.verify(&mraw)?;
         store.put_blob_bytes(&top_digest, &raw)?;
         (Some(top_digest), md, mraw.to_vec())
@@ -162,12 +178,7 @@ pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<
     let config_raw = if store.has_blob(&config_digest) {
         store.read_blob(&config_digest)?
     } else {
-        let desc = descriptor(&config_digest, manifest.config().size(), "");
-        let mut buf = Vec::new();
-        client
-            .pull_blob(&image, &desc, &mut buf)
-            .await
-            .map_err(registry_err(format!("config blob {config_digest}")))?;
+        let buf = fetch_config(&client, &image, &config_digest, manifest.config().size()).await?;
         config_digest.verify(&buf)?;
         store.put_blob_bytes(&config_digest, &buf)?;
         buf
@@ -201,6 +212,40 @@ pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<
     };
     store.put_image(&rec)?;
     Ok(rec)
+}
+
+/// Fetches an image config, refusing one above [`MAX_DOCUMENT_BYTES`] by its declared
+/// size, its Content-Length, or its bytes as they arrive (never buffering more).
+async fn fetch_config(
+    client: &Client,
+    image: &Reference,
+    digest: &Digest,
+    declared: u64,
+) -> Result<Vec<u8>> {
+    let what = format!("image config {digest}");
+    if declared > MAX_DOCUMENT_BYTES {
+        return Err(too_large(what, Some(declared), MAX_DOCUMENT_BYTES));
+    }
+    let desc = descriptor(digest, declared, "");
+    let mut stream = client
+        .pull_blob_stream(image, &desc)
+        .await
+        .map_err(registry_err(format!("config blob {digest}")))?;
+    if let Some(len) = stream.content_length.filter(|l| *l > MAX_DOCUMENT_BYTES) {
+        return Err(too_large(what, Some(len), MAX_DOCUMENT_BYTES));
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::Layer {
+            layer: digest.to_string(),
+            source: e,
+        })?;
+        if (buf.len() + chunk.len()) as u64 > MAX_DOCUMENT_BYTES {
+            return Err(too_large(what, None, MAX_DOCUMENT_BYTES));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
 }
 
 fn is_index(raw: &[u8]) -> Result<bool> {

@@ -324,3 +324,30 @@ fn concurrent_pulls_sharing_layers() {
     assert_eq!(t1.join().unwrap(), t2.join().unwrap());
     assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
 }
+
+#[test]
+fn an_oversized_config_is_refused_before_it_is_buffered() {
+    require!("docker-registry", "skopeo");
+    let reg = Registry::start("");
+    let tmp = tempfile::tempdir().unwrap();
+    push_test_image(&reg, tmp.path(), "bigconfig");
+    let reference = format!("{}/bigconfig:v1", reg.addr);
+    let scratch = Store::open(tmp.path().join("scratch")).unwrap();
+    let rec = rt().block_on(pull(&scratch, &reference, &plain())).unwrap();
+    // skopeo (like Docker) refuses to push a config above 4 MiB: grow it in the
+    // registry's storage, which serves it as it is (a hostile registry).
+    let cap = bulkhead_images::MAX_DOCUMENT_BYTES;
+    let huge = vec![b' '; cap as usize + 1];
+    fs::write(reg.blob_data(&rec.config_digest), &huge).unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let err = rt()
+        .block_on(pull(&store, &reference, &plain()))
+        .unwrap_err();
+    assert!(
+        matches!(&err, bulkhead_images::Error::TooLarge { what, .. } if what.contains("image config")),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&cap.to_string()), "{err}");
+    assert!(!store.has_blob(&rec.config_digest));
+    assert!(store.list_images().unwrap().is_empty());
+}
