@@ -253,12 +253,12 @@ impl Default for VmSection {
             boot_timeout_secs: 60,
             vmm_log_level: String::new(),
             net_backend: NetBackend::Auto,
+            console_max_bytes: crate::sandbox::CONSOLE_LOG_MAX_BYTES,
         }
     }
 }
 
 impl Default for VirtiofsdSection {
-            console_max_bytes: crate::sandbox::CONSOLE_LOG_MAX_BYTES,
     fn default() -> Self {
         VirtiofsdSection {
             binary: AUTO.into(),
@@ -611,6 +611,7 @@ impl Config {
         c.net_backend = self.vm.net_backend;
         c.log_format = Some(self.log_format);
         c.jail = self.jail.settings();
+        c.console_max_bytes = self.vm.console_max_bytes;
         c
     }
 }
@@ -620,7 +621,6 @@ mod level_filter {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub const EXPECTED: &str = "error, warn, info, debug, trace or off";
-        c.console_max_bytes = self.vm.console_max_bytes;
 
     pub fn serialize<S: Serializer>(l: &log::LevelFilter, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&l.as_str().to_ascii_lowercase())
