@@ -58,9 +58,13 @@ pub async fn prepare(
     mounts: &mut Mounts,
 ) -> anyhow::Result<Prepared> {
     let rc = &state.config;
-    let rec = store
-        .get_image(&rc.image)
-        .with_context(|| format!("image {} (pull or import it first)", rc.image))?;
+    // The image `run` leased for this container, even if its name was pulled again since.
+    let rec = match store.leased_image(&state.id)? {
+        Some(rec) => rec,
+        None => store
+            .get_image(&rc.image)
+            .with_context(|| format!("image {} (pull or import it first)", rc.image))?,
+    };
     let image = store.image_config(&rec)?;
     report.progress("preparing the root filesystem...");
     let lowers = {

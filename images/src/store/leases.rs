@@ -118,6 +118,15 @@ impl Store {
         Ok(out)
     }
 
+    /// The image record `holder` leased, if it holds a lease.
+    pub fn leased_image(&self, holder: &str) -> Result<Option<ImageRecord>> {
+        Ok(self
+            .leases()?
+            .into_iter()
+            .find(|l| l.holder == holder)
+            .map(|l| l.image))
+    }
+
     /// Drops the leases of every holder for which `live` is false (holders that went away
     /// without releasing); returns those holders.
     pub fn retain_leases(&self, live: impl Fn(&str) -> bool) -> Result<Vec<String>> {
@@ -196,6 +205,11 @@ mod tests {
         put(&s, &a, b"layer-a");
         s.lease("c1", &a).unwrap();
         s.lease("c2", &a).unwrap();
+        assert_eq!(
+            s.leased_image("c1").unwrap().map(|r| r.manifest_digest),
+            Some(a.manifest_digest.clone())
+        );
+        assert!(s.leased_image("c3").unwrap().is_none());
         match s.remove_image("a:1") {
             Err(e @ Error::ImageInUse { .. }) => {
                 let msg = e.to_string();
