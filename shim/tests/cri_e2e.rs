@@ -11,86 +11,16 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    LinuxContainerResources, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
+    CreateContainerRequest, ExecSyncRequest, LinuxContainerResources, RemoveContainerRequest,
     RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
     StopPodSandboxRequest, UpdateContainerResourcesRequest, VersionRequest,
 };
-use support::cri::{connect, prepare, PAUSE};
+use support::cri::{busybox_container, connect, host_network_pod, prepare, wait_for_log, PAUSE};
 use support::scenarios::real_vm_prerequisites;
 use support::*;
-
-/// kubelet's namespaces for a host-network pod without a shared pid namespace.
-fn namespaces() -> NamespaceOption {
-    NamespaceOption {
-        network: NamespaceMode::Node as i32,
-        pid: NamespaceMode::Container as i32,
-        ipc: NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
-}
-
-fn pod_config(log_dir: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "web".into(),
-            uid: "uid-web-1".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        // kubelet sends no hostname for host-network pods.
-        hostname: String::new(),
-        log_directory: log_dir.to_string_lossy().into_owned(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(namespaces()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, script: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: IMAGE.into(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}.log"),
-        linux: Some(k8s_cri::v1::LinuxContainerConfig {
-            security_context: Some(k8s_cri::v1::LinuxContainerSecurityContext {
-                namespace_options: Some(namespaces()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// Polls `path` until it contains `needle` (CRI log lines: `TIME stdout F TEXT`).
-fn wait_for_log(path: &Path, needle: &str, limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(needle) || Instant::now() > deadline {
-            return text;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn cri_pod(c: &Containerd, vmm: &str) {
     let log_dir = c.dir().join("pod-logs");
@@ -105,7 +35,7 @@ fn cri_pod(c: &Containerd, vmm: &str) {
             .into_inner();
         eprintln!("CRI: {} {}", version.runtime_name, version.runtime_version);
 
-        let pod = pod_config(&log_dir);
+        let pod = host_network_pod("web", &log_dir);
         let started = Instant::now();
         let sandbox = cri
             .run_pod_sandbox(RunPodSandboxRequest {
@@ -129,7 +59,7 @@ fn cri_pod(c: &Containerd, vmm: &str) {
             let id = cri
                 .create_container(CreateContainerRequest {
                     pod_sandbox_id: sandbox.clone(),
-                    config: Some(container_config(name, script)),
+                    config: Some(busybox_container(name, script)),
                     sandbox_config: Some(pod.clone()),
                 })
                 .await

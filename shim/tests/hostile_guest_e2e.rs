@@ -22,13 +22,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{
-    Capability, ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec,
-    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    Capability, ContainerConfig, CreateContainerRequest, LinuxContainerResources, Mount,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest,
 };
-use support::cri::{connect, prepare, PAUSE};
+use support::cri::{busybox_container, connect, host_network_pod, prepare, wait_for_log, PAUSE};
 use support::scenarios::real_vm_prerequisites;
 use support::*;
 
@@ -87,69 +85,6 @@ while [ $i -lt 25 ]; do sh -c 'x=$(head -c 64000000 /dev/zero | tr "\0" a)'; i=$
 echo oom-flood-done
 exec sleep 100000
 "#;
-
-fn namespaces() -> NamespaceOption {
-    NamespaceOption {
-        network: NamespaceMode::Node as i32,
-        pid: NamespaceMode::Container as i32,
-        ipc: NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
-}
-
-fn pod_config(log_dir: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "hostile".into(),
-            uid: "uid-hostile-1".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        log_directory: log_dir.to_string_lossy().into_owned(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(namespaces()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn container(name: &str, script: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: IMAGE.into(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}.log"),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(namespaces()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn wait_for_log(path: &Path, needle: &str, limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(needle) || Instant::now() > deadline {
-            return text;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// Names, sizes and modes of the entries of `dirs` (one level): what the host must not see
 /// change.
@@ -322,7 +257,7 @@ fn a_hostile_guest_changes_nothing_on_the_host() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut cri = connect(c.socket()).await;
-        let pod = pod_config(&log_dir);
+        let pod = host_network_pod("hostile", &log_dir);
         let sandbox = cri
             .run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(pod.clone()),
@@ -358,7 +293,7 @@ fn a_hostile_guest_changes_nothing_on_the_host() {
             }
         };
 
-        let mut attacker = container("attacker", ATTACK);
+        let mut attacker = busybox_container("attacker", ATTACK);
         if let Some(linux) = attacker.linux.as_mut() {
             if let Some(sc) = linux.security_context.as_mut() {
                 sc.capabilities = Some(Capability {
@@ -394,7 +329,13 @@ fn a_hostile_guest_changes_nothing_on_the_host() {
         }
 
         // The shim still creates (and later removes) a container's directory and mounts.
-        ids.push(create(container("victim", "echo victim-up; exec sleep 100000")).await);
+        ids.push(
+            create(busybox_container(
+                "victim",
+                "echo victim-up; exec sleep 100000",
+            ))
+            .await,
+        );
         let log = wait_for_log(
             &log_dir.join("victim.log"),
             "victim-up",
@@ -402,7 +343,7 @@ fn a_hostile_guest_changes_nothing_on_the_host() {
         );
         assert!(log.contains("victim-up"), "{log}");
 
-        let mut oomer = container("oomer", OOM_FLOOD);
+        let mut oomer = busybox_container("oomer", OOM_FLOOD);
         if let Some(linux) = oomer.linux.as_mut() {
             linux.resources = Some(LinuxContainerResources {
                 memory_limit_in_bytes: 24 << 20,
