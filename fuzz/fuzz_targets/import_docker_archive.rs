@@ -17,12 +17,19 @@ enum Input<'a> {
     Raw(&'a [u8]),
 }
 
+#[derive(Arbitrary, Debug)]
+struct Run<'a> {
+    /// An image of the same name is replaced rather than refused.
+    replace: bool,
+    input: Input<'a>,
+}
+
 fn entry(name: &str, kind: Kind) -> Entry {
     Entry { name: Name::Bytes(name.as_bytes().to_vec()), kind, mode: 0o644, uid: 0, gid: 0, mtime: 0, pax: Vec::new() }
 }
 
-fuzz_target!(|input: Input| {
-    let (bytes, name) = match input {
+fuzz_target!(|run: Run| {
+    let (bytes, name) = match run.input {
         Input::Spec(spec, name) => {
             let entries: Vec<Entry> = image_spec::docker_archive(&spec)
                 .into_iter()
@@ -38,6 +45,6 @@ fuzz_target!(|input: Input| {
     };
     let scene = Scene::new(|p| std::fs::write(p, &bytes).expect("archive"));
     let store = scene.store();
-    let result = import::docker_archive(&store, &scene.input(), name.as_deref());
+    let result = import::docker_archive(&store, &scene.input(), name.as_deref(), run.replace);
     scene.check(&store, result.as_deref().ok());
 });

@@ -11,8 +11,8 @@ use bulkhead_fuzz::import_check::Scene;
 use bulkhead_images::import;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|input: (ImageSpec, Option<String>)| {
-    let (spec, name) = input;
+fuzz_target!(|input: (ImageSpec, Option<String>, bool)| {
+    let (spec, name, replace) = input;
     let files = image_spec::oci_layout(&spec);
     let scene = Scene::new(|dir| {
         fs::create_dir(dir).expect("layout dir");
@@ -33,6 +33,6 @@ fuzz_target!(|input: (ImageSpec, Option<String>)| {
         }
     });
     let store = scene.store();
-    let result = import::oci_layout(&store, &scene.input(), name.as_deref());
+    let result = import::oci_layout(&store, &scene.input(), name.as_deref(), replace);
     scene.check(&store, result.as_deref().ok());
 });

@@ -55,10 +55,12 @@ fn size(sel: u8) -> usize {
 
 fuzz_target!(|input: Input| {
     let mem = guest::memory();
+    // The host end of the net device's tap lives as long as the input.
+    let mut _peer = None;
     let (dev, sub, nq): (Arc<Mutex<dyn VirtioDevice>>, Arc<Mutex<dyn MutEventSubscriber + Send>>, u64) =
         if input.net {
             let (tap, peer) = fake_tap::pair();
-            std::mem::forget(peer);
+            _peer = Some(peer);
             let n = Arc::new(Mutex::new(
                 Net::new(Box::new(tap), TapOffloads::default(), None, Some(1500)).expect("net"),
             ));
