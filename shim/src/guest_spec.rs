@@ -44,6 +44,35 @@ fn strip(object: &mut Value, prefix: &str, fields: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// Rewrites the namespace paths a pod's containers share (`/proc/<pid>/ns/ipc`, `uts`,
+/// `pid`, ...). containerd names them after the sandbox task's pid, which is the VMM's host
+/// pid (the pid the shim reports, as Kata does); in the guest the pod's namespaces are
+/// those of the sandbox container's init, `guest_pid`. Returns how many were rewritten.
+pub fn guest_namespace_paths(spec: &mut Value, host_pid: u32, guest_pid: u32) -> usize {
+    let prefix = format!("/proc/{host_pid}/ns/");
+    let Some(namespaces) = spec
+        .get_mut("linux")
+        .and_then(|l| l.get_mut("namespaces"))
+        .and_then(Value::as_array_mut)
+    else {
+        return 0;
+    };
+    let mut rewritten = 0;
+    for ns in namespaces {
+        let Some(path) = ns.get("path").and_then(Value::as_str) else {
+            continue;
+        };
+        if let Some(kind) = path.strip_prefix(&prefix) {
+            let guest = format!("/proc/{guest_pid}/ns/{kind}");
+            if let Some(obj) = ns.as_object_mut() {
+                obj.insert("path".into(), Value::String(guest));
+                rewritten += 1;
+            }
+        }
+    }
+    rewritten
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +122,27 @@ mod tests {
         );
         assert_eq!(process, json!({"args": ["ls"], "cwd": "/"}));
         assert!(strip_process_labels(&mut json!("not an object")).is_empty());
+    }
+
+    #[test]
+    fn shared_namespaces_name_the_sandbox_init_in_the_guest() {
+        let mut spec = json!({"linux": {"namespaces": [
+            {"type": "pid"},
+            {"type": "ipc", "path": "/proc/469/ns/ipc"},
+            {"type": "uts", "path": "/proc/469/ns/uts"},
+            {"type": "network", "path": "/var/run/netns/cni-1"},
+            {"type": "mount"},
+            {"type": "cgroup", "path": "/proc/4690/ns/cgroup"}
+        ]}});
+        assert_eq!(guest_namespace_paths(&mut spec, 469, 33), 2);
+        let ns = &spec["linux"]["namespaces"];
+        assert_eq!(ns[1]["path"], "/proc/33/ns/ipc");
+        assert_eq!(ns[2]["path"], "/proc/33/ns/uts");
+        assert_eq!(ns[3]["path"], "/var/run/netns/cni-1");
+        assert_eq!(
+            ns[5]["path"], "/proc/4690/ns/cgroup",
+            "another pid is left alone"
+        );
+        assert_eq!(guest_namespace_paths(&mut json!({}), 1, 2), 0);
     }
 }

@@ -211,6 +211,26 @@ impl PodCore {
                 }
             },
         };
+        if let Role::Member { .. } = &role {
+            // The pod's shared namespaces are named after the sandbox task's pid, the VMM's
+            // host pid; in the guest they are the sandbox container's init's.
+            let owner = self
+                .state()
+                .containers
+                .values()
+                .find(|c| matches!(c.role, Role::Owner { .. }) && Arc::ptr_eq(&c.vm, &vm))
+                .map(|c| c.init.guest_pid());
+            if let Some(guest_pid) = owner {
+                let host_pid = vm.sandbox.vmm_pid();
+                let n = guest_spec::guest_namespace_paths(&mut spec, host_pid, guest_pid);
+                if n > 0 {
+                    log::debug!(
+                        "create {}: {n} shared namespace paths name the sandbox's init, guest pid {guest_pid}",
+                        t.id
+                    );
+                }
+            }
+        }
         let created = self.create_in(&vm, &t, &mut spec).await;
         let (fs, init) = match created {
             Ok(v) => v,

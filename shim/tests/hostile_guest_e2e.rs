@@ -107,7 +107,12 @@ fn status(pid: i32) -> BTreeMap<String, String> {
         .unwrap()
         .lines()
         .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_owned(),
+                v.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
+        })
         .collect()
 }
 
