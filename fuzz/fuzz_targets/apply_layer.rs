@@ -54,13 +54,19 @@ fn compress(c: &Compression, tar: Vec<u8>) -> Vec<u8> {
 fn check_root(root: &Path, overlay: bool) {
     for rel in snapshot::take(root).into_keys() {
         let p = root.join(&rel);
-        let Ok(md) = fs::symlink_metadata(&p) else { continue };
+        let Ok(md) = fs::symlink_metadata(&p) else {
+            continue;
+        };
         let ft = md.file_type();
         if ft.is_block_device() {
             panic!("block device unpacked at {rel:?}");
         }
         if ft.is_char_device() {
-            assert!(overlay && md.rdev() == 0, "character device {:#x} unpacked at {rel:?}", md.rdev());
+            assert!(
+                overlay && md.rdev() == 0,
+                "character device {:#x} unpacked at {rel:?}",
+                md.rdev()
+            );
         }
     }
 }
@@ -72,10 +78,20 @@ fuzz_target!(|input: Input| {
     fs::create_dir(&root).expect("root");
     snapshot::plant_sentinel(&sentinel);
     let before = snapshot::take(&sentinel);
-    let limits = Limits { max_layer_bytes: 1 << 20, max_image_bytes: 2 << 20, max_entries: 256 };
-    let mode = if input.overlay { Mode::Overlay } else { Mode::Flatten };
+    let limits = Limits {
+        max_layer_bytes: 1 << 20,
+        max_image_bytes: 2 << 20,
+        max_entries: 256,
+    };
+    let mode = if input.overlay {
+        Mode::Overlay
+    } else {
+        Mode::Flatten
+    };
     let bytes = match input.layer {
-        Layer::Entries(e, unterminated) => compress(&input.compression, tarb::build(&e, unterminated)),
+        Layer::Entries(e, unterminated) => {
+            compress(&input.compression, tarb::build(&e, unterminated))
+        }
         Layer::Raw(r) => r.to_vec(),
     };
     let _ = apply_layer(&bytes[..], &root, mode, &limits);
@@ -83,12 +99,20 @@ fuzz_target!(|input: Input| {
         let layer = compress(&input.compression, tarb::build(&e, false));
         let _ = apply_layer(&layer[..], &root, mode, &limits);
     }
-    assert_eq!(snapshot::take(&sentinel), before, "the sentinel outside the root changed");
+    assert_eq!(
+        snapshot::take(&sentinel),
+        before,
+        "the sentinel outside the root changed"
+    );
     let mut top: Vec<_> = fs::read_dir(tmp.path())
         .expect("tmp")
         .filter_map(|e| e.ok().map(|e| e.file_name()))
         .collect();
     top.sort();
-    assert_eq!(top, ["root", "sentinel"], "something was created next to the root");
+    assert_eq!(
+        top,
+        ["root", "sentinel"],
+        "something was created next to the root"
+    );
     check_root(&root, input.overlay);
 });

@@ -16,8 +16,17 @@ const CAP: u64 = 64 << 20;
 #[derive(Arbitrary, Debug)]
 enum Input<'a> {
     Raw(&'a [u8]),
-    Gzip { data: &'a [u8], members: Vec<u16>, cut: Option<u16>, flip: Option<(u16, u8)> },
-    Zstd { data: &'a [u8], level: u8, cut: Option<u16> },
+    Gzip {
+        data: &'a [u8],
+        members: Vec<u16>,
+        cut: Option<u16>,
+        flip: Option<(u16, u8)>,
+    },
+    Zstd {
+        data: &'a [u8],
+        level: u8,
+        cut: Option<u16>,
+    },
 }
 
 fn read_all(stream: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -37,7 +46,12 @@ fuzz_target!(|input: Input| {
         Input::Raw(bytes) => {
             let _ = read_all(bytes);
         }
-        Input::Gzip { data, members, cut, flip } => {
+        Input::Gzip {
+            data,
+            members,
+            cut,
+            flip,
+        } => {
             // Split `data` into members at the given lengths.
             let mut stream = Vec::new();
             let mut rest = data;
@@ -69,7 +83,10 @@ fuzz_target!(|input: Input| {
                 Ok(out) => {
                     // Damage that still decodes (an extra field, the OS byte, a cut between
                     // members) must not produce anything but a prefix of the data.
-                    assert!(data.starts_with(&out) || whole != stream, "damaged gzip gave other data");
+                    assert!(
+                        data.starts_with(&out) || whole != stream,
+                        "damaged gzip gave other data"
+                    );
                 }
                 Err(e) => assert!(damaged, "intact gzip failed: {e}"),
             }

@@ -55,7 +55,8 @@ fn valid_connect(line: &[u8]) -> bool {
         return false;
     };
     let s = s.strip_suffix('\r').unwrap_or(s);
-    s.strip_prefix("CONNECT ").is_some_and(|p| p.trim().parse::<u32>().is_ok())
+    s.strip_prefix("CONNECT ")
+        .is_some_and(|p| p.trim().parse::<u32>().is_ok())
 }
 
 fuzz_target!(|input: Input| {
@@ -64,8 +65,13 @@ fuzz_target!(|input: Input| {
         Input::Connect(bytes, close) => {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("v.sock");
-            let mut mux = Muxer::new(3, HostListener::bind(&path).expect("listener"), false, Arc::new(VsockMetrics::default()))
-                .expect("muxer");
+            let mut mux = Muxer::new(
+                3,
+                HostListener::bind(&path).expect("listener"),
+                false,
+                Arc::new(VsockMetrics::default()),
+            )
+            .expect("muxer");
             let mut poller = Recorder::default();
             let mut client = UnixStream::connect(&path).expect("connect");
             client.set_nonblocking(true).expect("nonblocking");
@@ -76,7 +82,11 @@ fuzz_target!(|input: Input| {
             mux.accept_clients(&mut poller);
             assert_eq!(poller.0.len(), 1, "one client accepted");
             let fd = poller.0[0];
-            let ev = if close { EventSet::IN | EventSet::HANG_UP } else { EventSet::IN };
+            let ev = if close {
+                EventSet::IN | EventSet::HANG_UP
+            } else {
+                EventSet::IN
+            };
             assert!(mux.handle_host_event(fd, ev, &mut poller));
             let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
             let complete = bytes.contains(&b'\n') && line.len() <= 32;

@@ -25,7 +25,15 @@ struct Run<'a> {
 }
 
 fn entry(name: &str, kind: Kind) -> Entry {
-    Entry { name: Name::Bytes(name.as_bytes().to_vec()), kind, mode: 0o644, uid: 0, gid: 0, mtime: 0, pax: Vec::new() }
+    Entry {
+        name: Name::Bytes(name.as_bytes().to_vec()),
+        kind,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        pax: Vec::new(),
+    }
 }
 
 fuzz_target!(|run: Run| {

@@ -16,27 +16,31 @@ enum Input<'a> {
 
 fuzz_target!(|input: Input| {
     match input {
-        Input::Bytes(b) => {
-            match StdioHeader::decode(b) {
-                Ok(Decoded::Complete(h, used)) => {
-                    assert!(used <= b.len());
-                    let again = h.encode().expect("a decoded header encodes");
-                    assert_eq!(&again[..], &b[..used], "decode/encode differs");
-                }
-                Ok(Decoded::NeedMore(n)) => assert!(n > b.len(), "asks for {n} bytes, has {}", b.len()),
-                Err(_) => {}
+        Input::Bytes(b) => match StdioHeader::decode(b) {
+            Ok(Decoded::Complete(h, used)) => {
+                assert!(used <= b.len());
+                let again = h.encode().expect("a decoded header encodes");
+                assert_eq!(&again[..], &b[..used], "decode/encode differs");
             }
-        }
+            Ok(Decoded::NeedMore(n)) => assert!(n > b.len(), "asks for {n} bytes, has {}", b.len()),
+            Err(_) => {}
+        },
         Input::Header(c, e, k) => {
-            let kind = [StreamKind::Stdin, StreamKind::Stdout, StreamKind::Stderr, StreamKind::Tty]
-                [usize::from(k) % 4];
+            let kind = [
+                StreamKind::Stdin,
+                StreamKind::Stdout,
+                StreamKind::Stderr,
+                StreamKind::Tty,
+            ][usize::from(k) % 4];
             let h = StdioHeader::new(&c, &e, kind);
             let Ok(bytes) = h.encode() else {
                 return;
             };
             for n in 0..bytes.len() {
                 match StdioHeader::decode(&bytes[..n]) {
-                    Ok(Decoded::NeedMore(k)) => assert!(k > n && k <= bytes.len(), "prefix {n}: needs {k}"),
+                    Ok(Decoded::NeedMore(k)) => {
+                        assert!(k > n && k <= bytes.len(), "prefix {n}: needs {k}")
+                    }
                     other => panic!("a prefix of {n} bytes decodes as {other:?}"),
                 }
             }

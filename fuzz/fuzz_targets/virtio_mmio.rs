@@ -57,18 +57,29 @@ fuzz_target!(|input: Input| {
     let mem = guest::memory();
     // The host end of the net device's tap lives as long as the input.
     let mut _peer = None;
-    let (dev, sub, nq): (Arc<Mutex<dyn VirtioDevice>>, Arc<Mutex<dyn MutEventSubscriber + Send>>, u64) =
-        if input.net {
-            let (tap, peer) = fake_tap::pair();
-            _peer = Some(peer);
-            let n = Arc::new(Mutex::new(
-                Net::new(Box::new(tap), TapOffloads::default(), None, Some(1500)).expect("net"),
-            ));
-            (n.clone() as Arc<Mutex<dyn VirtioDevice>>, n as Arc<Mutex<dyn MutEventSubscriber + Send>>, 2)
-        } else {
-            let r = Arc::new(Mutex::new(Rng::new().expect("rng")));
-            (r.clone() as Arc<Mutex<dyn VirtioDevice>>, r as Arc<Mutex<dyn MutEventSubscriber + Send>>, 1)
-        };
+    let (dev, sub, nq): (
+        Arc<Mutex<dyn VirtioDevice>>,
+        Arc<Mutex<dyn MutEventSubscriber + Send>>,
+        u64,
+    ) = if input.net {
+        let (tap, peer) = fake_tap::pair();
+        _peer = Some(peer);
+        let n = Arc::new(Mutex::new(
+            Net::new(Box::new(tap), TapOffloads::default(), None, Some(1500)).expect("net"),
+        ));
+        (
+            n.clone() as Arc<Mutex<dyn VirtioDevice>>,
+            n as Arc<Mutex<dyn MutEventSubscriber + Send>>,
+            2,
+        )
+    } else {
+        let r = Arc::new(Mutex::new(Rng::new().expect("rng")));
+        (
+            r.clone() as Arc<Mutex<dyn VirtioDevice>>,
+            r as Arc<Mutex<dyn MutEventSubscriber + Send>>,
+            1,
+        )
+    };
     let mut em = evloop::with(sub);
     let irqfd = EventFd::new(EFD_NONBLOCK).expect("eventfd");
     let mut t = MmioTransport::new(mem.clone(), dev, irqfd).expect("transport");
@@ -126,8 +137,15 @@ fuzz_target!(|input: Input| {
                     Some(w) => w.iter().take(8).map(guest::wild).collect(),
                     None => {
                         let len = u32::from(len.max(1));
-                        let Some(addr) = bump.alloc(len) else { continue };
-                        vec![Desc { addr, len, flags: F_WRITE, next: None }]
+                        let Some(addr) = bump.alloc(len) else {
+                            continue;
+                        };
+                        vec![Desc {
+                            addr,
+                            len,
+                            flags: F_WRITE,
+                            next: None,
+                        }]
                     }
                 };
                 ring.add_chain(&mem, &descs);
@@ -136,7 +154,10 @@ fuzz_target!(|input: Input| {
             Op::Reset => write32(&mut t, 0x70, 0),
         }
         evloop::pump(&mut em);
-        assert_eq!((read32(&mut t, 0), read32(&mut t, 4), read32(&mut t, 8)), ids);
+        assert_eq!(
+            (read32(&mut t, 0), read32(&mut t, 4), read32(&mut t, 8)),
+            ids
+        );
         let isr = read32(&mut t, 0x60);
         assert_eq!(isr & !3, 0, "InterruptStatus {isr:#x}");
     }

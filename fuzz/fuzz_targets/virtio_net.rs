@@ -52,20 +52,37 @@ struct Rings {
 }
 
 fn activate(dev: &Arc<Mutex<Net>>, mem: &GuestMemoryMmap, features: u64, sizes: (u8, u8)) -> Rings {
-    let (rx, rxq) = Ring::new(mem, 0, NET_QUEUE_SIZE, guest::queue_size(sizes.0, NET_QUEUE_SIZE));
-    let (tx, txq) = Ring::new(mem, 1, NET_QUEUE_SIZE, guest::queue_size(sizes.1, NET_QUEUE_SIZE));
+    let (rx, rxq) = Ring::new(
+        mem,
+        0,
+        NET_QUEUE_SIZE,
+        guest::queue_size(sizes.0, NET_QUEUE_SIZE),
+    );
+    let (tx, txq) = Ring::new(
+        mem,
+        1,
+        NET_QUEUE_SIZE,
+        guest::queue_size(sizes.1, NET_QUEUE_SIZE),
+    );
     let notify = [
         Arc::new(EventFd::new(EFD_NONBLOCK).expect("eventfd")),
         Arc::new(EventFd::new(EFD_NONBLOCK).expect("eventfd")),
     ];
     let queues = vec![
-        ActivatedQueue { queue: rxq, notify: notify[0].clone() },
-        ActivatedQueue { queue: txq, notify: notify[1].clone() },
+        ActivatedQueue {
+            queue: rxq,
+            notify: notify[0].clone(),
+        },
+        ActivatedQueue {
+            queue: txq,
+            notify: notify[1].clone(),
+        },
     ];
     let mut d = dev.lock().expect("device lock");
     let acked = features & d.avail_features();
     d.set_acked_features(acked);
-    d.activate(mem.clone(), interrupt(), queues).expect("activate");
+    d.activate(mem.clone(), interrupt(), queues)
+        .expect("activate");
     Rings { rx, tx, notify }
 }
 
@@ -81,12 +98,23 @@ struct Model {
 impl Model {
     fn drain(&mut self, peer: &Peer) {
         while let Some(frame) = peer.recv() {
-            assert!(frame.len() > VNET_HDR_LEN, "tap got a frame of {} bytes", frame.len());
-            assert!(frame.len() <= MAX_BUFFER_LEN, "tap got a frame of {} bytes", frame.len());
+            assert!(
+                frame.len() > VNET_HDR_LEN,
+                "tap got a frame of {} bytes",
+                frame.len()
+            );
+            assert!(
+                frame.len() <= MAX_BUFFER_LEN,
+                "tap got a frame of {} bytes",
+                frame.len()
+            );
             if self.tx_wild {
                 continue;
             }
-            let want = self.expected.pop_front().expect("tap got a frame the guest never queued");
+            let want = self
+                .expected
+                .pop_front()
+                .expect("tap got a frame the guest never queued");
             assert!(want == frame, "tap frame differs from the guest's");
         }
     }
@@ -106,7 +134,9 @@ impl Model {
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fuzz_target!(|input: Input| {
@@ -118,7 +148,12 @@ fuzz_target!(|input: Input| {
     let mut r = activate(&dev, &mem, input.features, input.sizes);
     evloop::pump(&mut em);
     let mut bump = Bump::default();
-    let mut m = Model { expected: VecDeque::new(), tx_wild: false, host_sent: 0, guest_received: 0 };
+    let mut m = Model {
+        expected: VecDeque::new(),
+        tx_wild: false,
+        host_sent: 0,
+        guest_received: 0,
+    };
     for op in input.ops.into_iter().take(64) {
         match op {
             Op::RxBufs(lens) => {
@@ -127,7 +162,12 @@ fuzz_target!(|input: Input| {
                     .take(4)
                     .map(|&l| {
                         let len = u32::from(l.max(1));
-                        bump.alloc(len).map(|addr| Desc { addr, len, flags: F_WRITE, next: None })
+                        bump.alloc(len).map(|addr| Desc {
+                            addr,
+                            len,
+                            flags: F_WRITE,
+                            next: None,
+                        })
                     })
                     .collect();
                 if let Some(d) = descs {
@@ -174,7 +214,10 @@ fuzz_target!(|input: Input| {
                 m.used(&mut r, &mem);
             }
             Op::Reset(features) => {
-                assert!(dev.lock().expect("device lock").reset(), "net refused reset");
+                assert!(
+                    dev.lock().expect("device lock").reset(),
+                    "net refused reset"
+                );
                 evloop::pump(&mut em);
                 m.drain(&peer);
                 m.expected.clear();
@@ -192,7 +235,14 @@ fuzz_target!(|input: Input| {
     m.drain(&peer);
 });
 
-fn queue_tx(mem: &GuestMemoryMmap, r: &mut Rings, bump: &mut Bump, m: &mut Model, frame: Vec<u8>, splits: &[u16]) {
+fn queue_tx(
+    mem: &GuestMemoryMmap,
+    r: &mut Rings,
+    bump: &mut Bump,
+    m: &mut Model,
+    frame: Vec<u8>,
+    splits: &[u16],
+) {
     if frame.is_empty() {
         return;
     }
@@ -213,10 +263,19 @@ fn queue_tx(mem: &GuestMemoryMmap, r: &mut Rings, bump: &mut Bump, m: &mut Model
         let Some(addr) = bump.alloc(part.len() as u32) else {
             return;
         };
-        mem.write_slice(part, GuestAddress(addr)).expect("buffer in memory");
-        laid.push(Desc { addr, len: part.len() as u32, flags: 0, next: None });
+        mem.write_slice(part, GuestAddress(addr))
+            .expect("buffer in memory");
+        laid.push(Desc {
+            addr,
+            len: part.len() as u32,
+            flags: 0,
+            next: None,
+        });
     }
-    if r.tx.add_chain(mem, &laid).is_some() && frame.len() > VNET_HDR_LEN && frame.len() <= MAX_BUFFER_LEN {
+    if r.tx.add_chain(mem, &laid).is_some()
+        && frame.len() > VNET_HDR_LEN
+        && frame.len() <= MAX_BUFFER_LEN
+    {
         m.expected.push_back(frame);
     }
 }

@@ -34,9 +34,17 @@ struct Input {
 }
 
 fn activate(dev: &Arc<Mutex<Rng>>, mem: &GuestMemoryMmap, size: u8) -> (Ring, Arc<EventFd>) {
-    let (ring, queue) = Ring::new(mem, 0, RNG_QUEUE_SIZE, guest::queue_size(size, RNG_QUEUE_SIZE));
+    let (ring, queue) = Ring::new(
+        mem,
+        0,
+        RNG_QUEUE_SIZE,
+        guest::queue_size(size, RNG_QUEUE_SIZE),
+    );
     let notify = Arc::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"));
-    let q = ActivatedQueue { queue, notify: notify.clone() };
+    let q = ActivatedQueue {
+        queue,
+        notify: notify.clone(),
+    };
     dev.lock()
         .expect("device lock")
         .activate(mem.clone(), interrupt(), vec![q])
@@ -46,11 +54,18 @@ fn activate(dev: &Arc<Mutex<Rng>>, mem: &GuestMemoryMmap, size: u8) -> (Ring, Ar
 
 fn check(ring: &mut Ring, mem: &GuestMemoryMmap) {
     for (chain, len) in ring.take_used(mem) {
-        assert!(len <= MAX_BYTES_PER_CHAIN, "rng wrote {len} bytes into one chain");
+        assert!(
+            len <= MAX_BYTES_PER_CHAIN,
+            "rng wrote {len} bytes into one chain"
+        );
         let all_writable = chain.descs.iter().all(|d| d.flags & F_WRITE != 0);
         if chain.well_formed && all_writable {
             let want = chain.writable.min(u64::from(MAX_BYTES_PER_CHAIN));
-            assert_eq!(u64::from(len), want, "well-formed chain not filled: {chain:?}");
+            assert_eq!(
+                u64::from(len),
+                want,
+                "well-formed chain not filled: {chain:?}"
+            );
         }
     }
 }
@@ -70,7 +85,12 @@ fuzz_target!(|input: Input| {
                     .take(8)
                     .map(|&l| {
                         let len = u32::from(l.max(1));
-                        bump.alloc(len).map(|addr| Desc { addr, len, flags: F_WRITE, next: None })
+                        bump.alloc(len).map(|addr| Desc {
+                            addr,
+                            len,
+                            flags: F_WRITE,
+                            next: None,
+                        })
                     })
                     .collect();
                 if let Some(d) = descs {
@@ -79,7 +99,15 @@ fuzz_target!(|input: Input| {
             }
             Op::Big(len) => {
                 // Starts in memory, may run past its end.
-                ring.add_chain(&mem, &[Desc { addr: guest::BUF_START, len, flags: F_WRITE, next: None }]);
+                ring.add_chain(
+                    &mem,
+                    &[Desc {
+                        addr: guest::BUF_START,
+                        len,
+                        flags: F_WRITE,
+                        next: None,
+                    }],
+                );
             }
             Op::Wild(descs) => {
                 let d: Vec<Desc> = descs.iter().take(8).map(guest::wild).collect();
@@ -91,7 +119,10 @@ fuzz_target!(|input: Input| {
                 check(&mut ring, &mem);
             }
             Op::Reset(size) => {
-                assert!(dev.lock().expect("device lock").reset(), "rng refused reset");
+                assert!(
+                    dev.lock().expect("device lock").reset(),
+                    "rng refused reset"
+                );
                 evloop::pump(&mut em);
                 (ring, notify) = activate(&dev, &mem, size);
                 evloop::pump(&mut em);

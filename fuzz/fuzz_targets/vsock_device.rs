@@ -139,13 +139,21 @@ fn activate(dev: &Arc<Mutex<Vsock>>, mem: &GuestMemoryMmap, sizes: (u8, u8)) -> 
     let queues = [rxq, txq, evq]
         .into_iter()
         .zip(notify.iter())
-        .map(|(queue, n)| ActivatedQueue { queue, notify: n.clone() })
+        .map(|(queue, n)| ActivatedQueue {
+            queue,
+            notify: n.clone(),
+        })
         .collect();
     dev.lock()
         .expect("device lock")
         .activate(mem.clone(), interrupt(), queues)
         .expect("activate");
-    Rig { mem: mem.clone(), rx, tx, notify }
+    Rig {
+        mem: mem.clone(),
+        rx,
+        tx,
+        notify,
+    }
 }
 
 fn credit(state: (u32, u32), sent: u32) -> u32 {
@@ -179,12 +187,19 @@ impl Model {
     }
 
     fn check_rx(&mut self, hdr: &Header, used: u32) {
-        assert_eq!(u64::from(hdr.len) + HDR_SIZE as u64, u64::from(used), "{hdr:?}");
+        assert_eq!(
+            u64::from(hdr.len) + HDR_SIZE as u64,
+            u64::from(used),
+            "{hdr:?}"
+        );
         assert!(hdr.len as usize <= MAX_PAYLOAD, "{hdr:?}");
         assert_eq!(hdr.src_cid, HOST_CID, "{hdr:?}");
         assert_eq!(hdr.dst_cid, GUEST_CID, "{hdr:?}");
         assert_eq!(hdr.type_, TYPE_STREAM, "{hdr:?}");
-        assert!((OP_REQUEST..=OP_CREDIT_REQUEST).contains(&hdr.op), "{hdr:?}");
+        assert!(
+            (OP_REQUEST..=OP_CREDIT_REQUEST).contains(&hdr.op),
+            "{hdr:?}"
+        );
         if hdr.op != OP_RW {
             assert_eq!(hdr.len, 0, "control packet with payload: {hdr:?}");
         }
@@ -198,7 +213,11 @@ impl Model {
         let c = self.conns.entry(key).or_default();
         match hdr.op {
             OP_REQUEST => {
-                *c = ConnModel { known: true, pending: std::mem::take(&mut c.pending), ..ConnModel::default() };
+                *c = ConnModel {
+                    known: true,
+                    pending: std::mem::take(&mut c.pending),
+                    ..ConnModel::default()
+                };
                 self.recent.push_front(key);
             }
             OP_RESPONSE => {
@@ -261,7 +280,8 @@ fn read_chain(mem: &GuestMemoryMmap, descs: &[Desc], len: u32) -> Vec<u8> {
     for d in descs.iter().filter(|d| d.flags & F_WRITE != 0) {
         let n = left.min(d.len as usize);
         let mut buf = vec![0u8; n];
-        mem.read_slice(&mut buf, GuestAddress(d.addr)).expect("rx buffer");
+        mem.read_slice(&mut buf, GuestAddress(d.addr))
+            .expect("rx buffer");
         out.extend(buf);
         left -= n;
         if left == 0 {
@@ -272,7 +292,11 @@ fn read_chain(mem: &GuestMemoryMmap, descs: &[Desc], len: u32) -> Vec<u8> {
 }
 
 fn send(rig: &mut Rig, bump: &mut Bump, m: &mut Model, p: Pkt) {
-    let op = if p.op < 200 { u16::from(p.op % 7 + 1) } else { u16::from(p.op) };
+    let op = if p.op < 200 {
+        u16::from(p.op % 7 + 1)
+    } else {
+        u16::from(p.op)
+    };
     let (src_port, dst_port) = match p.ports {
         PortSel::Listener(l, g) => (1024 + u32::from(g % 4), u32::from(l % 3) + 1),
         PortSel::Reply(n) => match m.recent.get(usize::from(n) % m.recent.len().max(1)) {
@@ -289,7 +313,18 @@ fn send(rig: &mut Rig, bump: &mut Bump, m: &mut Model, p: Pkt) {
     let (src_cid, dst_cid, type_) = p.raw_addr.unwrap_or((GUEST_CID, HOST_CID, TYPE_STREAM));
     let payload = &p.payload[..p.payload.len().min(MAX_PAYLOAD)];
     let len = p.raw_len.unwrap_or(payload.len() as u32);
-    let hdr = Header { src_cid, dst_cid, src_port, dst_port, len, type_, op, flags: p.flags, buf_alloc, fwd_cnt };
+    let hdr = Header {
+        src_cid,
+        dst_cid,
+        src_port,
+        dst_port,
+        len,
+        type_,
+        op,
+        flags: p.flags,
+        buf_alloc,
+        fwd_cnt,
+    };
     let mut bytes = hdr.to_bytes().to_vec();
     bytes.extend_from_slice(payload);
     let parts: Vec<&[u8]> = if p.one_desc || payload.is_empty() {
@@ -302,8 +337,15 @@ fn send(rig: &mut Rig, bump: &mut Bump, m: &mut Model, p: Pkt) {
         let Some(addr) = bump.alloc(part.len() as u32) else {
             return;
         };
-        rig.mem.write_slice(part, GuestAddress(addr)).expect("buffer");
-        descs.push(Desc { addr, len: part.len() as u32, flags: 0, next: None });
+        rig.mem
+            .write_slice(part, GuestAddress(addr))
+            .expect("buffer");
+        descs.push(Desc {
+            addr,
+            len: part.len() as u32,
+            flags: 0,
+            next: None,
+        });
     }
     if rig.tx.add_chain(&rig.mem, &descs).is_none() {
         return;
@@ -317,7 +359,8 @@ fn send(rig: &mut Rig, bump: &mut Bump, m: &mut Model, p: Pkt) {
     if takes {
         m.seq += 1;
         let c = m.conns.entry(key).or_default();
-        c.pending.push_back((m.seq, (buf_alloc, fwd_cnt), payload.len() as u64));
+        c.pending
+            .push_back((m.seq, (buf_alloc, fwd_cnt), payload.len() as u64));
         m.tx_fifo.push_back(Some((key, m.seq, op)));
     } else {
         m.tx_fifo.push_back(None);
@@ -341,8 +384,14 @@ fuzz_target!(|input: Input| {
         })
         .collect();
     let mem = guest::memory();
-    let dev = Arc::new(Mutex::new(Vsock::new(GUEST_CID, HostListener::bind(&uds).expect("listener"), input.guest_connect)
-        .expect("vsock")));
+    let dev = Arc::new(Mutex::new(
+        Vsock::new(
+            GUEST_CID,
+            HostListener::bind(&uds).expect("listener"),
+            input.guest_connect,
+        )
+        .expect("vsock"),
+    ));
     let mut em = evloop::with(dev.clone());
     let mut rig = activate(&dev, &mem, input.sizes);
     let mut m = Model::default();
@@ -360,10 +409,24 @@ fuzz_target!(|input: Input| {
                             let a = u32::from(s) % size;
                             [a, size - a]
                                 .iter()
-                                .map(|&l| bump.alloc(l).map(|addr| Desc { addr, len: l, flags: F_WRITE, next: None }))
+                                .map(|&l| {
+                                    bump.alloc(l).map(|addr| Desc {
+                                        addr,
+                                        len: l,
+                                        flags: F_WRITE,
+                                        next: None,
+                                    })
+                                })
                                 .collect()
                         }
-                        _ => bump.alloc(size).map(|addr| vec![Desc { addr, len: size, flags: F_WRITE, next: None }]),
+                        _ => bump.alloc(size).map(|addr| {
+                            vec![Desc {
+                                addr,
+                                len: size,
+                                flags: F_WRITE,
+                                next: None,
+                            }]
+                        }),
                     };
                     if let Some(d) = descs {
                         rig.rx.add_chain(&mem, &d);
@@ -433,13 +496,22 @@ fuzz_target!(|input: Input| {
             Op::Establish(from_host, port) => {
                 let rx_buf = |bump: &mut Bump, rig: &mut Rig| {
                     if let Some(addr) = bump.alloc(4096) {
-                        rig.rx.add_chain(&mem, &[Desc { addr, len: 4096, flags: F_WRITE, next: None }]);
+                        rig.rx.add_chain(
+                            &mem,
+                            &[Desc {
+                                addr,
+                                len: 4096,
+                                flags: F_WRITE,
+                                next: None,
+                            }],
+                        );
                     }
                 };
                 if from_host {
                     if let Ok(mut s) = UnixStream::connect(&uds) {
                         let _ = s.set_nonblocking(true);
-                        let _ = s.write(format!("CONNECT {}\n", 1024 + u32::from(port % 4)).as_bytes());
+                        let _ =
+                            s.write(format!("CONNECT {}\n", 1024 + u32::from(port % 4)).as_bytes());
                         host.push(s);
                     }
                     rx_buf(&mut bump, &mut rig);
@@ -486,7 +558,10 @@ fuzz_target!(|input: Input| {
                 pump(&mut em, &mut rig, &mut m);
             }
             Op::Reset(a, b) => {
-                assert!(dev.lock().expect("device lock").reset(), "vsock refused reset");
+                assert!(
+                    dev.lock().expect("device lock").reset(),
+                    "vsock refused reset"
+                );
                 evloop::pump(&mut em);
                 rig = activate(&dev, &mem, (a, b));
                 m = Model::default();

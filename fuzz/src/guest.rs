@@ -102,7 +102,8 @@ impl Ring {
         let base = slot * 0x4000;
         let (desc, avail, used) = (base, base + 0x1000, base + 0x2000);
         for a in [avail, used] {
-            mem.write_obj(0u32, GuestAddress(a)).expect("ring in memory");
+            mem.write_obj(0u32, GuestAddress(a))
+                .expect("ring in memory");
         }
         let mut queue = Queue::new(max).expect("queue max size");
         queue.set_size(size);
@@ -161,7 +162,10 @@ impl Ring {
             if flags & F_INDIRECT != 0 || u64::from(d.len) == 0 {
                 well_formed = false;
             }
-            if d.addr.checked_add(u64::from(d.len)).is_none_or(|end| end > MEM_SIZE) {
+            if d.addr
+                .checked_add(u64::from(d.len))
+                .is_none_or(|end| end > MEM_SIZE)
+            {
                 well_formed = false;
             }
             if flags & F_WRITE != 0 {
@@ -169,9 +173,12 @@ impl Ring {
             }
             let at = self.desc + 16 * u64::from(idx[i]);
             mem.write_obj(d.addr, GuestAddress(at)).expect("desc table");
-            mem.write_obj(d.len, GuestAddress(at + 8)).expect("desc table");
-            mem.write_obj(flags, GuestAddress(at + 12)).expect("desc table");
-            mem.write_obj(next, GuestAddress(at + 14)).expect("desc table");
+            mem.write_obj(d.len, GuestAddress(at + 8))
+                .expect("desc table");
+            mem.write_obj(flags, GuestAddress(at + 12))
+                .expect("desc table");
+            mem.write_obj(next, GuestAddress(at + 14))
+                .expect("desc table");
         }
         let head = idx[0];
         let slot = u64::from(self.avail_idx % self.size);

@@ -78,7 +78,10 @@ fn json_str(s: &str) -> String {
 }
 
 fn serde_json_lite(os: &str, arch: &str, diff_ids: &[String]) -> String {
-    let ids: Vec<String> = diff_ids.iter().map(|d| json_str(&format!("sha256:{d}"))).collect();
+    let ids: Vec<String> = diff_ids
+        .iter()
+        .map(|d| json_str(&format!("sha256:{d}")))
+        .collect();
     format!(
         "{{\"architecture\":{},\"os\":{},\"config\":{{\"Cmd\":[\"/bin/sh\"]}},\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[{}]}}}}",
         json_str(arch),
@@ -125,7 +128,13 @@ fn diff_ids(spec: &ImageSpec) -> Vec<String> {
     spec.layers
         .iter()
         .take(4)
-        .map(|l| if spec.diff_ids_right { sha256_hex(l) } else { sha256_hex(b"wrong") })
+        .map(|l| {
+            if spec.diff_ids_right {
+                sha256_hex(l)
+            } else {
+                sha256_hex(b"wrong")
+            }
+        })
         .collect()
 }
 
@@ -179,7 +188,10 @@ pub fn oci_layout(spec: &ImageSpec) -> BTreeMap<String, Node> {
     );
     let (mh, mn) = blob(&mut files, manifest.into_bytes());
     let ann = match &spec.ref_name {
-        Some(n) => format!(",\"annotations\":{{\"org.opencontainers.image.ref.name\":{}}}", json_str(n)),
+        Some(n) => format!(
+            ",\"annotations\":{{\"org.opencontainers.image.ref.name\":{}}}",
+            json_str(n)
+        ),
         None => String::new(),
     };
     let index = format!(
@@ -199,5 +211,6 @@ pub fn safe_rel(p: &str) -> bool {
     !p.is_empty()
         && p.len() < 200
         && p.split('/').count() <= 6
-        && p.split('/').all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
+        && p.split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
 }

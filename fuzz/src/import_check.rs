@@ -42,18 +42,34 @@ impl Scene {
     /// Check everything after an import returned `result`.
     pub fn check(&self, store: &Store, result: Option<&[ImageRecord]>) {
         let t = self.tmp.path();
-        assert_eq!(snapshot::take(&t.join("input")), self.input_before, "import changed its input");
-        assert_eq!(snapshot::take(&t.join("sentinel")), self.sentinel_before, "sentinel changed");
+        assert_eq!(
+            snapshot::take(&t.join("input")),
+            self.input_before,
+            "import changed its input"
+        );
+        assert_eq!(
+            snapshot::take(&t.join("sentinel")),
+            self.sentinel_before,
+            "sentinel changed"
+        );
         let mut top: Vec<_> = fs::read_dir(t)
             .expect("tmp")
             .filter_map(|e| e.ok().map(|e| e.file_name()))
             .collect();
         top.sort();
-        assert_eq!(top, ["input", "sentinel", "store"], "something was created beside the store");
+        assert_eq!(
+            top,
+            ["input", "sentinel", "store"],
+            "something was created beside the store"
+        );
         let blobs = t.join("store/blobs/sha256");
         for e in fs::read_dir(&blobs).expect("blobs").flatten() {
             let md = fs::symlink_metadata(e.path()).expect("blob");
-            assert!(md.file_type().is_file(), "blob {:?} is not a regular file", e.file_name());
+            assert!(
+                md.file_type().is_file(),
+                "blob {:?} is not a regular file",
+                e.file_name()
+            );
             let data = fs::read(e.path()).expect("blob");
             assert_eq!(
                 sha256_hex(&data),
@@ -62,9 +78,14 @@ impl Scene {
             );
         }
         for rec in result.unwrap_or_default() {
-            let found = store.get_image(&rec.name).expect("an imported image can be found");
+            let found = store
+                .get_image(&rec.name)
+                .expect("an imported image can be found");
             assert_eq!(found.manifest_digest, rec.manifest_digest);
-            assert!(store.has_blob(&rec.manifest_digest), "manifest blob missing");
+            assert!(
+                store.has_blob(&rec.manifest_digest),
+                "manifest blob missing"
+            );
             assert!(store.has_blob(&rec.config_digest), "config blob missing");
             for l in &rec.layers {
                 assert!(store.has_blob(&l.digest), "layer blob missing");

@@ -35,10 +35,14 @@ fn walk(root: &Path, rel: &Path, out: &mut Snapshot) {
         return;
     };
     let ft = md.file_type();
-    let content = ft
-        .is_file()
-        .then(|| fs::read(&p).map(|d| hex::encode(Sha256::digest(d))).unwrap_or_default());
-    let link = ft.is_symlink().then(|| fs::read_link(&p).unwrap_or_default());
+    let content = ft.is_file().then(|| {
+        fs::read(&p)
+            .map(|d| hex::encode(Sha256::digest(d)))
+            .unwrap_or_default()
+    });
+    let link = ft
+        .is_symlink()
+        .then(|| fs::read_link(&p).unwrap_or_default());
     out.insert(
         rel.to_path_buf(),
         Entry {

@@ -148,13 +148,21 @@ pub fn append(out: &mut Vec<u8>, e: &Entry) {
         Kind::Dir => data_entry(out, &name, b'5', &[], e),
         Kind::Symlink(l) | Kind::Hardlink(l) => {
             let t = link_name(l, out);
-            let kind = if matches!(e.kind, Kind::Symlink(_)) { b'2' } else { b'1' };
+            let kind = if matches!(e.kind, Kind::Symlink(_)) {
+                b'2'
+            } else {
+                b'1'
+            };
             let mut h = header(&name, kind, 0, e);
             set_link(&mut h, &t);
             out.extend_from_slice(&h);
         }
         Kind::Char(ma, mi) | Kind::Block(ma, mi) => {
-            let kind = if matches!(e.kind, Kind::Char(..)) { b'3' } else { b'4' };
+            let kind = if matches!(e.kind, Kind::Char(..)) {
+                b'3'
+            } else {
+                b'4'
+            };
             let mut h = tar::Header::from_byte_slice(&header(&name, kind, 0, e)).clone();
             let _ = h.set_device_major(u32::from(*ma));
             let _ = h.set_device_minor(u32::from(*mi));
