@@ -19,9 +19,28 @@ use crate::store::{normalize_name, ImageRecord, Store};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// Opens a file of an image layout: a regular file, not through a symlink (a hostile layout
+/// could point a blob at `/dev/zero` or at a host file).
+fn open_layout_file(p: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)
+        .map_err(|e| Error::io("open", p, e))?;
+    let meta = f.metadata().map_err(|e| Error::io("stat", p, e))?;
+    if !meta.is_file() {
+        return Err(Error::Layout(format!(
+            "{} is not a regular file",
+            p.display()
+        )));
+    }
+    Ok(f)
+}
+
 /// Reads the JSON document at `p` (`what` names it), refusing one above the cap.
 fn read_file_document(p: &Path, what: &str) -> Result<Vec<u8>> {
-    let f = File::open(p).map_err(|e| Error::io("open", p, e))?;
+    let f = open_layout_file(p)?;
     let size = f.metadata().map_err(|e| Error::io("stat", p, e))?.len();
     if size > MAX_DOCUMENT_BYTES {
         return Err(too_large(what, Some(size), MAX_DOCUMENT_BYTES));
@@ -147,8 +166,17 @@ pub fn oci_layout(
         let layers = layer_records(&manifest, &config)?;
         for l in &layers {
             let p = blob(&l.digest);
-            let f = File::open(&p).map_err(|e| Error::io("open layout blob", &p, e))?;
-            copy_blob(store, f, &l.digest)?;
+            let f = open_layout_file(&p)?;
+            let size = f.metadata().map_err(|e| Error::io("stat", &p, e))?.len();
+            if size != l.size {
+                return Err(Error::SizeMismatch {
+                    digest: l.digest.to_string(),
+                    expected: l.size,
+                    actual: size,
+                });
+            }
+            // At most the size the manifest declares, whatever the file does meanwhile.
+            copy_blob(store, f.take(l.size), &l.digest)?;
         }
         store.put_blob_bytes(&cd, &craw)?;
         store.put_blob_bytes(&md, &mraw)?;

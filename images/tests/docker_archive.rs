@@ -345,3 +345,31 @@ fn an_oversized_oci_layout_index_is_refused() {
         "{err:?}"
     );
 }
+
+/// A hostile OCI layout points its files elsewhere: a symlinked index, a manifest blob
+/// that is a symlink to `/dev/zero`. Both are refused without reading through them.
+#[test]
+fn oci_layout_files_are_not_followed_through_symlinks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let layout = tmp.path().join("layout");
+    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let elsewhere = tmp.path().join("index-elsewhere.json");
+    fs::write(&elsewhere, br#"{"schemaVersion":2,"manifests":[]}"#).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, layout.join("index.json")).unwrap();
+    let err = import::oci_layout(&store, &layout, None, false).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+
+    fs::remove_file(layout.join("index.json")).unwrap();
+    let d = Digest::of(b"never read");
+    std::os::unix::fs::symlink("/dev/zero", layout.join("blobs/sha256").join(d.hex())).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": d.to_string(), "size": 10,
+        "annotations": {"org.opencontainers.image.ref.name": "zero:1"}
+    }]});
+    fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    let err = import::oci_layout(&store, &layout, None, false).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert!(store.list_images().unwrap().is_empty());
+}
