@@ -214,7 +214,9 @@ pub fn clean_up(config: &ShimConfig, namespace: &str, id: &str, role: &Role) -> 
             removed
         }
         Role::Member { .. } => {
-            crate::mounts::remove(&run_dir.join("shared").join(id)).map_err(|e| error_chain(&e))
+            // A member's directory is on the host's side of the share (the guest's view is
+            // read-only).
+            crate::mounts::remove(&run_dir.join("share").join(id)).map_err(|e| error_chain(&e))
         }
     }
 }
@@ -322,7 +324,7 @@ mod tests {
         assert!(victim.join("precious").exists());
 
         // A valid member's delete still works.
-        let member = run_root.join("default/pod1/shared/web");
+        let member = run_root.join("default/pod1/share/web");
         std::fs::create_dir_all(&member).unwrap();
         let spec = serde_json::json!({"annotations": {
             pod::ANNOTATION_CONTAINER_TYPE: "container",
@@ -342,14 +344,14 @@ mod tests {
         let mut config = ShimConfig::default();
         config.config.run_root = tmp.path().to_path_buf();
         let run_dir = pod::run_dir(&config, "k8s.io", "pod1");
-        std::fs::create_dir_all(run_dir.join("shared/web/rootfs")).unwrap();
-        std::fs::create_dir_all(run_dir.join("shared/pod1/rootfs")).unwrap();
+        std::fs::create_dir_all(run_dir.join("share/web/rootfs")).unwrap();
+        std::fs::create_dir_all(run_dir.join("share/pod1/rootfs")).unwrap();
         let role = Role::Member {
             sandbox_id: "pod1".into(),
         };
         clean_up(&config, "k8s.io", "web", &role).unwrap();
-        assert!(!run_dir.join("shared/web").exists());
-        assert!(run_dir.join("shared/pod1/rootfs").exists());
+        assert!(!run_dir.join("share/web").exists());
+        assert!(run_dir.join("share/pod1/rootfs").exists());
         // Nothing left to clean is not an error.
         clean_up(&config, "k8s.io", "web", &role).unwrap();
     }
