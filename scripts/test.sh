@@ -80,6 +80,11 @@ set -e
 note_skips "host tests" <"$host_log"
 [ "$status" = 0 ] || { echo "test.sh: host tests failed (cargo test exit status $status)" >&2; exit 1; }
 
+step "fuzz corpus replay"
+# Every committed fuzz input through its target (stable Rust, no sanitizer): a regression
+# on a known input fails here. Finding new inputs is scripts/fuzz.sh's job (docs/fuzzing.md).
+scripts/fuzz-replay.sh
+
 step "end-to-end tests in the KVM host harness"
 # Test binaries that boot guests; they skip on the host and run for real in the harness.
 # image_e2e: registry pull, VM runs, 100 MiB volume checksum.
