@@ -211,6 +211,13 @@ pub fn clean_up(config: &ShimConfig, namespace: &str, id: &str, role: &Role) -> 
                     left.len()
                 );
             }
+            // The sandbox's cgroups (the dead shim could not remove them).
+            if let Some(parent) = config.config.jail.settings().and_then(|j| j.cgroup_parent) {
+                let name = pod::vm_name(role.sandbox_id());
+                for dir in bulkhead_sandbox::jail::cgroup::remove_left_behind(&parent, &name) {
+                    log::info!("removed the cgroup {} left over", dir.display());
+                }
+            }
             removed
         }
         Role::Member { .. } => {

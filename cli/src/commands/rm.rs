@@ -75,6 +75,11 @@ fn clean_leftovers(ctx: &Ctx, s: &State) -> anyhow::Result<()> {
         if !left.is_empty() {
             log::warn!("processes {left:?} of {} are still ending", dir.display());
         }
+        // The jailed VMM's cgroups, named after the sandbox (the run directory's name).
+        let jail = ctx.cfg.jail.settings().and_then(|j| j.cgroup_parent);
+        if let (Some(parent), Some(name)) = (jail, dir.file_name().and_then(|n| n.to_str())) {
+            bulkhead_sandbox::jail::cgroup::remove_left_behind(&parent, name);
+        }
     }
     if let Some(cg) = Cgroup2::find() {
         if let Err(e) = cg.remove_container_cgroup(&s.id) {

@@ -214,6 +214,40 @@ impl Drop for SandboxCgroup {
     }
 }
 
+/// Removes the (empty) cgroups a crashed front end left for sandbox `name` below
+/// `parent` (`<name>-<uid>` in the v2 hierarchy and the v1 ones); returns those removed.
+/// Cgroups that still hold processes stay. Blocking.
+pub fn remove_left_behind(parent: &Path, name: &str) -> Vec<PathBuf> {
+    let parent = parent.strip_prefix("/").unwrap_or(parent);
+    let mut roots: Vec<PathBuf> = Cgroup2::find().map(|h| h.path).into_iter().collect();
+    roots.extend(
+        CONTROLLERS
+            .iter()
+            .map(|c| Path::new(CGROUP_ROOT).join(c))
+            .filter(|d| is_cgroup1(d)),
+    );
+    let prefix = format!("{name}-");
+    let mut removed = Vec::new();
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(root.join(parent)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+                continue;
+            };
+            if rest.bytes().all(|b| b.is_ascii_digit())
+                && !rest.is_empty()
+                && std::fs::remove_dir(entry.path()).is_ok()
+            {
+                removed.push(entry.path());
+            }
+        }
+    }
+    removed
+}
+
 /// Creates `<root>/<parent>/<name>`; an existing one that holds no process (left by a
 /// crashed front end) is reused, a populated one is an error.
 fn make_dir(root: &Path, parent: &Path, name: &str) -> Result<PathBuf, JailError> {
@@ -374,6 +408,19 @@ mod tests {
         cg.remove(Duration::from_secs(2)).unwrap();
         for dir in cg.dirs() {
             assert!(!dir.exists());
+        }
+        // What a crashed front end leaves (its cgroups, named after the sandbox and its
+        // uid) is removed by name; another sandbox's is not.
+        let left = SandboxCgroup::create(&parent, "pod-2-1879048200", &limits).unwrap();
+        let other = SandboxCgroup::create(&parent, "pod-20-1879048201", &limits).unwrap();
+        let (left_dirs, other_dirs) = (left.dirs().to_vec(), other.dirs().to_vec());
+        std::mem::forget(left);
+        let removed = remove_left_behind(&parent, "pod-2");
+        assert_eq!(removed.len(), left_dirs.len(), "{removed:?}");
+        assert!(left_dirs.iter().all(|d| !d.exists()));
+        assert!(other_dirs.iter().all(|d| d.exists()));
+        drop(other);
+        for dir in cg.dirs() {
             std::fs::remove_dir(dir.parent().unwrap()).unwrap();
         }
     }
