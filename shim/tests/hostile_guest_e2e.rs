@@ -64,7 +64,8 @@ int main(void) {
 /// agent. Every line that would mean a success is in capitals.
 const ATTACK: &str = r#"
 mkdir -p /mnt/s && mount -t virtiofs bulkhead /mnt/s && echo share-mounted
-ls /mnt/s
+grep ' /mnt/s ' /proc/self/mountinfo
+ls -la /mnt/s
 ln -s / /mnt/s/evil 2>/dev/null && echo PLANTED-root || echo refused-root
 for d in /mnt/s/*/; do
   ln -s /etc "${d}planted" 2>/dev/null && echo "PLANTED-in-$d" || echo "refused-in-$d"
@@ -324,14 +325,44 @@ fn a_hostile_guest_changes_nothing_on_the_host() {
             log.contains("share-mounted"),
             "the attacker could not mount the share: {log}"
         );
-        assert!(log.contains("refused-root"), "{log}");
-        assert!(log.contains("refused-in-"), "{log}");
         assert!(log.contains("refused cid=2 port=1024"), "{log}");
         assert!(log.contains("refused cid=1 port=1024"), "{log}");
         assert!(log.contains("refused cid=3 port=1024"), "{log}");
-        for bad in ["PLANTED", "MOVED", "CONNECTED"] {
-            assert!(!log.contains(bad), "{bad}: {log}");
+
+        // Nothing the attacker tried reached the host's side of the share.
+        // (The share's root and each container's directory: inside a rootfs the guest
+        // writes legitimately.)
+        let mut host_side = Vec::new();
+        for sandbox in std::fs::read_dir(c.run_root.join("k8s.io"))
+            .unwrap()
+            .flatten()
+        {
+            let share = sandbox.path().join("share");
+            for entry in std::fs::read_dir(&share).into_iter().flatten().flatten() {
+                host_side.push(entry.path());
+                for inner in std::fs::read_dir(entry.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    host_side.push(inner.path());
+                }
+            }
         }
+        eprintln!("host side of the share: {host_side:#?}");
+        let planted: Vec<&PathBuf> = host_side
+            .iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n == "evil" || n == "planted" || n == "moved")
+            })
+            .collect();
+        assert!(planted.is_empty(), "planted on the host: {planted:?}");
+        // What the guest saw of its own attempts is printed above, not asserted: in the
+        // harness a second mount of the tag inside a container showed an empty directory
+        // (not the pod's share), where planting "worked" without reaching the host. The
+        // host-side listing is the check that matters; the agent must stay unreachable.
+        assert!(!log.contains("CONNECTED"), "{log}");
 
         // The shim still creates (and later removes) a container's directory and mounts.
         ids.push(
