@@ -5,15 +5,16 @@
 #   bulkhead-agent               (the guest's /init; must be static)
 #   bulkhead-vmm                 (the microVM monitor)
 #   containerd-shim-bulkhead-v2  (the containerd shim)
+#   bulkhead                     (the CLI; static for the release tarball)
 # An explicit --target keeps RUSTFLAGS away from build scripts and proc-macros.
-# Prints the directory holding the three binaries on stdout; cargo's output goes to stderr.
+# Prints the directory holding the binaries on stdout; cargo's output goes to stderr.
 #
 # Needs: cargo, libseccomp-dev (the static libseccomp.a the agent links).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 target=x86_64-unknown-linux-gnu
-packages=(bulkhead-agent bulkhead-vmm containerd-shim-bulkhead-v2)
+packages=(bulkhead-agent bulkhead-vmm containerd-shim-bulkhead-v2 bulkhead-cli)
 
 echo "build-static.sh: building ${packages[*]} (release, static, $target)" >&2
 cd "$root"

@@ -4,7 +4,8 @@
 #   scripts/install-shim.sh            build (release) and install
 #   scripts/install-shim.sh BINARY     install an already built binary
 #
-# Then register the runtime with containerd: shim/config/containerd-snippet.toml.
+# For development; a release installs with its own install.sh (docs/install.md). For CRI,
+# import release/containerd-bulkhead.toml into containerd's configuration.
 set -eu
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +27,6 @@ mv -f "$prefix/bin/.$name.new" "$prefix/bin/$name"
 echo "installed $prefix/bin/$name"
 if [ ! -e /etc/bulkhead/config.toml ]; then
     echo "note: /etc/bulkhead/config.toml does not exist; the shim uses its defaults" \
-         "(\"auto\": the build caches in /var/cache/bulkhead, then /usr/share/bulkhead/vmlinux," \
-         "/usr/share/bulkhead/initramfs.cpio, bulkhead-vmm in PATH or /usr/local/bin; see config/bulkhead.toml)"
+         "(\"auto\": the build caches in /var/cache/bulkhead, then /opt/bulkhead/share/vmlinux," \
+         "/opt/bulkhead/share/initramfs.cpio, bulkhead-vmm in PATH or /opt/bulkhead/bin; see config/bulkhead.toml)"
 fi

@@ -278,13 +278,7 @@ impl ContainerDir {
     }
 }
 
-/// Start time of a process (field 22 of `/proc/<pid>/stat`).
-pub fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields follow the last ')'.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
+pub use bulkhead_sandbox::leftovers::process_start_time;
 
 impl State {
     /// Whether the supervisor recorded in the state is still that process.

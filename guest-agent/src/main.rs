@@ -12,6 +12,14 @@ use log::{error, info, warn};
 
 fn main() {
     let pid1 = std::process::id() == 1;
+    if !pid1
+        && std::env::args()
+            .nth(1)
+            .is_some_and(|a| a == "-V" || a == "--version")
+    {
+        println!("bulkhead-agent {}", bulkhead_version::LONG);
+        return;
+    }
     let code = match run(pid1) {
         Ok(()) => 0,
         Err(e) => {

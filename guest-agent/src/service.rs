@@ -21,7 +21,7 @@ use crate::error::AgentError;
 use crate::network::{self, Netlink};
 use crate::sandbox::Sandbox;
 
-pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const AGENT_VERSION: &str = bulkhead_version::LONG;
 
 pub struct AgentService {
     sandbox: Arc<Sandbox>,

@@ -27,7 +27,7 @@ fn check_and_version() {
             .await
             .unwrap();
         assert_eq!(v.protocol_version, PROTOCOL_VERSION);
-        assert_eq!(v.agent_version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(v.agent_version, bulkhead_version::LONG);
 
         let mut old = proto::VersionRequest::new();
         old.protocol_version = PROTOCOL_VERSION + 1;

@@ -1,8 +1,11 @@
 //! What a dead front end (a crashed shim or CLI supervisor) left of a sandbox, and its
-//! removal: the VMM and virtiofsd, found by their command lines naming a path in the run
-//! directory or by a file they hold open there (a jailed VMM names no host path on its
-//! command line, but its console and log are open files in the run directory), are killed; [`crate::run_dir::remove_tree`] then detaches the mounts and
-//! deletes the directory. Blocking.
+//! removal: the VMM and virtiofsd are killed, found by their command lines naming a path in
+//! the run directory, or (a jailed VMM names no host path on its command line) by the pid
+//! and start time the sandbox recorded in `vmm.pid`; [`crate::run_dir::remove_tree`] then
+//! detaches the mounts and deletes the directory. Blocking.
+//!
+//! Nothing is killed for merely holding a file in the directory open: a reader of the
+//! console log, or a test walking the tree, is not the sandbox's.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -21,22 +24,44 @@ pub fn cmdline_refers_to(cmdline: &[u8], dir: &Path) -> bool {
         .any(|arg| arg.windows(prefix.len()).any(|w| w == prefix.as_slice()))
 }
 
-/// Whether the process behind `/proc/<pid>` (`proc_dir`) holds a file inside `dir` open.
-fn holds_file_in(proc_dir: &Path, dir: &Path) -> bool {
-    let Ok(fds) = std::fs::read_dir(proc_dir.join("fd")) else {
-        return false;
-    };
-    fds.flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .any(|target| target.starts_with(dir) && target != dir)
+/// The file in a run directory that records the VMM's host pid and start time.
+pub const VMM_PID_FILE: &str = "vmm.pid";
+
+/// Start time of a process in clock ticks since boot (field 22 of `/proc/<pid>/stat`):
+/// with the pid, it names one process even after the pid is reused.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields follow the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// SIGKILLs every process (but this one) whose command line names a path inside `dir`, or
-/// that holds a file inside it open (the VMM and virtiofsd of a sandbox, a host agent);
-/// returns their pids.
+/// Records `pid` (with its start time) as the VMM of the run directory `dir`.
+pub fn record_vmm_pid(dir: &Path, pid: u32) -> std::io::Result<()> {
+    let start = process_start_time(pid).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("process {pid} has no readable start time"),
+        )
+    })?;
+    std::fs::write(dir.join(VMM_PID_FILE), format!("{pid} {start}\n"))
+}
+
+/// The VMM recorded in `dir`, if that process still runs (same pid, same start time).
+fn recorded_vmm(dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join(VMM_PID_FILE)).ok()?;
+    let mut fields = text.split_whitespace();
+    let pid: u32 = fields.next()?.parse().ok()?;
+    let start: u64 = fields.next()?.parse().ok()?;
+    (process_start_time(pid) == Some(start)).then_some(pid)
+}
+
+/// SIGKILLs the VMM recorded in `dir` and every process (but this one) whose command line
+/// names a path inside `dir` (an unjailed VMM, virtiofsd, a host agent); returns their pids.
 pub fn kill_processes_using(dir: &Path) -> Vec<i32> {
     let me = std::process::id();
     let mut killed = Vec::new();
+    let recorded = recorded_vmm(dir);
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return killed;
     };
@@ -57,7 +82,7 @@ pub fn kill_processes_using(dir: &Path) -> Vec<i32> {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
-        if cmdline_refers_to(&cmdline, dir) || holds_file_in(&entry.path(), dir) {
+        if recorded == Some(pid) || cmdline_refers_to(&cmdline, dir) {
             // SAFETY: kill takes plain integers.
             if unsafe { libc::kill(raw, libc::SIGKILL) } == 0 {
                 killed.push(raw);
@@ -111,6 +136,19 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_pid_whose_process_changed_is_not_killed() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A pid with a start time no process has: the VMM is gone and the pid was reused.
+        let me = std::process::id();
+        std::fs::write(tmp.path().join(VMM_PID_FILE), format!("{me} 1\n")).unwrap();
+        assert_eq!(recorded_vmm(tmp.path()), None);
+        std::fs::write(tmp.path().join(VMM_PID_FILE), "garbage").unwrap();
+        assert_eq!(recorded_vmm(tmp.path()), None);
+        record_vmm_pid(tmp.path(), me).unwrap();
+        assert_eq!(recorded_vmm(tmp.path()), Some(me));
+    }
+
+    #[test]
     fn only_processes_naming_the_directory_are_killed() {
         let tmp = tempfile::tempdir().unwrap();
         let run_dir = tmp.path().join("c1");
@@ -122,16 +160,17 @@ mod tests {
             .arg(run_dir.join("vsock.sock"))
             .spawn()
             .unwrap();
-        // A stand-in for a jailed VMM: only its stdout (the console log) is in the run
-        // directory.
-        let console = std::fs::File::create(run_dir.join("console.log")).unwrap();
+        // A stand-in for a jailed VMM: nothing on its command line, its pid recorded.
         let mut jailed = std::process::Command::new("sleep")
             .arg("60")
-            .stdout(console)
             .spawn()
             .unwrap();
+        record_vmm_pid(&run_dir, jailed.id()).unwrap();
+        // A reader of the console log is not the sandbox's.
+        let console = std::fs::File::create(run_dir.join("console.log")).unwrap();
         let mut bystander = std::process::Command::new("sleep")
             .arg("60")
+            .stdout(console)
             .spawn()
             .unwrap();
         // Let the children exec so that /proc shows their final command lines.

@@ -14,6 +14,8 @@
 //!   fs.sock               virtiofsd's vhost-user socket
 //!   console.log           the guest serial console
 //!   vmm.log               the VMM's own log (stderr)
+//!   vmm.pid               the VMM's host pid and start time (how a crashed front end's
+//!                         jailed VMM, whose command line names no host path, is found)
 //!   virtiofsd.log         virtiofsd's log (stderr)
 //! ```
 //!

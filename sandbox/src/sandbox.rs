@@ -23,6 +23,7 @@ use crate::agent::{AgentConn, AgentEndpoint, ExitInfo, DEFAULT_RPC_TIMEOUT};
 use crate::error::{Phase, SandboxError};
 use crate::jail::plan::{JAIL_INITRD, JAIL_KERNEL};
 use crate::jail::{JailContents, JailSettings, SandboxJail};
+use crate::leftovers;
 use crate::network::{AttachedPodNetwork, PodNetwork};
 use crate::run_dir::RunDir;
 use crate::sizing::VmSize;
@@ -148,6 +149,13 @@ impl SandboxConfig {
             jail: None,
             console_max_bytes: CONSOLE_LOG_MAX_BYTES,
         }
+    }
+
+    /// Appends `params` to the guest kernel's command line (to the VMM's default one when
+    /// none is configured).
+    pub fn append_kernel_params(&mut self, params: &str) {
+        let base = self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
+        self.cmdline = Some(format!("{base} {params}"));
     }
 
     /// The guest kernel's command line: [`SandboxConfig::cmdline`] (else the VMM's
@@ -397,6 +405,13 @@ impl Sandbox {
             jail,
         };
         let vmm = VmmProcess::spawn(vmm_config).map_err(SandboxError::VmmStart)?;
+        if let Err(e) = leftovers::record_vmm_pid(dir.path(), vmm.pid()) {
+            // Only the clean-up after a crashed front end needs it: not worth failing for.
+            log::warn!(
+                "cannot record the VMM's pid in {}: {e}",
+                dir.path().display()
+            );
+        }
         let endpoint = AgentEndpoint::HybridVsock(dir.vsock_socket());
         let deadline = Instant::now() + config.agent_timeout;
         let vmm = partial.vmm.insert(vmm);

@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bulkhead_protocol::types::validate_container_id;
@@ -126,10 +126,17 @@ impl Shim for BulkheadShim {
     async fn delete_shim(&mut self) -> containerd_shim::Result<api::DeleteResponse> {
         delete_progress(&format!("delete {} in {}", self.id, self.namespace));
         // The run root, even when the VM's files cannot be found.
-        let config = self
-            .config
-            .clone()
-            .unwrap_or_else(|_| ShimConfig::load_lenient());
+        // The handler's own file when Create was given one (runtime option ConfigPath).
+        let config = match pod::recorded_config_path(&self.bundle) {
+            Some(path) => ShimConfig::load_file_lenient(&path).unwrap_or_else(|e| {
+                log::warn!("delete {}: {}", self.id, error_chain(&e));
+                ShimConfig::load_lenient()
+            }),
+            None => self
+                .config
+                .clone()
+                .unwrap_or_else(|_| ShimConfig::load_lenient()),
+        };
         let spec = pod::read_spec(&self.bundle).ok();
         let annotations = spec.as_ref().map(pod::annotations).unwrap_or_default();
         // Every id that becomes a path below is checked (classify: the container's and the
@@ -191,8 +198,13 @@ fn delete_progress(what: &str) {
     eprintln!("{}.{:03} {what}", now.as_secs(), now.subsec_millis());
 }
 
+/// How long [`clean_up`] may take: containerd kills a `delete` action after 5 s, and the
+/// process spends some of that starting.
+const DELETE_BUDGET: Duration = Duration::from_millis(3500);
+
 /// Removes what a dead shim left for container `id`. Blocking.
 pub fn clean_up(config: &ShimConfig, namespace: &str, id: &str, role: &Role) -> Result<(), String> {
+    let began = Instant::now();
     let run_dir = pod::run_dir(config, namespace, role.sandbox_id());
     match role {
         Role::Owner { .. } => {
@@ -203,21 +215,40 @@ pub fn clean_up(config: &ShimConfig, namespace: &str, id: &str, role: &Role) -> 
             let killed = leftovers::kill_processes_using(&run_dir);
             delete_progress(&format!("killed {killed:?}; removing mounts and files"));
             let removed = crate::mounts::remove(&run_dir).map_err(|e| error_chain(&e));
+            // What is left of containerd's 5 s (the process started a little before this
+            // function): the killed processes may end, their cgroups may go.
+            let deadline = began + DELETE_BUDGET;
             if !killed.is_empty() {
-                let left = leftovers::wait_gone(&killed, Duration::from_secs(3));
+                let left = leftovers::wait_gone(
+                    &killed,
+                    deadline.saturating_duration_since(Instant::now()),
+                );
                 log::info!(
                     "killed {killed:?} left over from {} ({} still ending)",
                     run_dir.display(),
                     left.len()
                 );
             }
-            // The sandbox's cgroups (the dead shim could not remove them).
+            // The sandbox's cgroups (the dead shim could not remove them); a cgroup empties
+            // only once its killed processes have ended.
             if let Some(parent) = config.config.jail.settings().and_then(|j| j.cgroup_parent) {
                 let name = pod::vm_name(role.sandbox_id());
-                for dir in bulkhead_sandbox::jail::cgroup::remove_left_behind(&parent, &name) {
-                    log::info!("removed the cgroup {} left over", dir.display());
+                use bulkhead_sandbox::jail::cgroup::{left_behind, remove_left_behind};
+                loop {
+                    for dir in remove_left_behind(&parent, &name) {
+                        log::info!("removed the cgroup {} left over", dir.display());
+                    }
+                    let left = left_behind(&parent, &name);
+                    if left.is_empty() || Instant::now() >= deadline {
+                        if !left.is_empty() {
+                            log::warn!("cgroups still busy, left: {left:?}");
+                        }
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
                 }
             }
+            delete_progress("done");
             removed
         }
         Role::Member { .. } => {

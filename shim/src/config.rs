@@ -49,6 +49,23 @@ impl ShimConfig {
         Config::load(&standard_layers(None, env))
     }
 
+    /// The configuration of a RuntimeClass handler whose runtime option `ConfigPath` names
+    /// `path`: the vendor defaults, that file (which must exist) instead of
+    /// `/etc/bulkhead/config.toml`, the `BULKHEAD_*` variables; the VM's files resolved.
+    pub fn load_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let env = std::env::vars().collect();
+        Self::resolve(&Config::load(&standard_layers(Some(path), &env))?)
+    }
+
+    /// [`ShimConfig::load_file`] for `delete`: the VM's files not looked up.
+    pub fn load_file_lenient(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let env = std::env::vars().collect();
+        Ok(Self::unresolved(&Config::load(&standard_layers(
+            Some(path),
+            &env,
+        ))?))
+    }
+
     /// The configuration with the VM's files found ("auto" and bare names resolved).
     pub fn resolve(cfg: &Config) -> Result<Self, ConfigError> {
         Ok(ShimConfig {

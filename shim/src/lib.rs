@@ -32,6 +32,8 @@ pub mod pod_network;
 pub mod process;
 pub mod publisher;
 pub mod resources;
+pub mod runtime_options;
 pub mod service;
 pub mod stdio;
 pub mod translate;
+pub mod vm_annotations;

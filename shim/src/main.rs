@@ -13,7 +13,7 @@ async fn main() {
     {
         println!(
             "containerd-shim-bulkhead-v2 {} (runtime {RUNTIME_ID}, agent protocol {})",
-            env!("CARGO_PKG_VERSION"),
+            bulkhead_version::LONG,
             bulkhead_protocol::PROTOCOL_VERSION
         );
         return;

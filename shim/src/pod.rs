@@ -177,6 +177,26 @@ pub fn sandbox_config(
     c
 }
 
+/// Where the handler's configuration file (runtime option `ConfigPath`) is recorded in the
+/// bundle (the runc shim keeps its options there the same way).
+pub const CONFIG_PATH_RECORD: &str = "bulkhead-config-path";
+
+/// Records the handler's configuration file in the bundle: `delete` after a crash reads the
+/// same file (the run root may be another).
+pub fn record_config_path(bundle: &Path, config: &Path) -> Result<()> {
+    let record = bundle.join(CONFIG_PATH_RECORD);
+    std::fs::write(&record, config.as_os_str().as_encoded_bytes()).map_err(|e| {
+        ShimError::FailedPrecondition(format!("cannot write {}: {e}", record.display()))
+    })
+}
+
+/// The configuration file recorded in the bundle, if any.
+pub fn recorded_config_path(bundle: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(bundle.join(CONFIG_PATH_RECORD)).ok()?;
+    let path = PathBuf::from(text.trim());
+    path.is_absolute().then_some(path)
+}
+
 /// Reads and parses `<bundle>/config.json`.
 pub fn read_spec(bundle: &Path) -> Result<Value> {
     let path = bundle.join("config.json");

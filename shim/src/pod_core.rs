@@ -28,6 +28,7 @@ use crate::pod::{self, Role};
 use crate::process::{self, Exit, Process, Status, OUTPUT_DRAIN_LIMIT};
 use crate::stdio::{self, SandboxStreams, StdioPaths};
 use crate::translate::{CreateTask, ExecTask, KillTask, ProcessState};
+use crate::vm_annotations::VmOverrides;
 use crate::{guest_spec, oom, pod_network};
 
 /// How long Delete waits for a removed container's init to be reported gone.
@@ -172,8 +173,31 @@ impl PodCore {
                         vm.sandbox_id, t.id
                     )));
                 }
+                // The handler's own configuration file (runtime option ConfigPath), recorded
+                // in the bundle for a `delete` after a crash.
+                let handler_config;
+                let config = match &t.config_path {
+                    None => config,
+                    Some(path) => {
+                        let p = path.clone();
+                        handler_config = blocking(move || ShimConfig::load_file(&p))
+                            .await?
+                            .map_err(ShimError::Config)?;
+                        pod::record_config_path(&t.bundle, path)?;
+                        log::info!("create {}: configuration {}", t.id, path.display());
+                        &handler_config
+                    }
+                };
+                let overrides = VmOverrides::from_annotations(
+                    &pod::annotations(&spec),
+                    &config.config.shim.enable_annotations,
+                )?;
                 let resources = pod::vm_resources(&role, &spec)?;
-                let size = pod::vm_size(&resources, config, bulkhead_sandbox::sizing::host_cpus());
+                let size = overrides.size(pod::vm_size(
+                    &resources,
+                    config,
+                    bulkhead_sandbox::sizing::host_cpus(),
+                ));
                 let hostname = spec
                     .get("hostname")
                     .and_then(|h| h.as_str())
@@ -181,6 +205,9 @@ impl PodCore {
                 let mut sc =
                     pod::sandbox_config(config, &self.namespace, sandbox_id, size, hostname);
                 sc.netns = pod_netns;
+                if let Some(params) = &overrides.kernel_params {
+                    sc.append_kernel_params(params);
+                }
                 log::info!(
                     "starting the VM of {sandbox_id}: {} vCPUs, {} MiB",
                     size.vcpus,

@@ -32,6 +32,8 @@ pub struct CreateTask {
     pub bundle: PathBuf,
     pub rootfs: Vec<RootfsMount>,
     pub stdio: StdioPaths,
+    /// The runtime option `ConfigPath`: this handler's configuration file.
+    pub config_path: Option<PathBuf>,
 }
 
 /// An Exec request.
@@ -110,6 +112,7 @@ pub fn create_task(r: &api::CreateTaskRequest) -> Result<CreateTask> {
             stderr: path_opt(&r.stderr),
             terminal: r.terminal,
         },
+        config_path: crate::runtime_options::config_path(r.options.as_ref()).map_err(invalid)?,
     })
 }
 

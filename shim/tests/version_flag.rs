@@ -1,4 +1,5 @@
-//! `containerd-shim-bulkhead-v2 -v` prints the version without containerd's environment.
+//! `containerd-shim-bulkhead-v2 -v` prints the version and commit without containerd's
+//! environment.
 
 use std::process::Command;
 
@@ -13,7 +14,7 @@ fn dash_v_prints_version_runtime_and_protocol() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{flag}: {out:?}");
         assert!(
-            text.contains(env!("CARGO_PKG_VERSION")) && text.contains("io.containerd.bulkhead.v2"),
+            text.contains(bulkhead_version::LONG) && text.contains("io.containerd.bulkhead.v2"),
             "{flag}: {text}"
         );
         assert!(

@@ -52,6 +52,11 @@ for bin in "$@"; do
     timeout -k 30 "${BULKHEAD_E2E_TIMEOUT:-1200}" "$bin" --test-threads 1 "${skip[@]}"
     status=$?
     echo "run-tests.sh: $name exit $status after $((SECONDS - began)) s"
+    if [ "$status" -gt 128 ]; then
+        # Killed by a signal: say whether the kernel did it (OOM) and what else died.
+        echo "run-tests.sh: $name ended by signal $((status - 128)); the kernel's last words:"
+        dmesg 2>/dev/null | grep -iE "oom|killed process|segfault|traps:" | tail -n 20
+    fi
     [ "$status" = 0 ] || failed+=("$name")
 done
 if [ "${#failed[@]}" -gt 0 ]; then

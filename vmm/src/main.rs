@@ -11,13 +11,16 @@ use bulkhead_vmm::seccomp::{privileges, Confinement, Identity, RuleOptions};
 use bulkhead_vmm::terminal::RawTerminal;
 use bulkhead_vmm::vmm_config::{SerialOutput, VmConfig};
 use bulkhead_vmm_contract::VmmArgs;
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
     // A panic report that needs no file (no backtrace): it must work under the filters.
     bulkhead_vmm::panic_hook::install();
     // Parsing opens nothing and starts no thread.
-    let args = VmmArgs::parse();
+    let matches = VmmArgs::command()
+        .version(bulkhead_version::LONG)
+        .get_matches();
+    let args = VmmArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Err(e) = args.check() {
         // Status 2, like any other usage error.
         VmmArgs::command()

@@ -8,7 +8,7 @@ use bulkhead_sandbox::cgroup::{Cgroup2, Layout};
 use bulkhead_sandbox::host_agent;
 use serde::Serialize;
 
-use super::Ctx;
+use super::{check_install, Ctx};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -45,7 +45,7 @@ pub struct Report {
     pub verdict: String,
 }
 
-fn check(
+pub(super) fn check(
     name: &'static str,
     vm: bool,
     container: bool,
@@ -259,6 +259,16 @@ pub fn report(ctx: &Ctx) -> Report {
         host_agent(),
         cgroups(),
         overlay(),
+        check_install::installation(),
+        check_install::containerd(Path::new(check_install::CONTAINERD_CONFIG)),
+        check_install::jail_access(
+            cfg.jail.enabled,
+            &[
+                ("VMM", cfg.vmm_path().ok(), true),
+                ("guest kernel", cfg.kernel_path().ok(), false),
+                ("initramfs", cfg.initrd_path().ok().flatten(), false),
+            ],
+        ),
     ];
     let ready = |f: fn(&Check) -> bool| !checks.iter().any(|c| f(c) && c.outcome == Outcome::Fail);
     let vm_ready = ready(|c| c.vm);

@@ -1,6 +1,7 @@
 //! Command-line definition and dispatch. Each command lives in its own module.
 
 mod check;
+mod check_install;
 mod exec;
 mod gc;
 mod images;
@@ -30,7 +31,7 @@ use crate::state::Containers;
 #[derive(Parser, Debug)]
 #[command(
     name = "bulkhead",
-    version,
+    version = bulkhead_version::LONG,
     about = "VM-isolated containers: run OCI images in a microVM, or as plain containers to compare"
 )]
 pub struct Cli {

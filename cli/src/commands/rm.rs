@@ -67,8 +67,8 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 /// container's cgroup, its network.
 fn clean_leftovers(ctx: &Ctx, s: &State) -> anyhow::Result<()> {
     if let Some(dir) = &s.sandbox_dir {
-        // The VMM and virtiofsd were started by the dead supervisor; their command lines
-        // name the run directory.
+        // The VMM and virtiofsd were started by the dead supervisor: virtiofsd's command
+        // line names the run directory, the (jailed) VMM's pid is recorded in it.
         let killed = leftovers::kill_processes_using(dir);
         bulkhead_sandbox::run_dir::remove_tree(dir)?;
         let left = leftovers::wait_gone(&killed, Duration::from_secs(3));

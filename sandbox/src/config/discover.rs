@@ -17,17 +17,20 @@ pub const KERNEL_CACHE: &str = "/var/cache/bulkhead/kernel";
 /// The initramfs name that `guest-agent/build-initramfs.sh` keeps as a symlink to its
 /// newest `<sha256>.cpio` in the same directory.
 pub const CACHED_INITRD: &str = "/var/cache/bulkhead/initramfs/bulkhead-agent.cpio";
-/// Where an installed runtime keeps its data (kernel, initramfs, vendor defaults).
-pub const INSTALL_DATA_DIR: &str = "/usr/share/bulkhead";
-/// Where an installed runtime keeps its binaries.
-pub const INSTALL_BIN_DIR: &str = "/usr/local/bin";
+/// Where an installed runtime keeps its data (kernel, initramfs, vendor defaults): the
+/// release tarball's `install.sh` layout, Kata-like.
+pub const INSTALL_DATA_DIR: &str = "/opt/bulkhead/share";
+/// Where an installed runtime keeps its binaries (`bulkhead` and the shim are linked from
+/// `/usr/local/bin`).
+pub const INSTALL_BIN_DIR: &str = "/opt/bulkhead/bin";
 /// The installed guest kernel and initramfs.
-pub const INSTALLED_KERNEL: &str = "/usr/share/bulkhead/vmlinux";
-pub const INSTALLED_INITRD: &str = "/usr/share/bulkhead/initramfs.cpio";
+pub const INSTALLED_KERNEL: &str = "/opt/bulkhead/share/vmlinux";
+pub const INSTALLED_INITRD: &str = "/opt/bulkhead/share/initramfs.cpio";
 /// The VMM's binary name.
 pub const VMM_NAME: &str = "bulkhead-vmm";
 /// Where distributions put virtiofsd (outside PATH).
 pub const VIRTIOFSD_PLACES: &[&str] = &[
+    "/opt/bulkhead/bin/virtiofsd",
     "/usr/local/bin/virtiofsd",
     "/usr/libexec/virtiofsd",
     "/usr/lib/qemu/virtiofsd",

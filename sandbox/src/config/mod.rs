@@ -39,7 +39,7 @@ use crate::{FsCache, FsConfinement, VirtiofsdOptions};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/bulkhead/config.toml";
 /// The defaults an installation ships (read before [`DEFAULT_CONFIG_PATH`] or the file
 /// named by [`CONFIG_ENV`]); a missing one is not an error.
-pub const VENDOR_DEFAULTS_PATH: &str = "/usr/share/bulkhead/defaults.toml";
+pub const VENDOR_DEFAULTS_PATH: &str = "/opt/bulkhead/share/defaults.toml";
 /// Names the configuration file instead of [`DEFAULT_CONFIG_PATH`] (the CLI's `--config`
 /// reads it too); a named file must exist.
 pub const CONFIG_ENV: &str = "BULKHEAD_CONFIG";
@@ -194,11 +194,45 @@ pub struct CliSection {
     pub max_layer_entries: u64,
 }
 
-/// What only the containerd shim reads (nothing yet: pod annotation allow-lists and the
-/// like belong here).
+/// What only the containerd shim reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ShimSection {}
+pub struct ShimSection {
+    /// The pod annotations (`io.bulkhead.vm.<name>`) a pod may use to change its VM, like
+    /// Kata's `enable_annotations`; an annotation not named here is refused. None by
+    /// default: a pod author must not size the VM unless the administrator says so.
+    pub enable_annotations: Vec<VmAnnotation>,
+}
+
+/// A per-pod VM knob, set by the pod annotation `io.bulkhead.vm.<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmAnnotation {
+    /// `io.bulkhead.vm.vcpus`: the VM's vCPUs (instead of the pod's CPU limit).
+    Vcpus,
+    /// `io.bulkhead.vm.memory_mib`: the VM's memory in MiB (instead of the pod's limit).
+    MemoryMib,
+    /// `io.bulkhead.vm.kernel_params`: parameters appended to the guest kernel's command
+    /// line.
+    KernelParams,
+}
+
+impl VmAnnotation {
+    pub const ALL: [VmAnnotation; 3] = [
+        VmAnnotation::Vcpus,
+        VmAnnotation::MemoryMib,
+        VmAnnotation::KernelParams,
+    ];
+
+    /// The name in the configuration and the annotation (`vcpus`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            VmAnnotation::Vcpus => "vcpus",
+            VmAnnotation::MemoryMib => "memory_mib",
+            VmAnnotation::KernelParams => "kernel_params",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

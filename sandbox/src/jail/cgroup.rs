@@ -218,6 +218,14 @@ impl Drop for SandboxCgroup {
 /// `parent` (`<name>-<uid>` in the v2 hierarchy and the v1 ones); returns those removed.
 /// Cgroups that still hold processes stay. Blocking.
 pub fn remove_left_behind(parent: &Path, name: &str) -> Vec<PathBuf> {
+    left_behind(parent, name)
+        .into_iter()
+        .filter(|dir| std::fs::remove_dir(dir).is_ok())
+        .collect()
+}
+
+/// The cgroups `<parent>/<name>-<uid>` that exist, in every hierarchy.
+pub fn left_behind(parent: &Path, name: &str) -> Vec<PathBuf> {
     let parent = parent.strip_prefix("/").unwrap_or(parent);
     let mut roots: Vec<PathBuf> = Cgroup2::find().map(|h| h.path).into_iter().collect();
     roots.extend(
@@ -227,7 +235,7 @@ pub fn remove_left_behind(parent: &Path, name: &str) -> Vec<PathBuf> {
             .filter(|d| is_cgroup1(d)),
     );
     let prefix = format!("{name}-");
-    let mut removed = Vec::new();
+    let mut found = Vec::new();
     for root in roots {
         let Ok(entries) = std::fs::read_dir(root.join(parent)) else {
             continue;
@@ -237,15 +245,12 @@ pub fn remove_left_behind(parent: &Path, name: &str) -> Vec<PathBuf> {
             let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
                 continue;
             };
-            if rest.bytes().all(|b| b.is_ascii_digit())
-                && !rest.is_empty()
-                && std::fs::remove_dir(entry.path()).is_ok()
-            {
-                removed.push(entry.path());
+            if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
+                found.push(entry.path());
             }
         }
     }
-    removed
+    found
 }
 
 /// Creates `<root>/<parent>/<name>`; an existing one that holds no process (left by a

@@ -153,6 +153,9 @@ pub struct Containerd {
     child: Option<Child>,
 }
 
+/// systemd's PATH for services: what containerd has on an installed host.
+pub const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 impl Containerd {
     /// `env`: extra environment for containerd (and so for the shims it starts).
     pub fn start(env: &[(&str, &str)], shim_config: &str) -> Containerd {
@@ -167,7 +170,7 @@ impl Containerd {
         shim_config: &str,
         cri_sandbox_image: Option<&str>,
     ) -> Containerd {
-        Containerd::start_full(env, shim_config, cri_sandbox_image, None)
+        Containerd::start_full(env, Some(shim_config), cri_sandbox_image, None, "")
     }
 
     /// The CRI plugin on, as [`Containerd::start_with`], with the CNI configuration list
@@ -179,14 +182,31 @@ impl Containerd {
         cri_sandbox_image: &str,
         conflist: &str,
     ) -> Containerd {
-        Containerd::start_full(env, shim_config, Some(cri_sandbox_image), Some(conflist))
+        Containerd::start_full(
+            env,
+            Some(shim_config),
+            Some(cri_sandbox_image),
+            Some(conflist),
+            "",
+        )
     }
 
+    /// containerd as an installed Bulkhead meets it: the CRI plugin on, `extra` added to
+    /// its configuration (the shipped drop-in's `imports`, more handlers), the system's
+    /// PATH (the shim is the installed `/usr/local/bin` link), no other environment: the
+    /// shim reads the installed vendor defaults, its run root is the default.
+    pub fn start_installed(cri_sandbox_image: &str, extra: &str) -> Containerd {
+        Containerd::start_full(&[], None, Some(cri_sandbox_image), None, extra)
+    }
+
+    /// `shim_config`: the shim's configuration file (this build's shim on PATH, the test's
+    /// run root); `None`: an installed shim with its defaults ([`Containerd::start_installed`]).
     fn start_full(
         env: &[(&str, &str)],
-        shim_config: &str,
+        shim_config: Option<&str>,
         cri_sandbox_image: Option<&str>,
         conflist: Option<&str>,
+        extra_config: &str,
     ) -> Containerd {
         let dir = tempfile::tempdir().unwrap();
         // Everything on a tmpfs: in the harness /tmp is an overlay over 9p, where overlayfs
@@ -199,7 +219,10 @@ impl Containerd {
         );
         let root = dir.path().join("root");
         let state = dir.path().join("state");
-        let run_root = dir.path().join("bulkhead-run");
+        let run_root = match shim_config {
+            Some(_) => dir.path().join("bulkhead-run"),
+            None => PathBuf::from(bulkhead_sandbox::sandbox::DEFAULT_RUN_ROOT),
+        };
         std::fs::create_dir_all(&root).unwrap();
         let socket = dir.path().join("containerd.sock");
         let config = dir.path().join("config.toml");
@@ -228,43 +251,53 @@ impl Containerd {
         std::fs::write(
             &config,
             format!(
-                "version = 2\nroot = {root:?}\nstate = {state:?}\n{plugins}\
+                "version = 2\nroot = {root:?}\nstate = {state:?}\n{extra_config}\n{plugins}\
                  [grpc]\n  address = {socket:?}\n\
                  [ttrpc]\n  address = \"{}\"\n",
                 socket.with_extension("ttrpc").display()
             ),
         )
         .unwrap();
-        let shim_config_path = dir.path().join("bulkhead.toml");
-        std::fs::write(
-            &shim_config_path,
-            format!("run_root = {run_root:?}\nlog_level = \"debug\"\n{shim_config}"),
-        )
-        .unwrap();
-        // The shim reaches containerd's PATH through a directory of its own holding a
-        // symlink: this build's binary, or BULKHEAD_SHIM_BIN (a release build starts much
-        // faster in the harness, where containerd's 5 s for `delete` are tight).
-        let shim_bin = std::env::var_os("BULKHEAD_SHIM_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-bulkhead-v2")));
-        let shim_dir = dir.path().join("bin");
-        std::fs::create_dir_all(&shim_dir).unwrap();
-        std::os::unix::fs::symlink(&shim_bin, shim_dir.join("containerd-shim-bulkhead-v2"))
-            .unwrap();
-        let path = format!(
-            "{}:{}",
-            shim_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
         let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
         let mut cmd = Command::new("containerd");
         cmd.arg("--config")
             .arg(&config)
-            .env("PATH", path)
-            .env("BULKHEAD_CONFIG", &shim_config_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        match shim_config {
+            Some(shim_config) => {
+                let shim_config_path = dir.path().join("bulkhead.toml");
+                std::fs::write(
+                    &shim_config_path,
+                    format!("run_root = {run_root:?}\nlog_level = \"debug\"\n{shim_config}"),
+                )
+                .unwrap();
+                // The shim reaches containerd's PATH through a directory of its own holding
+                // a symlink: this build's binary, or BULKHEAD_SHIM_BIN (a release build
+                // starts much faster in the harness, where containerd's 5 s for `delete`
+                // are tight).
+                let shim_bin = std::env::var_os("BULKHEAD_SHIM_BIN")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| {
+                        PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-bulkhead-v2"))
+                    });
+                let shim_dir = dir.path().join("bin");
+                std::fs::create_dir_all(&shim_dir).unwrap();
+                std::os::unix::fs::symlink(&shim_bin, shim_dir.join("containerd-shim-bulkhead-v2"))
+                    .unwrap();
+                let path = format!(
+                    "{}:{}",
+                    shim_dir.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                );
+                cmd.env("PATH", path)
+                    .env("BULKHEAD_CONFIG", &shim_config_path);
+            }
+            None => {
+                cmd.env_clear().env("PATH", SYSTEM_PATH);
+            }
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -402,7 +402,9 @@ pub fn a_killed_shim(s: &Setup) {
             c.leftovers(),
             s.context()
         );
-        std::thread::sleep(Duration::from_millis(100));
+        // Not more often: each look walks every process's open files, and in the nested
+        // harness that competes with the `delete` containerd gives only 5 s.
+        std::thread::sleep(Duration::from_millis(500));
     }
     let _ = run(c.ctr().args(["tasks", "delete", "orphan"]));
     check(c.ctr().args(["containers", "delete", "orphan"]));
