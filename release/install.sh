@@ -3,16 +3,18 @@
 #
 #   ./install.sh [--configure-containerd] [--no-containerd]
 #
-#   /opt/bulkhead/bin/        bulkhead, bulkhead-vmm, containerd-shim-bulkhead-v2, virtiofsd
+#   /opt/bulkhead/bin/        bulkhead, bulkhead-vmm, containerd-shim-bulkhead-v2,
+#                             bulkhead-agent (container isolation), virtiofsd
 #   /opt/bulkhead/share/      vmlinux, initramfs.cpio, defaults.toml (vendor defaults),
 #                             containerd-bulkhead.toml, runtimeclass.yaml, doc/, uninstall.sh
 #   /usr/local/bin/           links: bulkhead, containerd-shim-bulkhead-v2 (containerd finds
 #                             the shim in its PATH)
 #   /etc/containerd/conf.d/bulkhead.toml   the containerd drop-in (unless --no-containerd)
 #
-# --configure-containerd also writes /etc/containerd/config.toml importing conf.d/*.toml,
-# when that file does not exist (an existing one is never edited: add the imports line the
-# drop-in's header shows). /etc/bulkhead/config.toml is the administrator's and is left
+# --configure-containerd also makes /etc/containerd/config.toml import conf.d/*.toml: a
+# new file when there is none, else one line added after `version` (the original kept as
+# config.toml.before-bulkhead, restored by uninstall). Restart containerd afterwards.
+# /etc/bulkhead/config.toml is the administrator's and is left
 # alone. Upgrading is running a newer release's install.sh: files are replaced by rename
 # (running shims keep their binary), and what the old release had and this one has not
 # is removed. /opt/bulkhead/share/uninstall.sh removes exactly what install.sh installed
@@ -36,6 +38,11 @@ done
 [ "$(id -u)" = 0 ] || { echo "install.sh: run as root" >&2; exit 1; }
 (cd "$here" && sha256sum --quiet -c SHA256SUMS) ||
     { echo "install.sh: the release's files do not match SHA256SUMS" >&2; exit 1; }
+# virtiofsd is the one binary linked against shared libraries.
+for lib in libseccomp.so.2 libcap-ng.so.0; do
+    ldconfig -p | grep -q "$lib" ||
+        { echo "install.sh: virtiofsd needs $lib (Debian/Ubuntu: apt install libseccomp2 libcap-ng0)" >&2; exit 1; }
+done
 
 manifest=$prefix/share/install-manifest
 old_manifest=""
@@ -68,8 +75,35 @@ link() { # target link
     echo "$2" >>"$new_manifest"
 }
 
+# Makes containerd's config.toml import the drop-in: a new file when there is none; else
+# the `imports` line goes in after `version`, and the original is kept as
+# config.toml.before-bulkhead (in the manifest: uninstall.sh puts it back).
+configure_containerd() {
+    config=/etc/containerd/config.toml
+    backup=$config.before-bulkhead
+    imports="imports = [\"$dropin_dir/*.toml\"]"
+    if [ ! -e "$config" ]; then
+        printf 'version = 2\n%s\n' "$imports" >"$config.new"
+        mv "$config.new" "$config"
+        echo "$config" >>"$new_manifest"
+    elif grep -qF "$dropin_dir/" "$config"; then
+        [ -e "$backup" ] && echo "$backup" >>"$new_manifest"
+        [ -n "$old_manifest" ] && grep -qxF "$config" "$old_manifest" && echo "$config" >>"$new_manifest"
+        return 0
+    elif grep -q '^imports' "$config"; then
+        echo "install.sh: $config already has an imports line: add \"$dropin_dir/*.toml\" to it" >&2
+    else
+        cp -p "$config" "$backup"
+        awk -v line="$imports" '{ print } /^version *=/ && !done { print line; done = 1 }' \
+            "$backup" >"$config.new"
+        grep -qF "$imports" "$config.new" || printf '%s\n' "$imports" | cat - "$backup" >"$config.new"
+        mv "$config.new" "$config"
+        echo "$backup" >>"$new_manifest"
+    fi
+}
+
 for d in "$prefix" "$prefix/bin" "$prefix/share" "$prefix/share/doc"; do make_dir "$d"; done
-for b in bulkhead bulkhead-vmm containerd-shim-bulkhead-v2 virtiofsd; do
+for b in bulkhead bulkhead-vmm containerd-shim-bulkhead-v2 bulkhead-agent virtiofsd; do
     put 0755 "$here/bin/$b" "$prefix/bin/$b"
 done
 for f in vmlinux initramfs.cpio defaults.toml containerd-bulkhead.toml runtimeclass.yaml VERSION; do
@@ -83,10 +117,8 @@ link "$prefix/bin/containerd-shim-bulkhead-v2" "$links/containerd-shim-bulkhead-
 if [ "$containerd" = yes ]; then
     make_dir "$dropin_dir"
     put 0644 "$here/share/containerd-bulkhead.toml" "$dropin_dir/bulkhead.toml"
-    if [ "$configure_containerd" = yes ] && [ ! -e /etc/containerd/config.toml ]; then
-        printf 'version = 2\nimports = ["%s/*.toml"]\n' "$dropin_dir" >/etc/containerd/config.toml.new
-        mv /etc/containerd/config.toml.new /etc/containerd/config.toml
-        echo /etc/containerd/config.toml >>"$new_manifest"
+    if [ "$configure_containerd" = yes ]; then
+        configure_containerd
     fi
 fi
 
@@ -102,9 +134,9 @@ echo "$manifest" >>"$new_manifest"
 install -m 0644 "$new_manifest" "$manifest"
 
 echo "installed Bulkhead $(cat "$prefix/share/VERSION") in $prefix"
-if [ "$containerd" = yes ] && ! grep -qs "conf.d" /etc/containerd/config.toml; then
-    echo "note: /etc/containerd/config.toml does not import $dropin_dir/*.toml; add"
-    echo "      imports = [\"$dropin_dir/*.toml\"]   (or run install.sh --configure-containerd"
-    echo "      when there is no config.toml), then restart containerd"
+if [ "$containerd" = yes ] && ! grep -qs "$dropin_dir/" /etc/containerd/config.toml; then
+    echo "note: /etc/containerd/config.toml does not import $dropin_dir/*.toml: run"
+    echo "      install.sh --configure-containerd, or add the runtimes.bulkhead table of"
+    echo "      $dropin_dir/bulkhead.toml to it; then restart containerd"
 fi
 echo "check the installation: bulkhead check"

@@ -13,6 +13,11 @@ list=$(mktemp)
 trap 'rm -f "$list"' EXIT
 cp "$manifest" "$list"
 
+# containerd's config.toml as it was before install.sh --configure-containerd edited it.
+backup=/etc/containerd/config.toml.before-bulkhead
+if grep -qxF "$backup" "$list" && [ -f "$backup" ]; then
+    mv -f "$backup" /etc/containerd/config.toml
+fi
 # Files and links (never a directory's contents: only what is listed).
 grep -v '/$' "$list" | while IFS= read -r f; do
     if [ -L "$f" ] || [ -f "$f" ]; then rm -f "$f"; fi

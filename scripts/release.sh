@@ -4,7 +4,11 @@
 #
 #   bulkhead-<version>/
 #     install.sh, uninstall.sh, SHA256SUMS
-#     bin/    bulkhead, bulkhead-vmm, containerd-shim-bulkhead-v2, virtiofsd (all static)
+#     bin/    bulkhead, bulkhead-vmm, containerd-shim-bulkhead-v2, bulkhead-agent (static;
+#             the agent is also the initramfs's /init, and serves `bulkhead run
+#             --isolation container` on the host), virtiofsd
+#             (linked against libseccomp.so.2 and libcap-ng.so.0: a static glibc build of
+#             it crashes before main, so install.sh checks that the host has both)
 #     share/  vmlinux (guest kernel), initramfs.cpio (the static bulkhead-agent as /init),
 #             defaults.toml (vendor defaults), containerd-bulkhead.toml (containerd drop-in),
 #             runtimeclass.yaml (Kubernetes RuntimeClass), VERSION
@@ -12,7 +16,7 @@
 #
 # Everything comes from the project's own cached builds (scripts/build-static.sh,
 # kernel-config/build-kernel.sh, guest-agent/build-initramfs.sh,
-# scripts/install-virtiofsd.sh --static): run after scripts/setup.sh, it only packs.
+# scripts/install-virtiofsd.sh): run after scripts/setup.sh, it only packs.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,18 +29,18 @@ name="bulkhead-$version"
 release="$(scripts/build-static.sh)"
 kernel="$(kernel-config/build-kernel.sh --print-dir)/vmlinux"
 initrd="$(guest-agent/build-initramfs.sh | tail -n 1)"
-virtiofsd="$(scripts/install-virtiofsd.sh --static | tail -n 1)"
+virtiofsd="$(scripts/install-virtiofsd.sh | tail -n 1)"
 
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
 d="$stage/$name"
 mkdir -p "$d/bin" "$d/share" "$d/doc"
-for b in bulkhead bulkhead-vmm containerd-shim-bulkhead-v2; do
+for b in bulkhead bulkhead-vmm containerd-shim-bulkhead-v2 bulkhead-agent; do
     install -m 0755 "$release/$b" "$d/bin/$b"
 done
 install -m 0755 "$virtiofsd" "$d/bin/virtiofsd"
-for b in "$d"/bin/*; do
-    # A release runs on hosts without our build's libraries: every binary static.
+for b in "$d"/bin/bulkhead*  "$d"/bin/containerd-shim-bulkhead-v2; do
+    # A release runs on hosts without our build's libraries: our binaries are static.
     if readelf -l "$b" | grep -q "program interpreter"; then
         echo "release.sh: $b is dynamically linked" >&2
         exit 1

@@ -85,10 +85,15 @@ step "fuzz corpus replay"
 # on a known input fails here. Finding new inputs is scripts/fuzz.sh's job (docs/fuzzing.md).
 scripts/fuzz-replay.sh
 
+step "release tarball"
+# install_e2e installs it in the harness (static virtiofsd: built once, cached by version).
+BULKHEAD_RELEASE_TARBALL="$(scripts/release.sh | tail -n 1)"
+export BULKHEAD_RELEASE_TARBALL
+
 step "end-to-end tests in the KVM host harness"
 # Test binaries that boot guests; they skip on the host and run for real in the harness.
 # image_e2e: registry pull, VM runs, 100 MiB volume checksum.
-e2e_targets="vmm_boot qemu_reference_boot agent_e2e vm_e2e image_e2e containerd_e2e cri_e2e cri_network_e2e hostile_guest_e2e"
+e2e_targets="vmm_boot qemu_reference_boot agent_e2e vm_e2e image_e2e containerd_e2e cri_e2e cri_network_e2e hostile_guest_e2e install_e2e"
 mapfile -t bins < <(
     cargo test --workspace --no-run --message-format=json 2>/dev/null |
         python3 -c '

@@ -3,7 +3,8 @@
 //! `install.sh` on fresh tmpfs mounts over `/opt`, `/usr/local/bin` and `/etc/containerd`
 //! (in a mount namespace of this test's own: the host's root is read-only in the harness
 //! and is never touched elsewhere), containerd started with the system PATH and no other
-//! environment, importing the shipped drop-in; then, with nothing from the build tree:
+//! environment, its configuration the installed drop-in plus the test's paths; then, with
+//! nothing from the build tree:
 //!
 //! - `--version` of every installed binary names this build's version and commit;
 //! - `bulkhead check` passes the installation, containerd and jail checks;
@@ -154,18 +155,22 @@ fn the_release_installs_runs_a_cri_pod_and_uninstalls() {
         assert_eq!(c["outcome"], "ok", "{name}: {c:#}");
     }
 
-    // containerd with the drop-in, and a handler with its own configuration file.
+    // containerd with the installed drop-in (which `bulkhead check` found imported by the
+    // config.toml install.sh wrote), and a handler with its own configuration file.
     let sized = unpacked.path().join("sized.toml");
+    // containerd's own /opt/containerd, elsewhere: /opt must hold only what install.sh put.
+    let opt = unpacked.path().join("containerd-opt");
     std::fs::write(&sized, "[shim]\nenable_annotations = [\"vcpus\"]\n").unwrap();
     let mut c = Containerd::start_installed(
         PAUSE,
         &format!(
-            "imports = [\"/etc/containerd/conf.d/*.toml\"]\n\
-             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.bulkhead-sized]\n\
+            "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.bulkhead-sized]\n\
              runtime_type = \"io.containerd.bulkhead.v2\"\n\
              pod_annotations = [\"io.bulkhead.*\"]\n\
              [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.bulkhead-sized.options]\n\
-             ConfigPath = {sized:?}\n"
+             ConfigPath = {sized:?}\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n\
+             path = {opt:?}\n"
         ),
     );
     let _logs = LogCollector::start(&c.run_root);

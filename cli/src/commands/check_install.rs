@@ -16,6 +16,8 @@ pub const MANIFEST: &str = "/opt/bulkhead/share/install-manifest";
 const VERSION_FILE: &str = "/opt/bulkhead/share/VERSION";
 /// containerd's configuration file.
 pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+/// containerd's CRI plugin.
+const CRI_PLUGIN: &str = "io.containerd.grpc.v1.cri";
 /// The runtime type the drop-in registers.
 const RUNTIME_TYPE: &str = "io.containerd.bulkhead.v2";
 
@@ -82,7 +84,7 @@ pub fn containerd(config: &Path) -> Check {
     for (path, table) in &files {
         let runtimes = table
             .get("plugins")
-            .and_then(|p| p.get("io.containerd.grpc.v1.cri"))
+            .and_then(|p| p.get(CRI_PLUGIN))
             .and_then(|p| p.get("containerd"))
             .and_then(|p| p.get("runtimes"))
             .and_then(|r| r.as_table());
@@ -115,6 +117,22 @@ pub fn containerd(config: &Path) -> Check {
             )),
         );
     }
+    let lost = keys_an_import_drops(&files);
+    if !lost.is_empty() {
+        return c(
+            Outcome::Warn,
+            format!(
+                "handlers: {}; but containerd 1.x replaces the CRI plugin's section of {} with the imported one, dropping {}",
+                handlers.join(", "),
+                config.display(),
+                lost.join(", ")
+            ),
+            Some(format!(
+                "copy the runtimes.bulkhead table into {} instead of importing the drop-in",
+                config.display()
+            )),
+        );
+    }
     if !leaky.is_empty() {
         return c(
             Outcome::Warn,
@@ -130,6 +148,48 @@ pub fn containerd(config: &Path) -> Check {
         format!("handlers: {}", handlers.join(", ")),
         None,
     )
+}
+
+/// The CRI plugin's keys set in the main config (the first file) that the last imported
+/// file with a CRI section does not set: containerd 1.x replaces a plugin's whole section
+/// with an imported one.
+fn keys_an_import_drops(files: &[(PathBuf, toml::Table)]) -> Vec<String> {
+    let cri = |t: &toml::Table| {
+        t.get("plugins")
+            .and_then(|p| p.get(CRI_PLUGIN))
+            .and_then(|c| c.as_table())
+            .cloned()
+    };
+    let Some((main, imports)) = files.split_first() else {
+        return Vec::new();
+    };
+    let (Some(main), Some(imported)) = (cri(&main.1), imports.iter().rev().find_map(|f| cri(&f.1)))
+    else {
+        return Vec::new();
+    };
+    let imported = flatten(&imported, "");
+    flatten(&main, "")
+        .into_iter()
+        .filter(|k| !imported.contains(k))
+        .collect()
+}
+
+/// The dotted keys of a table's leaves.
+fn flatten(table: &toml::Table, prefix: &str) -> Vec<String> {
+    table
+        .iter()
+        .flat_map(|(k, v)| {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v.as_table() {
+                Some(t) => flatten(t, &key),
+                None => vec![key],
+            }
+        })
+        .collect()
 }
 
 /// The config and the files of its `imports` (globs of the form `dir/*.toml`).
@@ -272,6 +332,24 @@ mod tests {
         let c = containerd(&main);
         assert_eq!(c.outcome, Outcome::Ok, "{}", c.detail);
         assert!(c.detail.contains("bulkhead ("), "{}", c.detail);
+        // A CRI option of the main file that the import would drop is named.
+        std::fs::write(
+            &main,
+            format!(
+                "version = 2\nimports = [\"{}/*.toml\"]\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\nsandbox_image = \"pause:3.9\"\n",
+                confd.display()
+            ),
+        )
+        .unwrap();
+        let c = containerd(&main);
+        assert_eq!(c.outcome, Outcome::Warn, "{}", c.detail);
+        assert!(c.detail.contains("dropping sandbox_image"), "{}", c.detail);
+        std::fs::write(
+            &main,
+            format!("version = 2\nimports = [\"{}/*.toml\"]\n", confd.display()),
+        )
+        .unwrap();
         std::fs::write(
             confd.join("leaky.toml"),
             "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.leaky]\n\

@@ -153,6 +153,36 @@ pub struct Containerd {
     child: Option<Child>,
 }
 
+/// The installed containerd drop-in (`/etc/containerd/conf.d/bulkhead.toml`) with the
+/// TOML texts `cri` (the test's CRI options) and `extra` (more handlers) merged into it, as
+/// an administrator merges it into a config.toml that has CRI options of its own
+/// (containerd 1.x would replace, not merge, an imported plugin section).
+fn with_installed_drop_in(cri: &str, extra: &str) -> String {
+    fn merge(base: &mut toml::Table, top: toml::Table) {
+        for (k, v) in top {
+            match (base.get_mut(&k), v) {
+                (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
+                (_, v) => {
+                    base.insert(k, v);
+                }
+            }
+        }
+    }
+    let drop_in = "/etc/containerd/conf.d/bulkhead.toml";
+    let mut base: toml::Table = std::fs::read_to_string(drop_in)
+        .unwrap_or_else(|e| panic!("{drop_in}: {e}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{drop_in}: {e}"));
+    base.remove("version");
+    for text in [cri, extra] {
+        merge(
+            &mut base,
+            text.parse().expect("the test's containerd options"),
+        );
+    }
+    toml::to_string(&base).expect("serialize containerd's configuration")
+}
+
 /// systemd's PATH for services: what containerd has on an installed host.
 pub const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -191,8 +221,9 @@ impl Containerd {
         )
     }
 
-    /// containerd as an installed Bulkhead meets it: the CRI plugin on, `extra` added to
-    /// its configuration (the shipped drop-in's `imports`, more handlers), the system's
+    /// containerd as an installed Bulkhead meets it: the CRI plugin on, its configuration
+    /// the installed drop-in with the test's options and `extra` (more handlers) merged
+    /// in ([`with_installed_drop_in`]), the system's
     /// PATH (the shim is the installed `/usr/local/bin` link), no other environment: the
     /// shim reads the installed vendor defaults, its run root is the default.
     pub fn start_installed(cri_sandbox_image: &str, extra: &str) -> Containerd {
@@ -235,23 +266,29 @@ impl Containerd {
                     let list = list.replace("{DIR}", &dir.path().to_string_lossy());
                     std::fs::write(cni.join("10-e2e.conflist"), list).unwrap();
                 }
-                format!(
+                let cri = format!(
                     "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
                      sandbox_image = \"{image}\"\n\
                      restrict_oom_score_adj = true\n\
                      [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
-                     bin_dir = \"/usr/lib/cni\"\n  conf_dir = {cni:?}\n\
-                     [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
-                     runtime_type = \"io.containerd.runc.v2\"\n\
-                     [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.bulkhead]\n\
-                     runtime_type = \"{RUNTIME}\"\n"
-                )
+                     bin_dir = \"/usr/lib/cni\"\n  conf_dir = {cni:?}\n"
+                );
+                match shim_config {
+                    Some(_) => format!(
+                        "{cri}\
+                         [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
+                         runtime_type = \"io.containerd.runc.v2\"\n\
+                         [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.bulkhead]\n\
+                         runtime_type = \"{RUNTIME}\"\n"
+                    ),
+                    None => with_installed_drop_in(&cri, extra_config),
+                }
             }
         };
         std::fs::write(
             &config,
             format!(
-                "version = 2\nroot = {root:?}\nstate = {state:?}\n{extra_config}\n{plugins}\
+                "version = 2\nroot = {root:?}\nstate = {state:?}\n{plugins}\
                  [grpc]\n  address = {socket:?}\n\
                  [ttrpc]\n  address = \"{}\"\n",
                 socket.with_extension("ttrpc").display()
@@ -274,9 +311,10 @@ impl Containerd {
                 )
                 .unwrap();
                 // The shim reaches containerd's PATH through a directory of its own holding
-                // a symlink: this build's binary, or BULKHEAD_SHIM_BIN (a release build
-                // starts much faster in the harness, where containerd's 5 s for `delete`
-                // are tight).
+                // a copy (on this tmpfs: in the harness an exec from the 9p-shared build
+                // tree can take seconds) of this build's binary, or of BULKHEAD_SHIM_BIN (a
+                // release build starts much faster in the harness, where containerd's 5 s
+                // for `delete` are tight).
                 let shim_bin = std::env::var_os("BULKHEAD_SHIM_BIN")
                     .map(PathBuf::from)
                     .unwrap_or_else(|| {
@@ -284,8 +322,7 @@ impl Containerd {
                     });
                 let shim_dir = dir.path().join("bin");
                 std::fs::create_dir_all(&shim_dir).unwrap();
-                std::os::unix::fs::symlink(&shim_bin, shim_dir.join("containerd-shim-bulkhead-v2"))
-                    .unwrap();
+                std::fs::copy(&shim_bin, shim_dir.join("containerd-shim-bulkhead-v2")).unwrap();
                 let path = format!(
                     "{}:{}",
                     shim_dir.display(),
@@ -371,12 +408,14 @@ impl Containerd {
         let mut found = Vec::new();
         let run_root = self.run_root.to_string_lossy().into_owned();
         let ns = format!("-namespace\0{}\0", self.namespace);
+        let me = std::process::id();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            // This test process may have a file below the run root open itself.
             if entry
                 .file_name()
                 .to_str()
                 .and_then(|s| s.parse::<u32>().ok())
-                .is_none()
+                .is_none_or(|pid| pid == me)
             {
                 continue;
             }
