@@ -86,7 +86,7 @@ step "fuzz corpus replay"
 scripts/fuzz-replay.sh
 
 step "release tarball"
-# install_e2e installs it in the harness (static virtiofsd: built once, cached by version).
+# install_e2e installs it in the harness (it packs the cached builds: about 30 s).
 BULKHEAD_RELEASE_TARBALL="$(scripts/release.sh | tail -n 1)"
 export BULKHEAD_RELEASE_TARBALL
 
