@@ -46,7 +46,8 @@ fn err_str(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A private store and run root below /tmp (the harness's tmpfs), removed on drop.
+/// A private store and run root below /tmp (the harness's tmpfs), removed on drop; no
+/// network (the host's bridge and address store stay untouched).
 struct Env {
     dir: tempfile::TempDir,
 }
@@ -58,7 +59,7 @@ impl Env {
             .tempdir_in(std::env::temp_dir())
             .unwrap();
         let cfg = format!(
-            "store_root = {:?}\nrun_root = {:?}\nlog_level = \"info\"\n[vm]\nboot_timeout_secs = 300\n[cli]\nisolation = \"vm\"\nstop_timeout_secs = 10\n",
+            "store_root = {:?}\nrun_root = {:?}\nlog_level = \"info\"\n[vm]\nboot_timeout_secs = 300\n[cli]\nisolation = \"vm\"\nnetwork = \"none\"\nstop_timeout_secs = 10\n",
             dir.path().join("store"),
             dir.path().join("run"),
         );

@@ -248,6 +248,13 @@ pub fn clean_up(config: &ShimConfig, namespace: &str, id: &str, role: &Role) -> 
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
+            // The dead shim's jail uid: its lock went with the shim, its file did not.
+            if let Some(jail) = config.config.jail.settings() {
+                let ids = bulkhead_sandbox::jail::ids::remove_stale(&jail.ids_dir);
+                if !ids.is_empty() {
+                    log::info!("released the jail uids {ids:?} left over");
+                }
+            }
             delete_progress("done");
             removed
         }

@@ -1,7 +1,7 @@
 //! The release as a user installs it (KVM harness, root): the tarball of
 //! `scripts/release.sh` (`BULKHEAD_RELEASE_TARBALL`) unpacked and installed with its own
 //! `install.sh` on fresh tmpfs mounts over `/opt`, `/usr/local/bin` and `/etc/containerd`
-//! (in a mount namespace of this test's own: the host's root is read-only in the harness
+//! (and `/run`, the installed run root's parent; in a mount namespace of this test's own: the host's root is read-only in the harness
 //! and is never touched elsewhere), containerd started with the system PATH and no other
 //! environment, its configuration the installed drop-in plus the test's paths; then, with
 //! nothing from the build tree:
@@ -33,11 +33,13 @@ use support::*;
 const INSTALL_MOUNTS: &[&str] = &["/opt", "/usr/local/bin", "/etc/containerd"];
 
 /// A mount namespace of this thread's own (the processes it starts inherit it) with a
-/// fresh tmpfs on each of [`INSTALL_MOUNTS`].
+/// fresh tmpfs on each of [`INSTALL_MOUNTS`], and on `/run`: the installed configuration's
+/// run root and jail uid locks are below `/run/bulkhead`, where the test must see only
+/// what its own pods leave (other tests, or a real installation, use it too).
 fn private_install_roots() {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
     check(Command::new("mount").args(["--make-rprivate", "/"]));
-    for dir in INSTALL_MOUNTS {
+    for dir in INSTALL_MOUNTS.iter().chain(&["/run"]) {
         check(Command::new("mount").args(["-t", "tmpfs", "-o", "mode=0755", "tmpfs", dir]));
     }
 }

@@ -76,9 +76,13 @@ fn clean_leftovers(ctx: &Ctx, s: &State) -> anyhow::Result<()> {
             log::warn!("processes {left:?} of {} are still ending", dir.display());
         }
         // The jailed VMM's cgroups, named after the sandbox (the run directory's name).
-        let jail = ctx.cfg.jail.settings().and_then(|j| j.cgroup_parent);
-        if let (Some(parent), Some(name)) = (jail, dir.file_name().and_then(|n| n.to_str())) {
-            bulkhead_sandbox::jail::cgroup::remove_left_behind(&parent, name);
+        if let Some(jail) = ctx.cfg.jail.settings() {
+            let name = dir.file_name().and_then(|n| n.to_str());
+            if let (Some(parent), Some(name)) = (&jail.cgroup_parent, name) {
+                bulkhead_sandbox::jail::cgroup::remove_left_behind(parent, name);
+            }
+            // The dead supervisor's jail uid: its lock went with it, its file did not.
+            bulkhead_sandbox::jail::ids::remove_stale(&jail.ids_dir);
         }
     }
     if let Some(cg) = Cgroup2::find() {

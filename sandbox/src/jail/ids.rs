@@ -5,6 +5,8 @@
 //! (the lock goes with the holder's descriptor, so a crashed front end frees it) and only
 //! when no process on the host runs as that uid (a VMM that outlived its front end keeps
 //! its id). The search starts at a random offset, so concurrent front ends rarely contend.
+//! A killed front end leaves its (unlocked) file behind: [`remove_stale`] deletes those,
+//! from every allocation and from the clean-up of a dead front end's sandbox.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -43,6 +45,7 @@ impl JailId {
             .create(dir)
             .map_err(dir_err)?;
         let in_use = uids_in_use();
+        remove_stale_except(dir, &in_use);
         let start = random_u32() % count;
         for i in 0..count {
             let id = base + (start + i) % count;
@@ -69,6 +72,26 @@ impl Drop for JailId {
         // Unlink while still locked: a waiter that opened the old file finds it unlinked.
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Deletes the files in `dir` of ids no front end holds and no process runs as (left by a
+/// killed front end); returns those ids.
+pub fn remove_stale(dir: &Path) -> Vec<u32> {
+    remove_stale_except(dir, &uids_in_use())
+}
+
+fn remove_stale_except(dir: &Path, in_use: &std::collections::HashSet<u32>) -> Vec<u32> {
+    let ids: Vec<u32> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|id| !in_use.contains(id))
+        .collect();
+    // Taking the lock proves nobody holds it; dropping the id unlinks the file.
+    ids.into_iter()
+        .filter(|id| matches!(try_take(dir, *id, "stale"), Ok(Some(_))))
+        .collect()
 }
 
 fn try_take(dir: &Path, id: u32, holder: &str) -> io::Result<Option<JailId>> {
@@ -192,6 +215,23 @@ mod tests {
             JailId::allocate(dir.path(), 0, 1, "x"),
             Err(JailError::IdRange { .. })
         ));
+    }
+
+    #[test]
+    fn files_a_killed_holder_left_are_removed_and_held_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = 0x7400_0000;
+        let held = JailId::allocate(dir.path(), base, 4, "live").unwrap();
+        // What a SIGKILLed front end leaves: the file, without its lock.
+        let stale = if held.uid() == base { base + 1 } else { base };
+        std::fs::write(dir.path().join(stale.to_string()), "dead\n").unwrap();
+        std::fs::write(dir.path().join("not-an-id"), "").unwrap();
+        assert_eq!(remove_stale(dir.path()), [stale]);
+        assert!(!dir.path().join(stale.to_string()).exists());
+        assert!(dir.path().join(held.uid().to_string()).exists());
+        assert!(dir.path().join("not-an-id").exists());
+        drop(held);
+        assert!(std::fs::read_dir(dir.path()).unwrap().count() == 1);
     }
 
     #[test]
