@@ -4,7 +4,8 @@
 #   ./install.sh [--configure-containerd] [--no-containerd]
 #
 #   /opt/bulkhead/bin/        bulkhead, bulkhead-vmm, containerd-shim-bulkhead-v2,
-#                             bulkhead-agent (container isolation), virtiofsd
+#                             bulkhead-agent (container isolation), bulkhead-probe
+#                             (bulkhead compare), virtiofsd
 #   /opt/bulkhead/share/      vmlinux, initramfs.cpio, defaults.toml (vendor defaults),
 #                             containerd-bulkhead.toml, runtimeclass.yaml, doc/, uninstall.sh
 #   /usr/local/bin/           links: bulkhead, containerd-shim-bulkhead-v2 (containerd finds
@@ -103,10 +104,10 @@ configure_containerd() {
 }
 
 for d in "$prefix" "$prefix/bin" "$prefix/share" "$prefix/share/doc"; do make_dir "$d"; done
-for b in bulkhead bulkhead-vmm containerd-shim-bulkhead-v2 bulkhead-agent virtiofsd; do
+for b in bulkhead bulkhead-vmm containerd-shim-bulkhead-v2 bulkhead-agent bulkhead-probe virtiofsd; do
     put 0755 "$here/bin/$b" "$prefix/bin/$b"
 done
-for f in vmlinux initramfs.cpio defaults.toml containerd-bulkhead.toml runtimeclass.yaml VERSION; do
+for f in vmlinux initramfs.cpio defaults.toml containerd-bulkhead.toml runtimeclass.yaml seccomp-default.json VERSION; do
     put 0644 "$here/share/$f" "$prefix/share/$f"
 done
 put 0755 "$here/uninstall.sh" "$prefix/share/uninstall.sh"

@@ -14,7 +14,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 target=x86_64-unknown-linux-gnu
-packages=(bulkhead-agent bulkhead-vmm containerd-shim-bulkhead-v2 bulkhead-cli)
+packages=(bulkhead-agent bulkhead-vmm containerd-shim-bulkhead-v2 bulkhead-cli bulkhead-probe)
 
 echo "build-static.sh: building ${packages[*]} (release, static, $target)" >&2
 cd "$root"

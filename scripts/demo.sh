@@ -3,7 +3,9 @@
 # (packages, guest kernel, virtiofsd, agent initramfs: scripts/setup.sh), build the
 # workspace (release), build the demo image (scripts/build-demo-image.sh), then run the
 # same image with the same command in a microVM (--isolation vm) and as a plain
-# container (--isolation container) and show both side by side with their timings.
+# container (--isolation container) and show both side by side with their timings;
+# then the isolation lab, `bulkhead compare` (docs/lab.md): the probe in a microVM, a
+# hardened and a privileged container, as a table and a report page.
 #
 # On a host whose CPU has neither vmx nor svm (nested "PVM" KVM: Linux does not boot on
 # its /dev/kvm), the microVM half runs inside the KVM host harness
@@ -31,6 +33,20 @@ now() { date +%s.%N; }
 
 # run_one MODE OUT_DIR: one `bulkhead run --rm` with timings; stdout, stderr and the wall
 # time land in OUT_DIR/MODE.{out,err,wall}.
+# The isolation lab on the demo image (needs the static probe; without it, says so).
+lab() {
+    local out="$1"
+    if [ ! -x "${BULKHEAD_PROBE:-}" ]; then
+        echo "demo.sh: no static bulkhead-probe: the isolation lab is left out" >"$out/compare.txt"
+        return 0
+    fi
+    "$bulkhead" compare --no-costs --report "$out/lab" "$image" >"$out/compare.txt" 2>"$out/compare.err" || {
+        echo "demo.sh: bulkhead compare failed:" >&2
+        cat "$out/compare.err" >&2
+        return 1
+    }
+}
+
 run_one() {
     local mode="$1" out="$2" t0 t1 rc=0
     t0="$(now)"
@@ -55,6 +71,7 @@ if [ "${1:-}" = --vm-half ]; then
     # Container mode here too: the same level-1 kernel, so the two wall times compare.
     run_one container "$out" && cp "$out/container.wall" "$out/container-in-harness.wall"
     run_one vm "$out"
+    lab "$out"
     exit 0
 fi
 
@@ -75,10 +92,14 @@ fi
 if [ "$build" = 1 ]; then
     step "2/4 build the workspace (release)"
     cargo build --release --workspace
+    # The lab's probe is copied into containers of any image: a static build.
+    RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --release --target x86_64-unknown-linux-gnu -p bulkhead-probe
 fi
+export BULKHEAD_PROBE="${BULKHEAD_PROBE:-$target/x86_64-unknown-linux-gnu/release/bulkhead-probe}"
 step "3/4 demo image $image (scripts/build-demo-image.sh)"
 BULKHEAD="$bulkhead" scripts/build-demo-image.sh "$layout"
-step "4/4 the same image, twice: a microVM and a plain container"
+step "4/4 the same image, twice: a microVM and a plain container; then the isolation lab"
 echo "    bulkhead run --rm --isolation vm|container $image sh -c '$script'" >&2
 "$bulkhead" check || true
 
@@ -88,6 +109,7 @@ mkdir -p "$out"
 where="this host"
 if grep -qwE 'vmx|svm' /proc/cpuinfo; then
     run_one vm "$out"
+    lab "$out"
 else
     where="the KVM host harness (level-1 QEMU VM with nested KVM: this CPU has no vmx/svm)"
     echo "demo.sh: no vmx/svm on this CPU: the microVM runs inside $where" >&2
@@ -114,3 +136,6 @@ if [ -f "$out/container-in-harness.wall" ]; then
     echo "same plain container took $(cat "$out/container-in-harness.wall") s (vs $(cat "$out/vm.wall") s for the microVM)."
     echo "Compare modes only within one environment (bench/run.sh does, over many rounds)."
 fi
+echo
+echo "The isolation lab (bulkhead compare; report page: $out/lab/report.html):"
+cat "$out/compare.txt"

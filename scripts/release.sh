@@ -4,7 +4,7 @@
 #
 #   bulkhead-<version>/
 #     install.sh, uninstall.sh, SHA256SUMS
-#     bin/    bulkhead, bulkhead-vmm, containerd-shim-bulkhead-v2, bulkhead-agent (static;
+#     bin/    bulkhead, bulkhead-vmm, containerd-shim-bulkhead-v2, bulkhead-agent, bulkhead-probe (static;
 #             the agent is also the initramfs's /init, and serves `bulkhead run
 #             --isolation container` on the host), virtiofsd
 #             (linked against libseccomp.so.2 and libcap-ng.so.0: a static glibc build of
@@ -35,7 +35,7 @@ stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
 d="$stage/$name"
 mkdir -p "$d/bin" "$d/share" "$d/doc"
-for b in bulkhead bulkhead-vmm containerd-shim-bulkhead-v2 bulkhead-agent; do
+for b in bulkhead bulkhead-vmm containerd-shim-bulkhead-v2 bulkhead-agent bulkhead-probe; do
     install -m 0755 "$release/$b" "$d/bin/$b"
 done
 install -m 0755 "$virtiofsd" "$d/bin/virtiofsd"
@@ -49,6 +49,7 @@ done
 install -m 0644 "$kernel" "$d/share/vmlinux"
 install -m 0644 "$initrd" "$d/share/initramfs.cpio"
 install -m 0644 release/defaults.toml release/containerd-bulkhead.toml release/runtimeclass.yaml "$d/share/"
+install -m 0644 config/seccomp/default.json "$d/share/seccomp-default.json"
 echo "$version (commit $commit)" >"$d/share/VERSION"
 install -m 0755 release/install.sh release/uninstall.sh "$d/"
 install -m 0644 README.md docs/install.md CHANGELOG.md LICENSE "$d/doc/"

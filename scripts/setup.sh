@@ -21,6 +21,7 @@ packages=(
     libseccomp-dev libcap-ng-dev protobuf-compiler python3-pip file
     containerd runc docker-registry skopeo umoci iproute2 apache2-utils procps
     containernetworking-plugins iptables
+    chromium
 )
 
 log() { echo "setup.sh: $*" >&2; }

@@ -66,6 +66,8 @@ step "host tests"
 # (scripts/build-static.sh, already run by the set-up: a no-op here).
 release="$(scripts/build-static.sh)"
 export BULKHEAD_VMM="$release/bulkhead-vmm"
+# bulkhead compare copies the probe into containers: it must be the static build.
+export BULKHEAD_PROBE="$release/bulkhead-probe"
 # containerd gives a dead shim's `delete` 5 s in all; a debug build spends most of that
 # just starting inside the harness VM (TCG), so the containerd tests use the release shim.
 export BULKHEAD_SHIM_BIN="$release/containerd-shim-bulkhead-v2"
@@ -92,8 +94,9 @@ export BULKHEAD_RELEASE_TARBALL
 
 step "end-to-end tests in the KVM host harness"
 # Test binaries that boot guests; they skip on the host and run for real in the harness.
-# image_e2e: registry pull, VM runs, 100 MiB volume checksum.
-e2e_targets="vmm_boot qemu_reference_boot agent_e2e vm_e2e image_e2e containerd_e2e cri_e2e cri_network_e2e hostile_guest_e2e install_e2e"
+# image_e2e: registry pull, VM runs, 100 MiB volume checksum. compare_e2e: the isolation
+# lab in three modes, its report rendered by headless Chromium.
+e2e_targets="vmm_boot qemu_reference_boot agent_e2e vm_e2e image_e2e compare_e2e containerd_e2e cri_e2e cri_network_e2e hostile_guest_e2e install_e2e"
 mapfile -t bins < <(
     cargo test --workspace --no-run --message-format=json 2>/dev/null |
         python3 -c '

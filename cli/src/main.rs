@@ -6,6 +6,7 @@ mod config;
 mod control;
 mod logger;
 mod network;
+mod security;
 mod spec;
 mod state;
 mod supervisor;

@@ -1,7 +1,8 @@
 //! The OCI runtime spec of a `bulkhead run`: a default Linux spec as `runc spec` writes it
 //! (pid/ipc/uts/mount namespaces, standard mounts, default capabilities, masked and
 //! read-only paths, rlimits), the process from the image config with the user's overrides,
-//! hostname, read-only root, resource limits and volume mounts. The same spec serves both
+//! hostname, read-only root, resource limits and volume mounts; then the security settings
+//! of [`crate::security`] (Docker's default hardening, or privileged). The same spec serves both
 //! isolation modes; only the paths differ (host paths, or guest paths below the shared
 //! directory).
 
@@ -81,6 +82,10 @@ pub struct SpecInput {
     pub cgroups_path: Option<PathBuf>,
     /// Volumes with their source already mapped to the path the runtime sees.
     pub volumes: Vec<Volume>,
+    /// Capabilities, seccomp, masked paths, namespaces: hardened or privileged.
+    pub security: crate::security::SecurityOptions,
+    /// The device nodes a privileged container gets (container mode: the host's).
+    pub privileged_devices: Vec<oci_spec::runtime::LinuxDevice>,
 }
 
 /// The most of an image's `/etc/passwd` or `/etc/group` that is read.
@@ -212,6 +217,7 @@ pub fn build(
         .build()?;
     linux.set_cgroups_path(input.cgroups_path.clone());
     spec.set_linux(Some(linux));
+    crate::security::apply(&mut spec, &input.security, input.privileged_devices.clone())?;
     Ok(spec)
 }
 

@@ -66,6 +66,9 @@ pub struct RunConfig {
     /// `-p`: ports published on the host (bridge network).
     #[serde(default)]
     pub publish: Vec<PortMapping>,
+    /// `--privileged`, `--security-opt`, `--cap-add`, `--cap-drop`.
+    #[serde(default)]
+    pub security: crate::security::SecurityOptions,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,14 +16,14 @@
 mod support;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use bulkhead_images::Digest;
 use bulkhead_sandbox::mountinfo;
+use support::registry::{skopeo_push, Registry};
 use support::{check_says_vm_ready, skip, vm_host_ready, BIN};
 
 const MARKER: &str = "bulkhead image e2e marker 7f3a\n";
@@ -189,79 +189,6 @@ fn ready(env: &Env) -> Result<(), String> {
     check_says_vm_ready(&env.run(&["check", "--json"]))
 }
 
-/// A real `docker-registry` on a free 127.0.0.1 port, killed on drop.
-struct Registry {
-    child: Child,
-    _dir: tempfile::TempDir,
-    addr: String,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        // The harness VM has no network; its loopback may be down.
-        let _ = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status();
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let addr = format!("127.0.0.1:{port}");
-        let cfg = dir.path().join("config.yml");
-        fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.path().join("log")).unwrap())
-            .spawn()
-            .expect("start docker-registry");
-        let mut reg = Registry {
-            child,
-            _dir: dir,
-            addr,
-        };
-        let log = reg._dir.path().join("log");
-        // Slow to start under the harness's nested emulation.
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(180) {
-            if let Ok(Some(st)) = reg.child.try_wait() {
-                panic!(
-                    "docker-registry exited ({st}): {}",
-                    fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            if let Ok(mut s) = TcpStream::connect(&reg.addr) {
-                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
-                let mut b = [0u8; 12];
-                if s.read_exact(&mut b).is_ok() && b.starts_with(b"HTTP/1.") {
-                    return reg;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "registry did not come up: {}",
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn blob_path(layout: &Path, d: &Digest) -> PathBuf {
     layout.join("blobs/sha256").join(d.hex())
 }
@@ -341,16 +268,6 @@ fn build_image(work: &Path) -> PathBuf {
     )
     .unwrap();
     layout
-}
-
-fn skopeo_push(layout: &Path, dest: &str) {
-    let o = Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:1", layout.display()))
-        .arg(format!("docker://{dest}"))
-        .output()
-        .expect("run skopeo");
-    assert!(o.status.success(), "skopeo: {}", err_str(&o));
 }
 
 /// 100 MiB from /dev/urandom and its sha256, both by the host's optimised tools (a debug

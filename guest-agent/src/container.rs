@@ -132,12 +132,22 @@ impl Runtime {
             .as_mut()
             .ok_or(ContainerError::NoProcess)?;
         process.set_terminal(Some(tty));
+        if let Some(bounding) = crate::cap_bounding::own_bounding_set() {
+            let removed = crate::cap_bounding::limit_to(process, bounding);
+            if !removed.is_empty() {
+                log::info!("container {id}: capabilities {removed:?} are not in the agent's bounding set; left out");
+            }
+        }
         let mut linux = spec.linux().clone().unwrap_or_default();
         let cgroup_path = match linux.cgroups_path() {
             Some(p) => p.clone(),
             None => PathBuf::from(format!("/bulkhead/{id}")),
         };
         linux.set_cgroups_path(Some(cgroup_path.clone()));
+        if let Some(mut seccomp) = linux.seccomp().clone() {
+            crate::seccomp_compat::swap_masked_operands(&mut seccomp);
+            linux.set_seccomp(Some(seccomp));
+        }
         spec.set_linux(Some(linux));
 
         let bundle = self.bundle_dir(id);

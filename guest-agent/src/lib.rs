@@ -3,6 +3,7 @@
 //! libcontainer. The binary (`main.rs`) only reads options, sets up logging
 //! and PID 1 duties, and runs [`run`].
 
+pub mod cap_bounding;
 pub mod cgroup_stats;
 pub mod cgroup_update;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod network;
 pub mod process_io;
 pub mod reaper;
 pub mod sandbox;
+pub mod seccomp_compat;
 pub mod server;
 pub mod service;
 

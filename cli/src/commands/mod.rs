@@ -2,6 +2,7 @@
 
 mod check;
 mod check_install;
+mod compare;
 mod exec;
 mod gc;
 mod images;
@@ -57,7 +58,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a command in a new container (a microVM by default).
-    Run(run::Args),
+    Run(Box<run::Args>),
     /// Run a command in a running container.
     Exec(exec::Args),
     /// List containers.
@@ -74,6 +75,8 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Check whether this host can run microVMs, and what to do if not.
     Check(check::Args),
+    /// Run the isolation lab's probe in a microVM and in containers, side by side.
+    Compare(compare::Args),
     /// Pull an image from a registry.
     Pull(pull::Args),
     /// List stored images.
@@ -186,7 +189,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     crate::logger::install(ctx.cfg.log_level, ctx.cfg.log_format);
     let done = |r: anyhow::Result<()>| r.map(|()| 0);
     match cli.command {
-        Command::Run(a) => run::run(&ctx, a),
+        Command::Run(a) => run::run(&ctx, *a),
         Command::Exec(a) => exec::run(&ctx, a),
         Command::Ps(a) => done(ps::run(&ctx, a)),
         Command::Logs(a) => done(logs::run(&ctx, a)),
@@ -195,6 +198,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Rm(a) => done(rm::run(&ctx, a)),
         Command::Inspect(a) => done(inspect::run(&ctx, a)),
         Command::Check(a) => check::run(&ctx, a),
+        Command::Compare(a) => done(compare::run(&ctx, a)),
         Command::Supervise(a) => supervise::run(&ctx, a),
         Command::Pull(a) => done(pull::run(&ctx.store()?, a)),
         Command::Images(a) => done(images::run(&ctx.store()?, a)),

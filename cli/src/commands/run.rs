@@ -74,6 +74,21 @@ pub struct Args {
     /// (bridge network; repeatable).
     #[arg(short = 'p', long = "publish")]
     pub publish: Vec<PortMapping>,
+    /// Turn the hardening off: every capability, no seccomp filter, nothing masked, /sys
+    /// writable, and in container mode the host's devices (what `docker run --privileged`
+    /// does).
+    #[arg(long)]
+    pub privileged: bool,
+    /// seccomp=unconfined, seccomp=PROFILE.json (Docker's profile format), or
+    /// no-new-privileges[=true|false] (repeatable).
+    #[arg(long = "security-opt")]
+    pub security_opt: Vec<String>,
+    /// Add a capability (NET_ADMIN, CAP_NET_ADMIN or ALL; repeatable).
+    #[arg(long = "cap-add")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability (or ALL; repeatable).
+    #[arg(long = "cap-drop")]
+    pub cap_drop: Vec<String>,
     /// Print no progress messages.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -156,6 +171,13 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
             bail!("invalid --hostname {h:?}");
         }
     }
+    let security = crate::security::SecurityOptions::from_args(
+        args.privileged,
+        &args.security_opt,
+        &args.cap_add,
+        &args.cap_drop,
+    )
+    .map_err(UsageError)?;
     let env = args
         .env
         .iter()
@@ -200,6 +222,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
         volumes: args.volumes.clone(),
         network,
         publish: args.publish.clone(),
+        security,
     };
     let state = State {
         id: id.clone(),

@@ -206,6 +206,13 @@ pub async fn prepare(
         },
         cgroups_path,
         volumes,
+        security: rc.security.clone(),
+        privileged_devices: match (state.isolation, rc.security.privileged) {
+            (Isolation::Container, true) => {
+                crate::security::host_devices(std::path::Path::new("/dev"))
+            }
+            _ => Vec::new(),
+        },
     };
     let spec = spec::build(&image, &input, &users, &runtime_rootfs)?;
     if state.isolation == Isolation::Vm {
