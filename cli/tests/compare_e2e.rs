@@ -22,6 +22,14 @@ fn probe() -> Result<PathBuf, String> {
     }
 }
 
+/// A VM-mode environment and the probe, or why the test cannot run.
+fn ready() -> Result<(Env, PathBuf), String> {
+    let env = Env::new("vm");
+    vm_host_ready()?;
+    check_says_vm_ready(&env.run(&["check", "--json"]))?;
+    Ok((env, probe()?))
+}
+
 fn verdicts(report: &serde_json::Value, mode: &str) -> BTreeMap<String, String> {
     let m = report["modes"]
         .as_array()
@@ -52,14 +60,8 @@ fn kernel(report: &serde_json::Value, mode: &str) -> String {
 
 #[test]
 fn compare_shows_vm_and_container_isolation_side_by_side() {
-    let env = Env::new("vm");
-    if let Err(r) =
-        vm_host_ready().and_then(|()| check_says_vm_ready(&env.run(&["check", "--json"])))
-    {
-        return skip(&r);
-    }
-    let probe = match probe() {
-        Ok(p) => p,
+    let (env, probe) = match ready() {
+        Ok(ready) => ready,
         Err(r) => return skip(&r),
     };
     let report_dir = env.dir.path().join("report");
@@ -136,6 +138,25 @@ fn compare_shows_vm_and_container_isolation_side_by_side() {
         "the microVM reached the host: {vm_host:?}"
     );
 
+    // The microVM's host entry points, from the VMM's own counters.
+    let vm_metrics: Vec<String> = report["modes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mode"] == "vm")
+        .unwrap()["vmm_metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_owned())
+        .collect();
+    for device in ["virtio-vsock:", "virtio-fs "] {
+        assert!(
+            vm_metrics.iter().any(|l| l.starts_with(device)),
+            "{device} in {vm_metrics:?}"
+        );
+    }
+
     // The page, as a browser renders it.
     let html = report_dir.join("report.html");
     let url = format!("file://{}", html.display());
@@ -194,14 +215,8 @@ fn compare_shows_vm_and_container_isolation_side_by_side() {
 /// its own. A privileged microVM shows escapes working against the guest kernel only.
 #[test]
 fn compare_runs_any_image_and_a_privileged_vm_is_contained() {
-    let env = Env::new("vm");
-    if let Err(r) =
-        vm_host_ready().and_then(|()| check_says_vm_ready(&env.run(&["check", "--json"])))
-    {
-        return skip(&r);
-    }
-    let probe = match probe() {
-        Ok(p) => p,
+    let (env, probe) = match ready() {
+        Ok(ready) => ready,
         Err(r) => return skip(&r),
     };
     for bin in ["docker-registry", "skopeo"] {

@@ -145,6 +145,10 @@ impl Runtime {
         };
         linux.set_cgroups_path(Some(cgroup_path.clone()));
         if let Some(mut seccomp) = linux.seccomp().clone() {
+            let unknown = crate::seccomp_compat::drop_unknown_names(&mut seccomp);
+            if !unknown.is_empty() {
+                log::debug!("container {id}: seccomp names unknown to this libseccomp, left out: {unknown:?}");
+            }
             crate::seccomp_compat::swap_masked_operands(&mut seccomp);
             linux.set_seccomp(Some(seccomp));
         }

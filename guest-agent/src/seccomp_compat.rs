@@ -1,4 +1,9 @@
-//! One adjustment to a spec's seccomp filter before libcontainer reads it.
+//! Two adjustments to a spec's seccomp filter before libcontainer reads it.
+//!
+//! Names this host's libseccomp does not know (syscalls newer than it) are left out here:
+//! libcontainer skips them too, but logs each one from the container's init process,
+//! whose stderr is by then the container's, so the warnings landed in the container's
+//! output. The agent logs them once, in its own log.
 //!
 //! For `SCMP_CMP_MASKED_EQ` the runtime spec (and runc, and the Docker profile format) take
 //! `value` as the mask and `valueTwo` as the value the masked argument must equal:
@@ -8,6 +13,32 @@
 //! libcontainer what it expects, for specs from the CLI and from containerd alike.
 
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompArgBuilder, LinuxSeccompOperator};
+
+/// Removes the syscall names libseccomp cannot resolve (and rules left without a name);
+/// returns the names removed.
+pub fn drop_unknown_names(seccomp: &mut LinuxSeccomp) -> Vec<String> {
+    let Some(syscalls) = seccomp.syscalls().clone() else {
+        return Vec::new();
+    };
+    let mut dropped = Vec::new();
+    let mut kept = Vec::new();
+    for mut syscall in syscalls {
+        let (known, unknown): (Vec<String>, Vec<String>) = syscall
+            .names()
+            .iter()
+            .cloned()
+            .partition(|n| libseccomp::ScmpSyscall::from_name(n).is_ok());
+        dropped.extend(unknown);
+        if !known.is_empty() {
+            syscall.set_names(known);
+            kept.push(syscall);
+        }
+    }
+    seccomp.set_syscalls(Some(kept));
+    dropped.sort();
+    dropped.dedup();
+    dropped
+}
 
 /// Swaps `value` and `valueTwo` of every masked comparison in `seccomp`.
 pub fn swap_masked_operands(seccomp: &mut LinuxSeccomp) {
@@ -39,6 +70,23 @@ pub fn swap_masked_operands(seccomp: &mut LinuxSeccomp) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_names_are_dropped_and_empty_rules_with_them() {
+        let mut seccomp: LinuxSeccomp = serde_json::from_value(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [
+                {"names": ["read", "no_such_syscall_at_all"], "action": "SCMP_ACT_ALLOW"},
+                {"names": ["another_made_up_one"], "action": "SCMP_ACT_ALLOW"}
+            ]
+        }))
+        .unwrap();
+        let dropped = drop_unknown_names(&mut seccomp);
+        assert_eq!(dropped, ["another_made_up_one", "no_such_syscall_at_all"]);
+        let v = serde_json::to_value(&seccomp).unwrap();
+        assert_eq!(v["syscalls"].as_array().unwrap().len(), 1);
+        assert_eq!(v["syscalls"][0]["names"], serde_json::json!(["read"]));
+    }
 
     #[test]
     fn masked_comparisons_are_swapped_and_others_kept() {

@@ -16,6 +16,10 @@ use serde_json::{json, Value};
 /// Bulkhead's default profile (Docker's format).
 pub const DEFAULT_PROFILE: &str = include_str!("../../../config/seccomp/default.json");
 
+/// The x86_64 syscall table the default profile was written from: Linux 6.1's 362 names
+/// plus the 7 newer ones it lists (`cachestat` .. `mseal`).
+pub const X86_64_SYSCALLS: usize = 369;
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Profile {

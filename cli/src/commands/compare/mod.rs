@@ -117,6 +117,10 @@ pub struct ModeResult {
     pub wall_ms: f64,
     /// PSS of every process the mode starts for an idle container, KiB.
     pub idle_pss_kib: Option<u64>,
+    /// In a microVM: the VMM's own device counters (`metrics:` lines of its log, asked for
+    /// with SIGUSR1 while the idle container ran), one line per virtio device.
+    #[serde(default)]
+    pub vmm_metrics: Vec<String>,
     pub surface: Surface,
 }
 
@@ -212,11 +216,17 @@ fn find_probe(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// This program with the global flags that give it the same configuration.
+fn bulkhead(ctx: &Ctx) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap_or_else(|_| "bulkhead".into()));
+    cmd.args(ctx.global_args());
+    cmd
+}
+
 /// `bulkhead <global args> run ...` for `mode`, with the probe's volumes and hints.
 fn run_command(ctx: &Ctx, host: &host::HostSide, mode: Mode, rw: &Path) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap_or_else(|_| "bulkhead".into()));
-    cmd.args(ctx.global_args())
-        .arg("run")
+    let mut cmd = bulkhead(ctx);
+    cmd.arg("run")
         .args(mode.run_flags())
         .args(["--network", "none", "--quiet"])
         .arg("-v")
@@ -289,10 +299,11 @@ fn run_mode(
             Some((name, ms))
         })
         .collect();
-    let idle_pss_kib = if args.no_costs {
-        None
+    let (idle_pss_kib, vmm_metrics) = if args.no_costs {
+        (None, Vec::new())
     } else {
-        Some(idle_memory(ctx, host, mode, &args.image)?)
+        let idle = idle_sample(ctx, host, mode, &args.image)?;
+        (Some(idle.pss_kib), idle.vmm_metrics)
     };
     Ok(ModeResult {
         mode,
@@ -304,12 +315,50 @@ fn run_mode(
         timings_ms,
         wall_ms,
         idle_pss_kib,
+        vmm_metrics,
     })
 }
 
+/// What an idle container of one mode costs the host, and its VMM's device counters.
+struct IdleSample {
+    pss_kib: u64,
+    vmm_metrics: Vec<String>,
+}
+
+/// The `metrics:` lines the VMM writes to its log on SIGUSR1 (waits up to a second).
+fn vmm_metrics(vmm_pid: u32, vmm_log: &Path) -> Vec<String> {
+    let lines = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter_map(|l| l.split_once("metrics: ").map(|(_, m)| m.trim().to_owned()))
+            .collect()
+    };
+    let before = lines(&std::fs::read_to_string(vmm_log).unwrap_or_default()).len();
+    let Ok(pid) = i32::try_from(vmm_pid) else {
+        return Vec::new();
+    };
+    // SAFETY: kill(2) with a pid the state file recorded for this container's VMM.
+    if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+        return Vec::new();
+    }
+    for _ in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let now = lines(&std::fs::read_to_string(vmm_log).unwrap_or_default());
+        if now.len() > before {
+            return now[before..].to_vec();
+        }
+    }
+    Vec::new()
+}
+
 /// Host memory of an idle container in `mode`: PSS of its supervisor and everything it
-/// started (VMM, virtiofsd, host agent, the container's processes).
-fn idle_memory(ctx: &Ctx, host: &host::HostSide, mode: Mode, image: &str) -> anyhow::Result<u64> {
+/// started (VMM, virtiofsd, host agent, the container's processes); in a microVM also the
+/// VMM's device counters.
+fn idle_sample(
+    ctx: &Ctx,
+    host: &host::HostSide,
+    mode: Mode,
+    image: &str,
+) -> anyhow::Result<IdleSample> {
     let rw = host.volume(&format!("{}-idle", mode.name()))?;
     let out = run_command(ctx, host, mode, &rw)
         .args([
@@ -331,21 +380,26 @@ fn idle_memory(ctx: &Ctx, host: &host::HostSide, mode: Mode, image: &str) -> any
     let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     // Let start-up allocations settle.
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let pss = ctx
-        .containers()
-        .find(&id)
-        .ok()
+    let state = ctx.containers().find(&id).ok();
+    let pss = state
+        .as_ref()
         .and_then(|s| s.supervisor_pid)
         .map(|pid| host::pss_kib(&host::process_tree(pid)));
-    let removed = Command::new(std::env::current_exe().unwrap_or_else(|_| "bulkhead".into()))
-        .args(ctx.global_args())
+    let metrics = match state.as_ref().map(|s| (s.vmm_pid, &s.sandbox_dir)) {
+        Some((Some(pid), Some(dir))) if mode.is_vm() => vmm_metrics(pid, &dir.join("vmm.log")),
+        _ => Vec::new(),
+    };
+    let removed = bulkhead(ctx)
         .args(["rm", "-f", &id])
         .stdout(Stdio::null())
         .status();
     if !removed.map(|s| s.success()).unwrap_or(false) {
         log::warn!("could not remove the idle container {id}");
     }
-    pss.context("the idle container's supervisor was not found")
+    Ok(IdleSample {
+        pss_kib: pss.context("the idle container's supervisor was not found")?,
+        vmm_metrics: metrics,
+    })
 }
 
 /// The host-kernel surface of `mode`: syscalls through the container's filter, or, in a

@@ -3,6 +3,7 @@
 
 use super::verdict::Verdict;
 use super::{Comparison, ModeResult};
+use crate::security::seccomp;
 
 /// One cell: its text, a verdict (for colour) and a detail line.
 type Cell = (String, Option<Verdict>, String);
@@ -109,16 +110,18 @@ fn rows(c: &Comparison) -> Vec<Row> {
         });
     }
     add("attack surface", "syscalls allowed", &|m| {
-        let n = m
-            .surface
-            .syscalls_allowed
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| "all (no filter)".into());
-        (
-            format!("{n} → {}", m.surface.syscalls_reach),
-            None,
-            m.surface.host_entry_points.clone(),
-        )
+        let n = match m.surface.syscalls_allowed {
+            Some(n) => format!("{n} of {}", seccomp::X86_64_SYSCALLS),
+            None => "all (no filter)".into(),
+        };
+        let mut detail = m.surface.host_entry_points.clone();
+        if !m.vmm_metrics.is_empty() {
+            detail.push_str(&format!(
+                "; the VMM's counters: {}",
+                m.vmm_metrics.join("; ")
+            ));
+        }
+        (format!("{n} → {}", m.surface.syscalls_reach), None, detail)
     });
     add("cost", "start to exit (run --rm)", &|m| {
         let total = ms(m, "total").unwrap_or(m.wall_ms);

@@ -61,8 +61,8 @@ pub fn add_host_checks(
     let guest_boot = report.identity.boot_id.clone();
     for r in &mut report.results {
         if r.id == "volume_write" && r.outcome == Outcome::Allowed {
-            let on_host = std::fs::read_to_string(rw_dir.join("written-by-probe"))
-                .is_ok_and(|t| !nonce.is_empty() && t == nonce);
+            let on_host =
+                !nonce.is_empty() && read_guest_file(&rw_dir.join("written-by-probe")) == nonce;
             if on_host {
                 r.host_evidence = true;
                 r.detail
@@ -76,6 +76,25 @@ pub fn add_host_checks(
             ));
         }
     }
+}
+
+/// At most 256 bytes of a file in a directory the workload can write, never through a
+/// symlink (the directory itself is the host's own).
+fn read_guest_file(path: &std::path::Path) -> String {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut text = String::new();
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        let regular = f.metadata().map(|m| m.is_file()).unwrap_or(false);
+        if regular {
+            let _ = f.take(256).read_to_string(&mut text);
+        }
+    }
+    text
 }
 
 fn short(id: &str) -> &str {
@@ -115,6 +134,18 @@ mod tests {
             .contains("host check: another kernel"));
         assert_eq!(judge(&report.results[1], false), Verdict::Contained);
         assert!(report.results[2].detail.is_empty());
+    }
+
+    #[test]
+    fn a_symlink_in_the_volume_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "n0nce").unwrap();
+        std::os::unix::fs::symlink(
+            dir.path().join("secret"),
+            dir.path().join("written-by-probe"),
+        )
+        .unwrap();
+        assert_eq!(read_guest_file(&dir.path().join("written-by-probe")), "");
     }
 
     #[test]
