@@ -74,15 +74,24 @@ pub fn pass_fds<'a>(cmd: &'a mut Command, fds: &[BorrowedFd<'_>]) -> &'a mut Com
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+    /// A descriptor without close-on-exec (as one handed over by another process would be),
+    /// numbered 300 or above: low numbers can collide with descriptors the shell opens for
+    /// itself (dash keeps fd 10), which would read as a leak.
+    fn inheritable_high_fd() -> OwnedFd {
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        // SAFETY: F_DUPFD makes a new descriptor (close-on-exec clear) we then own.
+        let fd = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD, 300) };
+        assert!(fd >= 300, "F_DUPFD: {}", std::io::Error::last_os_error());
+        // SAFETY: the descriptor was just made and is owned by nothing else.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
 
     #[tokio::test]
     async fn a_descriptor_without_cloexec_does_not_reach_the_child() {
-        let file = std::fs::File::open("/proc/self/status").unwrap();
+        let file = inheritable_high_fd();
         let fd = file.as_raw_fd();
-        // Clear O_CLOEXEC, as a descriptor handed over by another process would be.
-        // SAFETY: fcntl on a descriptor we own.
-        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
         let probe = format!("test -e /proc/self/fd/{fd} && echo leaked || echo closed");
         let mut plain = Command::new("sh");
         plain.args(["-c", &probe]);
@@ -102,12 +111,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = std::fs::File::create(dir.path().join("a")).unwrap();
         let b = std::fs::File::create(dir.path().join("b")).unwrap();
-        let stray = std::fs::File::open("/proc/self/status").unwrap();
-        // SAFETY: fcntl on a descriptor we own.
-        assert_eq!(
-            unsafe { libc::fcntl(stray.as_raw_fd(), libc::F_SETFD, 0) },
-            0
-        );
+        let stray = inheritable_high_fd();
         let probe = format!(
             "readlink /proc/$$/fd/3; readlink /proc/$$/fd/4; \
              test -e /proc/$$/fd/{} && echo leaked; test -e /proc/$$/fd/5 && echo extra; true",
