@@ -17,7 +17,7 @@ build_kernel=1
 
 packages=(
     qemu-system-x86 busybox-static linux-image-amd64 linux-source-6.1
-    flex bison bc libelf-dev libssl-dev cpio make gcc
+    flex bison bc libelf-dev libssl-dev cpio make gcc binutils
     libseccomp-dev libcap-ng-dev protobuf-compiler python3-pip file
     containerd runc docker-registry skopeo umoci iproute2 apache2-utils procps
     containernetworking-plugins iptables

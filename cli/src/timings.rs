@@ -145,12 +145,18 @@ fn vcpus_started(vmm_log: &str) -> Option<Duration> {
         .and_then(|l| bracket_time(l).or_else(|| json_uptime(l)))
 }
 
-/// `[    0.812345] Run /init as init process` → 812 ms of kernel time.
+/// `[    0.812345] Run /init as init process` → 812 ms of kernel time. A `quiet` kernel (the
+/// default command line) does not print that line: then the agent's first line, which it
+/// stamps with the same clock (`... bulkhead-agent: ... starting as PID 1`, text or JSON).
 fn init_started(console: &str) -> Option<Duration> {
-    console
-        .lines()
-        .find(|l| l.contains("Run /init as init process"))
+    let line = |needle: &str| console.lines().find(|l| l.contains(needle));
+    line("Run /init as init process")
         .and_then(bracket_time)
+        .or_else(|| {
+            line("starting as PID 1")
+                .filter(|l| l.contains("bulkhead-agent"))
+                .and_then(|l| bracket_time(l).or_else(|| json_uptime(l)))
+        })
 }
 
 /// The seconds in a leading `[ 12.345678]`.
@@ -237,6 +243,21 @@ mod tests {
             ms(300)
         );
         assert_eq!(s.kernel_boot, ms(300 - 141));
+    }
+
+    #[test]
+    fn a_quiet_kernel_splits_at_the_agents_first_line() {
+        let quiet = "[    0.790000] INFO  bulkhead-agent: cgroup controllers enabled: cpu\n\
+                     [    0.812000] INFO  bulkhead-agent: bulkhead-agent 0.1.0 (commit x) \
+                     (protocol 3) starting as PID 1\n";
+        let s = split_boot(ms(1200), Some(ms(100)), VMM_LOG, quiet);
+        assert_eq!(s.kernel_boot, ms(812));
+        let json = "{\"uptime\":0.812000,\"level\":\"info\",\"binary\":\"bulkhead-agent\",\
+                    \"msg\":\"bulkhead-agent 0.1.0 (protocol 3) starting as PID 1\"}\n";
+        assert_eq!(
+            split_boot(ms(1200), None, VMM_LOG, json).kernel_boot,
+            ms(812)
+        );
     }
 
     #[test]

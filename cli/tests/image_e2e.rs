@@ -59,7 +59,7 @@ impl Env {
             .tempdir_in(std::env::temp_dir())
             .unwrap();
         let cfg = format!(
-            "store_root = {:?}\nrun_root = {:?}\nlog_level = \"info\"\n[vm]\nboot_timeout_secs = 300\n[cli]\nisolation = \"vm\"\nnetwork = \"none\"\nstop_timeout_secs = 10\n",
+            "store_root = {:?}\nrun_root = {:?}\nlog_level = \"info\"\n[vm]\nboot_timeout_secs = 300\nrequest_timeout_secs = 120\n[cli]\nisolation = \"vm\"\nnetwork = \"none\"\nstop_timeout_secs = 10\n",
             dir.path().join("store"),
             dir.path().join("run"),
         );

@@ -48,7 +48,7 @@ fn timings(stderr: &str) -> Vec<(String, f64)> {
 
 #[test]
 fn vm_runs_the_guest_kernel_and_passes_exit_codes() {
-    let env = Env::new("vm");
+    let env = Env::without_network("vm");
     require_vm!(env);
     let o = env.run(&[
         "run",
@@ -100,7 +100,7 @@ fn vm_runs_the_guest_kernel_and_passes_exit_codes() {
 
 #[test]
 fn vm_run_options_and_sizing() {
-    let env = Env::new("vm");
+    let env = Env::without_network("vm");
     require_vm!(env);
     let o = env.run(&[
         "run",
@@ -147,7 +147,7 @@ fn vm_run_options_and_sizing() {
 
 #[test]
 fn vm_volumes_over_virtio_fs_and_an_unchanged_image() {
-    let env = Env::new("vm");
+    let env = Env::without_network("vm");
     require_vm!(env);
     let rw = tempfile::tempdir().unwrap();
     let ro = tempfile::tempdir().unwrap();
@@ -194,7 +194,7 @@ fn vm_volumes_over_virtio_fs_and_an_unchanged_image() {
 
 #[test]
 fn vm_sigterm_to_run_reaches_the_container() {
-    let env = Env::new("vm");
+    let env = Env::without_network("vm");
     require_vm!(env);
     let script = "trap 'echo got-TERM; exit 5' TERM; echo ready; while true; do sleep 0.1; done";
     let mut child = env
@@ -295,7 +295,7 @@ fn vm_detached_lifecycle_leaves_nothing() {
 
 #[test]
 fn vm_interactive_terminal() {
-    let env = Env::new("vm");
+    let env = Env::without_network("vm");
     require_vm!(env);
     let cmd = env.cmd(&["run", "-it", "--rm", "-q", "bulkhead/demo", "sh"]);
     pty::interactive_session(cmd, Duration::from_secs(300));

@@ -20,6 +20,7 @@ pub mod sandbox;
 pub mod seccomp_compat;
 pub mod server;
 pub mod service;
+pub mod stall_watch;
 
 use std::sync::Arc;
 
@@ -36,6 +37,7 @@ pub async fn run(opts: &config::Options, manage_system: bool) -> Result<(), Agen
         manage_system,
     })?;
     sandbox.spawn_oom_watcher();
+    stall_watch::start(nix::unistd::gettid().as_raw());
     if manage_system {
         // Every sandbox has a loopback, with or without a pod network.
         network::bring_up_loopback(&network::Netlink::open()?).await?;

@@ -20,6 +20,7 @@ use ttrpc::r#async::TtrpcContext;
 use crate::error::AgentError;
 use crate::network::{self, Netlink};
 use crate::sandbox::Sandbox;
+use crate::stall_watch;
 
 pub const AGENT_VERSION: &str = bulkhead_version::LONG;
 
@@ -117,6 +118,7 @@ impl ttrpc_api::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: proto::CreateContainerRequest,
     ) -> ttrpc::Result<proto::CreateContainerResponse> {
+        let _doing = stall_watch::doing(format!("CreateContainer {}", req.container_id));
         let cfg = ContainerConfig::try_from(req).map_err(|e| fail("CreateContainer", e.into()))?;
         let pid = self
             .sandbox
@@ -132,6 +134,7 @@ impl ttrpc_api::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: proto::StartContainerRequest,
     ) -> ttrpc::Result<proto::Empty> {
+        let _doing = stall_watch::doing(format!("StartContainer {}", req.container_id));
         validate_container_id(&req.container_id).map_err(|e| fail("StartContainer", e.into()))?;
         self.sandbox
             .start_container(&req.container_id)
@@ -157,6 +160,8 @@ impl ttrpc_api::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: proto::ExecProcessRequest,
     ) -> ttrpc::Result<proto::ExecProcessResponse> {
+        let _doing =
+            stall_watch::doing(format!("ExecProcess {}/{}", req.container_id, req.exec_id));
         let cfg = ExecConfig::try_from(req).map_err(|e| fail("ExecProcess", e.into()))?;
         let pid = self
             .sandbox
@@ -245,6 +250,7 @@ impl ttrpc_api::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: proto::PauseContainerRequest,
     ) -> ttrpc::Result<proto::Empty> {
+        let _doing = stall_watch::doing(format!("PauseContainer {}", req.container_id));
         validate_container_id(&req.container_id).map_err(|e| fail("PauseContainer", e.into()))?;
         self.sandbox
             .pause_container(&req.container_id)
@@ -257,6 +263,7 @@ impl ttrpc_api::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: proto::ResumeContainerRequest,
     ) -> ttrpc::Result<proto::Empty> {
+        let _doing = stall_watch::doing(format!("ResumeContainer {}", req.container_id));
         validate_container_id(&req.container_id).map_err(|e| fail("ResumeContainer", e.into()))?;
         self.sandbox
             .resume_container(&req.container_id)
@@ -269,6 +276,7 @@ impl ttrpc_api::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: proto::UpdateContainerRequest,
     ) -> ttrpc::Result<proto::Empty> {
+        let _doing = stall_watch::doing(format!("UpdateContainer {}", req.container_id));
         let update =
             UpdateRequest::try_from(&req).map_err(|e| fail("UpdateContainer", e.into()))?;
         self.sandbox

@@ -142,6 +142,15 @@ pub enum SandboxError {
         #[source]
         source: ttrpc::Error,
     },
+    /// No answer while the VM kept running. `diagnosis` says whether the agent answered a
+    /// new connection, that is whether it is stuck or only this answer went missing.
+    #[error("{phase}: no answer from the agent ({cause}); {diagnosis}")]
+    Unanswered {
+        phase: Phase,
+        /// The transport's error (`Receive packet timeout`, ...).
+        cause: String,
+        diagnosis: String,
+    },
     /// The VM ended while a request was in flight.
     #[error(
         "{phase}: the VM is gone: {exit}{}",
@@ -176,6 +185,7 @@ impl SandboxError {
             SandboxError::Handshake(_) => Phase::Handshake,
             SandboxError::Agent { phase, .. }
             | SandboxError::Transport { phase, .. }
+            | SandboxError::Unanswered { phase, .. }
             | SandboxError::VmGone { phase, .. } => *phase,
             SandboxError::Stdio(_) => Phase::Stdio,
             SandboxError::Cleanup(_) => Phase::Destroy,

@@ -51,6 +51,8 @@ pub const CONSOLE_LOG_MAX_BYTES: u64 = 16 << 20;
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the VM may take to power off after DestroySandbox before it is killed.
 pub const DEFAULT_DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the agent gets to answer on a new connection after a request went unanswered.
+const SILENCE_PROBE: Duration = Duration::from_secs(5);
 
 /// The data path of the guest's NIC (`vm.net_backend`): the VMM's own virtio-net device
 /// (`--net ...`) or the kernel's vhost-net (`--net ...,vhost=on`). In the harness vhost-net
@@ -509,10 +511,32 @@ impl Sandbox {
                         exit,
                         console_tail: self.vmm.console_tail(CONSOLE_TAIL_LINES),
                     }),
-                    None => Err(SandboxError::Transport { phase, source }),
+                    None => Err(SandboxError::Unanswered {
+                        phase,
+                        cause: source.to_string(),
+                        diagnosis: self.diagnose_silence().await,
+                    }),
                 }
             }
             other => other,
+        }
+    }
+
+    /// After a request went unanswered while the VM runs: has the VMM log its device counters
+    /// (how many packets crossed the vsock device) and asks the agent for its version on a new
+    /// connection. An agent that answers there is alive and this one answer went missing; one
+    /// that does not is stuck, and its stall report in the guest console says where.
+    async fn diagnose_silence(&self) -> String {
+        self.vmm.request_metrics();
+        let deadline = Instant::now() + SILENCE_PROBE;
+        match AgentConn::connect(self.agent.endpoint().clone(), deadline, SILENCE_PROBE).await {
+            Ok(_) => "the agent answers on a new connection, so this answer went missing \
+                      (the VMM log has the vsock device's counters)"
+                .to_owned(),
+            Err(e) => format!(
+                "it does not answer on a new connection either ({e}): it is stuck \
+                 (see its stall report in the guest console)"
+            ),
         }
     }
 

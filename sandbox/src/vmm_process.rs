@@ -244,6 +244,28 @@ impl VmmProcess {
         }
     }
 
+    /// Asks the VMM for its device counters: on SIGUSR1 it writes one `metrics:` line per
+    /// device to its log. Through the pidfd, so a reused pid is never signalled; a no-op
+    /// without one or once the VMM has ended.
+    pub fn request_metrics(&self) {
+        let Some(pidfd) = &self.pidfd else {
+            return;
+        };
+        if self.try_wait().is_some() {
+            return;
+        }
+        // SAFETY: pidfd_send_signal(2) on a pidfd we own, no siginfo, no flags.
+        let _ = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                libc::SIGUSR1,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+
     /// Sends SIGKILL (no-op once the VMM has ended).
     pub fn kill(&self) {
         let _ = self.kill.send(());

@@ -80,7 +80,9 @@ fn sandbox_code(e: &SandboxError) -> ttrpc::Code {
         SandboxError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
         SandboxError::Config(_) => Code::FAILED_PRECONDITION,
         SandboxError::Destroyed => Code::FAILED_PRECONDITION,
-        SandboxError::VmGone { .. } | SandboxError::Transport { .. } => Code::UNAVAILABLE,
+        SandboxError::VmGone { .. }
+        | SandboxError::Transport { .. }
+        | SandboxError::Unanswered { .. } => Code::UNAVAILABLE,
         SandboxError::RunDir(bulkhead_sandbox::run_dir::RunDirError::Exists(_)) => {
             Code::ALREADY_EXISTS
         }

@@ -215,7 +215,7 @@ fn a_cri_pod_in_a_vm() {
         Err(reason) => return skip(&reason),
     };
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut c = Containerd::start_with(&env, "[vm]\nboot_timeout_secs = 120\n", Some(PAUSE));
+    let mut c = Containerd::start_with(&env, support::HARNESS_TIMEOUTS, Some(PAUSE));
     let _logs = LogCollector::start(&c.run_root);
     prepare(&mut c);
     cri_pod(&c, "bulkhead-vmm");

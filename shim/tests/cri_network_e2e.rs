@@ -316,8 +316,7 @@ fn pods_on_the_pod_network() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let netns_before = netns_names();
     let _bridge = BridgeGuard;
-    let mut c =
-        Containerd::start_with_cni(&env, "[vm]\nboot_timeout_secs = 120\n", PAUSE, CONFLIST);
+    let mut c = Containerd::start_with_cni(&env, support::HARNESS_TIMEOUTS, PAUSE, CONFLIST);
     let _logs = LogCollector::start(&c.run_root);
     prepare(&mut c);
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -242,7 +242,10 @@ fn a_hostile_guest_changes_nothing_on_the_host() {
     let before = host_snapshot(&["/", "/etc", "/usr/local/bin"]);
     let mut c = Containerd::start_with(
         &env,
-        &format!("[vm]\nboot_timeout_secs = 120\nconsole_max_bytes = {CONSOLE_CAP}\n"),
+        &format!(
+            "{}console_max_bytes = {CONSOLE_CAP}\n",
+            support::HARNESS_TIMEOUTS
+        ),
         Some(PAUSE),
     );
     let _logs = LogCollector::start(&c.run_root);

@@ -160,7 +160,20 @@ pub struct Env {
 }
 
 impl Env {
+    /// The default network: the tests' bridge when the CNI plugins are installed.
     pub fn new(isolation: &'static str) -> Env {
+        Env::with_network(isolation, if cni_ready() { "bridge" } else { "host" })
+    }
+
+    /// Without a network (`network = "none"`): for VM tests about something else, since
+    /// setting up and tearing down the bridge costs seconds per run under the harness's
+    /// emulation (vm_bridge_network_ports_peers_and_none and the detached lifecycle keep the
+    /// default).
+    pub fn without_network(isolation: &'static str) -> Env {
+        Env::with_network(isolation, "none")
+    }
+
+    fn with_network(isolation: &'static str, network: &str) -> Env {
         // Inside the KVM harness only /tmp (a tmpfs) takes overlay mounts and sockets.
         let base = if std::env::var_os("BULKHEAD_IN_HARNESS").is_some() {
             std::env::temp_dir()
@@ -177,10 +190,9 @@ impl Env {
             // SAFETY: registers a plain function.
             unsafe { libc::atexit(remove_test_bridge) };
         });
-        let network = if cni_ready() { "bridge" } else { "host" };
         // Boots under the harness's nested emulation take tens of seconds.
         let cfg = format!(
-            "store_root = {:?}\nrun_root = {:?}\nlog_level = \"info\"\n[vm]\nboot_timeout_secs = 300\n[network]\nbridge = {TEST_BRIDGE:?}\nsubnet = {TEST_SUBNET:?}\nipam_dir = {TEST_IPAM_DIR:?}\n[cli]\nisolation = {:?}\nnetwork = {network:?}\nstop_timeout_secs = 10\n",
+            "store_root = {:?}\nrun_root = {:?}\nlog_level = \"info\"\n[vm]\nboot_timeout_secs = 300\nrequest_timeout_secs = 120\n[network]\nbridge = {TEST_BRIDGE:?}\nsubnet = {TEST_SUBNET:?}\nipam_dir = {TEST_IPAM_DIR:?}\n[cli]\nisolation = {:?}\nnetwork = {network:?}\nstop_timeout_secs = 10\n",
             store(),
             dir.path().join("run"),
             isolation

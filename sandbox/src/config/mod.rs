@@ -135,6 +135,9 @@ pub struct VmSection {
     pub memory_mib: u64,
     /// VMM launch to a version-checked agent.
     pub boot_timeout_secs: u64,
+    /// How long one request to the agent may go unanswered (not the ones that wait for an
+    /// exit or an OOM event).
+    pub request_timeout_secs: u64,
     /// The VMM's `--log-level`; "" keeps the VMM's default.
     pub vmm_log_level: String,
     /// The data path of the guest's NIC: auto (vhost-net where `/dev/vhost-net` exists),
@@ -285,6 +288,7 @@ impl Default for VmSection {
             vcpus: 1,
             memory_mib: 384,
             boot_timeout_secs: 60,
+            request_timeout_secs: crate::agent::DEFAULT_RPC_TIMEOUT.as_secs(),
             vmm_log_level: String::new(),
             net_backend: NetBackend::Auto,
             console_max_bytes: crate::sandbox::CONSOLE_LOG_MAX_BYTES,
@@ -402,12 +406,13 @@ impl Config {
                 format!("must be within {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}"),
             ));
         }
-        if self.vm.boot_timeout_secs == 0 {
-            return Err(invalid(
-                "vm.boot_timeout_secs",
-                "0".into(),
-                "must be at least 1".into(),
-            ));
+        for (key, secs) in [
+            ("vm.boot_timeout_secs", self.vm.boot_timeout_secs),
+            ("vm.request_timeout_secs", self.vm.request_timeout_secs),
+        ] {
+            if secs == 0 {
+                return Err(invalid(key, "0".into(), "must be at least 1".into()));
+            }
         }
         self.validate_network(origin)?;
         let level = &self.vm.vmm_log_level;
@@ -621,6 +626,10 @@ impl Config {
         Duration::from_secs(self.vm.boot_timeout_secs)
     }
 
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.vm.request_timeout_secs)
+    }
+
     /// `log_level` as the lowercase name the `log` crate and the VMM take.
     pub fn log_level_name(&self) -> String {
         self.log_level.as_str().to_ascii_lowercase()
@@ -641,6 +650,7 @@ impl Config {
         c.size = size;
         c.virtiofsd = files.virtiofsd.clone();
         c.agent_timeout = self.boot_timeout();
+        c.rpc_timeout = self.request_timeout();
         c.vmm_log_level = self.vmm_log_level();
         c.net_backend = self.vm.net_backend;
         c.log_format = Some(self.log_format);

@@ -174,7 +174,7 @@ fn an_unknown_key_reads_well() {
         error_chain(&e.unwrap_err()),
         "/etc/bulkhead/config.toml, line 3: vm.vcpu: unknown field `vcpu`, expected one of \
          `kernel`, `initrd`, `vmm`, `cmdline`, `vcpus`, `memory_mib`, `boot_timeout_secs`, \
-         `vmm_log_level`, `net_backend`, `console_max_bytes`"
+         `request_timeout_secs`, `vmm_log_level`, `net_backend`, `console_max_bytes`"
     );
 }
 
@@ -191,6 +191,7 @@ fn bad_values_name_the_key_and_the_file() {
         ("[vm]\nmemory_mib = 1", "vm.memory_mib"),
         ("[vm]\nmemory_mib = 1000000000", "vm.memory_mib"),
         ("[vm]\nboot_timeout_secs = 0", "vm.boot_timeout_secs"),
+        ("[vm]\nrequest_timeout_secs = 0", "vm.request_timeout_secs"),
         ("[vm]\nvmm_log_level = \"chatty\"", "vm.vmm_log_level"),
         ("[vm]\nkernel = \"\"", "vm.kernel"),
         ("[virtiofsd]\ncache = \"sometimes\"", "virtiofsd.cache"),

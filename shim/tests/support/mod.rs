@@ -16,6 +16,10 @@ use bulkhead_sandbox::mountinfo;
 
 pub const RUNTIME: &str = "io.containerd.bulkhead.v2";
 pub const IMAGE: &str = "docker.io/bulkhead/busybox:e2e";
+/// The shim's timeouts in these tests. Under the harness's nested emulation a boot takes tens
+/// of seconds, and a guest can stand still for tens of seconds when the host does not run it
+/// (the agent's stall watcher reports that): the defaults (60 s, 30 s) are for hardware.
+pub const HARNESS_TIMEOUTS: &str = "[vm]\nboot_timeout_secs = 120\nrequest_timeout_secs = 120\n";
 
 pub use bulkhead_test_skip::skip;
 

@@ -37,7 +37,7 @@ impl Setup {
     pub fn real_vm() -> Result<Setup, String> {
         let env = real_vm_prerequisites()?;
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let c = Containerd::start(&env, "[vm]\nboot_timeout_secs = 120\n");
+        let c = Containerd::start(&env, HARNESS_TIMEOUTS);
         let logs = Some(LogCollector::start(&c.run_root));
         c.import_busybox();
         Ok(Setup {
