@@ -16,7 +16,20 @@ mod timings;
 use clap::Parser;
 
 fn main() {
-    let cli = commands::Cli::parse();
+    let cli = match commands::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed; a usage error exits like
+            // Docker's own errors.
+            let code = if e.use_stderr() {
+                commands::USAGE_STATUS
+            } else {
+                0
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
     let code = match commands::run(cli) {
         Ok(code) => code,
         Err(e) if e.downcast_ref::<commands::UsageError>().is_some() => {

@@ -481,6 +481,53 @@ fn bridge_network_publishes_ports_and_releases_everything() {
     assert!(std::net::TcpStream::connect("127.0.0.1:18080").is_err());
 }
 
+/// Docker's conventions: `-e KEY` passes this shell's value or leaves KEY out, `--env-file`
+/// (with -e winning), usage errors and `--platform` for another architecture exit 125.
+#[test]
+fn docker_env_rules_usage_status_and_platform() {
+    require_host!();
+    let env = Env::new("container");
+    let file = env.dir.path().join("app.env");
+    std::fs::write(&file, "# settings\nA=from-file\nB=file\nCOPIED\n").unwrap();
+    let o = env
+        .cmd(&[
+            "run",
+            "--rm",
+            "-q",
+            "--network",
+            "none",
+            "--platform",
+            "linux/amd64",
+            "--env-file",
+            file.to_str().unwrap(),
+            "-e",
+            "B=flag",
+            "-e",
+            "BULKHEAD_E2E_SURELY_UNSET",
+            "bulkhead/demo",
+            "sh",
+            "-c",
+            "echo \"$A|$B|$COPIED|${BULKHEAD_E2E_SURELY_UNSET-unset}\"",
+        ])
+        .env("COPIED", "from-here")
+        .env_remove("BULKHEAD_E2E_SURELY_UNSET")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "from-file|flag|from-here|unset\n");
+
+    let o = env.run(&["run", "--platform", "linux/arm64", "bulkhead/demo", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("only linux/amd64"), "{}", stderr(&o));
+    let o = env.run(&["run", "--no-such-flag", "bulkhead/demo"]);
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    let o = env.run(&["version", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["arch"], "amd64");
+    env.assert_clean();
+}
+
 #[test]
 fn network_usage_errors() {
     require_host!();
@@ -494,7 +541,7 @@ fn network_usage_errors() {
         "bulkhead/demo",
         "true",
     ]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(125));
     assert!(stderr(&o).contains("-p publishes ports of the bridge network"));
     let o = env.run(&[
         "run",
@@ -505,10 +552,10 @@ fn network_usage_errors() {
         "bulkhead/demo",
         "true",
     ]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(125));
     assert!(stderr(&o).contains("--network host cannot share the host's network"));
     let o = env.run(&["run", "-p", "8080:80/sctp", "bulkhead/demo", "true"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(125));
     assert!(stderr(&o).contains("unknown protocol"), "{}", stderr(&o));
     if !support::cni_ready() {
         return;

@@ -3,6 +3,7 @@
 mod check;
 mod check_install;
 mod compare;
+mod completion;
 mod exec;
 mod gc;
 mod images;
@@ -18,6 +19,7 @@ mod run;
 mod stop;
 mod supervise;
 mod unpack;
+mod version;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -86,6 +88,12 @@ pub enum Command {
     /// Image management.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Show the version, the commit and what this build runs.
+    Version(version::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(completion::CompletionArgs),
+    /// Write man pages for bulkhead and each of its commands into a directory.
+    Man(completion::ManArgs),
     /// (internal) Supervise a detached container.
     #[command(hide = true)]
     Supervise(supervise::Args),
@@ -168,7 +176,7 @@ pub fn context_in(cli: &Cli, env: &HashMap<String, String>) -> anyhow::Result<Ct
     })
 }
 
-/// A wrong combination of flags: reported like clap's own usage errors (status 2).
+/// A wrong combination of flags: reported like clap's own usage errors (status 125).
 #[derive(Debug)]
 pub struct UsageError(pub String);
 
@@ -180,11 +188,19 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// The exit status of a usage error.
-pub const USAGE_STATUS: i32 = 2;
+/// The exit status of a usage error: Docker's status for its own errors (125; 126 and 127
+/// are for a command that cannot run, the rest is the container's own status).
+pub const USAGE_STATUS: i32 = 125;
 
 /// Runs a command; `Ok(code)` is the process exit status.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    // These read no configuration, so they work where it is missing or broken.
+    match &cli.command {
+        Command::Version(a) => return version::run(a).map(|()| 0),
+        Command::Completion(a) => return completion::completion(a).map(|()| 0),
+        Command::Man(a) => return completion::man(a).map(|()| 0),
+        _ => {}
+    }
     let ctx = context(&cli)?;
     crate::logger::install(ctx.cfg.log_level, ctx.cfg.log_format);
     let done = |r: anyhow::Result<()>| r.map(|()| 0);
@@ -206,6 +222,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Image(ImageCommand::Unpack(a)) => done(unpack::run(&ctx.store()?, a)),
         Command::Image(ImageCommand::Import(a)) => done(import::run(&ctx.store()?, a)),
         Command::Image(ImageCommand::Gc(a)) => done(gc::run(&ctx, a)),
+        // Handled before the configuration is read.
+        Command::Version(_) | Command::Completion(_) | Command::Man(_) => Ok(0),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::io::BufRead;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{bail, Context};
@@ -29,9 +30,17 @@ pub struct Args {
     /// Memory limit (e.g. 256m, 1g, or bytes); sizes the microVM in vm mode.
     #[arg(short = 'm', long, value_parser = parse_memory)]
     pub memory: Option<u64>,
-    /// Set an environment variable (KEY=VALUE, or KEY to copy it from here).
+    /// Set an environment variable: KEY=VALUE, or KEY to pass this shell's value (left out
+    /// when it is not set here, as Docker does).
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
+    /// Read environment variables from a file: one KEY=VALUE or KEY per line, `#` comments
+    /// and blank lines ignored; -e wins over the file (repeatable).
+    #[arg(long = "env-file")]
+    pub env_file: Vec<PathBuf>,
+    /// The image's platform: only linux/amd64 runs here; anything else is refused.
+    #[arg(long)]
+    pub platform: Option<String>,
     /// Working directory inside the container.
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
@@ -133,14 +142,71 @@ fn parse_memory(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-fn env_entry(e: &str) -> anyhow::Result<String> {
+/// One `-e` entry as it goes into the container: `KEY=VALUE` as given, `KEY` with this
+/// process's value, or nothing when `KEY` is not set here (Docker leaves it out).
+fn env_entry(e: &str) -> anyhow::Result<Option<String>> {
     if e.is_empty() || e.starts_with('=') {
         bail!("invalid -e {e:?}: expected KEY=VALUE or KEY");
     }
     if e.contains('=') {
-        return Ok(e.to_owned());
+        return Ok(Some(e.to_owned()));
     }
-    Ok(format!("{e}={}", std::env::var(e).unwrap_or_default()))
+    Ok(std::env::var_os(e).map(|v| format!("{e}={}", v.to_string_lossy())))
+}
+
+/// The entries of an `--env-file`, in Docker's format: a line is `KEY=VALUE` (the value
+/// verbatim, quotes included) or `KEY` (this process's value, left out when unset); blank
+/// lines and lines starting with `#` are skipped. A key with whitespace is refused, naming
+/// the file and line.
+fn env_file_entries(text: &str, path: &Path) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = line.split_once('=').map_or(line, |(k, _)| k);
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            bail!(
+                "{}, line {}: {key:?} is not a variable name (expected KEY=VALUE or KEY)",
+                path.display(),
+                n + 1
+            );
+        }
+        if let Some(entry) = env_entry(line)? {
+            out.push(entry);
+        }
+    }
+    Ok(out)
+}
+
+/// The container's environment from `--env-file` (first) and `-e` (which wins: later
+/// entries override earlier ones of the same key).
+fn container_env(args: &Args) -> anyhow::Result<Vec<String>> {
+    let mut env = Vec::new();
+    for path in &args.env_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --env-file {}", path.display()))?;
+        env.extend(env_file_entries(&text, path)?);
+    }
+    for e in &args.env {
+        env.extend(env_entry(e)?);
+    }
+    Ok(env)
+}
+
+/// `--platform`: this host runs linux/amd64 images (also spelled amd64, x86_64); anything
+/// else is a usage error that says so.
+fn check_platform(platform: &str) -> Result<(), String> {
+    let p = platform.trim().to_ascii_lowercase();
+    let arch = p.strip_prefix("linux/").unwrap_or(&p);
+    if matches!(arch, "amd64" | "x86_64" | "x86-64") {
+        return Ok(());
+    }
+    Err(format!(
+        "--platform {platform}: this host runs only linux/amd64 images (an x86_64 kernel \
+         and VMM, no emulation)"
+    ))
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
@@ -178,11 +244,10 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
         &args.cap_drop,
     )
     .map_err(UsageError)?;
-    let env = args
-        .env
-        .iter()
-        .map(|e| env_entry(e))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(platform) = &args.platform {
+        check_platform(platform).map_err(UsageError)?;
+    }
+    let env = container_env(&args)?;
     for v in &args.volumes {
         if !v.host.exists() {
             bail!("volume source {} does not exist", v.host.display());
@@ -355,12 +420,50 @@ mod tests {
 
     #[test]
     fn env_entries() {
-        assert_eq!(env_entry("A=1").unwrap(), "A=1");
+        assert_eq!(env_entry("A=1").unwrap().as_deref(), Some("A=1"));
+        assert_eq!(env_entry("A=").unwrap().as_deref(), Some("A="));
         assert!(env_entry("=x").is_err());
         std::env::set_var("BULKHEAD_TEST_ENV_COPY", "v");
         assert_eq!(
-            env_entry("BULKHEAD_TEST_ENV_COPY").unwrap(),
-            "BULKHEAD_TEST_ENV_COPY=v"
+            env_entry("BULKHEAD_TEST_ENV_COPY").unwrap().as_deref(),
+            Some("BULKHEAD_TEST_ENV_COPY=v")
         );
+        // Docker leaves an unset KEY out instead of setting it empty.
+        assert_eq!(env_entry("BULKHEAD_TEST_ENV_SURELY_UNSET").unwrap(), None);
+    }
+
+    #[test]
+    fn env_files_follow_dockers_format() {
+        std::env::set_var("BULKHEAD_TEST_ENV_FILE_COPY", "from-here");
+        let text = "# comment\n\nA=1\n  B=two words\nQ=\"quoted\"\nBULKHEAD_TEST_ENV_FILE_COPY\n\
+                    BULKHEAD_TEST_ENV_FILE_UNSET\nE=\n";
+        let path = Path::new("app.env");
+        assert_eq!(
+            env_file_entries(text, path).unwrap(),
+            [
+                "A=1",
+                "B=two words",
+                "Q=\"quoted\"",
+                "BULKHEAD_TEST_ENV_FILE_COPY=from-here",
+                "E="
+            ]
+        );
+        let e = env_file_entries("A=1\nBAD KEY=2\n", path).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "app.env, line 2: \"BAD KEY\" is not a variable name (expected KEY=VALUE or KEY)"
+        );
+        assert!(env_file_entries("=x\n", path).is_err());
+    }
+
+    #[test]
+    fn only_linux_amd64_is_accepted() {
+        for ok in ["linux/amd64", "amd64", "Linux/AMD64", "linux/x86_64"] {
+            assert_eq!(check_platform(ok), Ok(()), "{ok}");
+        }
+        for bad in ["linux/arm64", "arm64", "windows/amd64", "linux/arm/v7", ""] {
+            let e = check_platform(bad).unwrap_err();
+            assert!(e.contains("only linux/amd64"), "{bad}: {e}");
+        }
     }
 }
