@@ -312,31 +312,33 @@ impl State {
     }
 }
 
+/// An exited container state for tests: isolation container, exit code 3.
+#[cfg(test)]
+pub(crate) fn test_state(id: &str, name: &str) -> State {
+    State {
+        id: id.into(),
+        name: name.into(),
+        isolation: Isolation::Container,
+        image_digest: String::new(),
+        config: RunConfig::default(),
+        command: vec![],
+        status: Status::Exited,
+        created_at: 1,
+        started_at: None,
+        finished_at: None,
+        exit_code: Some(3),
+        error: None,
+        supervisor_pid: None,
+        supervisor_start: None,
+        vmm_pid: None,
+        sandbox_dir: None,
+        network: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn state(id: &str, name: &str) -> State {
-        State {
-            id: id.into(),
-            name: name.into(),
-            isolation: Isolation::Container,
-            image_digest: String::new(),
-            config: RunConfig::default(),
-            command: vec![],
-            status: Status::Exited,
-            created_at: 1,
-            started_at: None,
-            finished_at: None,
-            exit_code: Some(3),
-            error: None,
-            supervisor_pid: None,
-            supervisor_start: None,
-            vmm_pid: None,
-            sandbox_dir: None,
-            network: None,
-        }
-    }
 
     #[test]
     fn names() {
@@ -355,8 +357,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Containers::new(dir.path().to_path_buf());
         let _l = c.lock().unwrap();
-        c.dir("abc123").create(&state("abc123", "one")).unwrap();
-        c.dir("abd456").create(&state("abd456", "two")).unwrap();
+        c.dir("abc123")
+            .create(&test_state("abc123", "one"))
+            .unwrap();
+        c.dir("abd456")
+            .create(&test_state("abd456", "two"))
+            .unwrap();
         assert_eq!(c.find("one").unwrap().id, "abc123");
         assert_eq!(c.find("abd456").unwrap().name, "two");
         assert_eq!(c.find("abc").unwrap().id, "abc123");
@@ -373,7 +379,7 @@ mod tests {
     #[test]
     fn liveness_uses_the_start_time() {
         let me = std::process::id();
-        let mut s = state("x", "x");
+        let mut s = test_state("x", "x");
         s.status = Status::Running;
         s.supervisor_pid = Some(me);
         s.supervisor_start = process_start_time(me);

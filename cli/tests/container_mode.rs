@@ -525,6 +525,48 @@ fn docker_env_rules_usage_status_and_platform() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["arch"], "amd64");
+
+    // ps --filter and --format, images --format.
+    let o = env.run(&[
+        "run",
+        "-d",
+        "-q",
+        "--network",
+        "none",
+        "--name",
+        "fmt1",
+        "bulkhead/demo",
+        "sleep",
+        "60",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let ps = |args: &[&str]| {
+        let mut all = vec!["ps"];
+        all.extend_from_slice(args);
+        let o = env.run(&all);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        stdout(&o)
+    };
+    assert_eq!(
+        ps(&[
+            "--filter",
+            "name=fmt",
+            "--format",
+            "{{.Names}}|{{.State}}|{{.Isolation}}"
+        ]),
+        "fmt1|running|container\n"
+    );
+    assert_eq!(ps(&["--filter", "status=exited", "-q"]), "");
+    let o = env.run(&["ps", "--format", "{{.Nope}}"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("the fields are"), "{}", stderr(&o));
+    let o = env.run(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(
+        stdout(&o).lines().any(|l| l == "bulkhead/demo:latest"),
+        "{}",
+        stdout(&o)
+    );
+    env.run(&["rm", "-f", "fmt1"]);
     env.assert_clean();
 }
 

@@ -5,6 +5,7 @@ mod check_install;
 mod compare;
 mod completion;
 mod exec;
+mod format;
 mod gc;
 mod images;
 mod import;
