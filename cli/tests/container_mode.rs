@@ -567,6 +567,34 @@ fn docker_env_rules_usage_status_and_platform() {
         stdout(&o)
     );
     env.run(&["rm", "-f", "fmt1"]);
+
+    // wait: blocks until the container exits and prints its status.
+    let o = env.run(&[
+        "run",
+        "-d",
+        "-q",
+        "--network",
+        "none",
+        "--name",
+        "w1",
+        "bulkhead/demo",
+        "sh",
+        "-c",
+        "sleep 1; exit 5",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = env.run(&["wait", "w1"]);
+    assert_eq!(
+        (o.status.code(), stdout(&o)),
+        (Some(0), "5\n".to_owned()),
+        "{}",
+        stderr(&o)
+    );
+    // Waiting for an exited container answers at once; an unknown one is an error.
+    let o = env.run(&["wait", "w1", "nosuch"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(stdout(&o), "5\n");
+    env.run(&["rm", "w1"]);
     env.assert_clean();
 }
 

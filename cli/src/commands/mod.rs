@@ -21,6 +21,7 @@ mod stop;
 mod supervise;
 mod unpack;
 mod version;
+mod wait;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -76,6 +77,8 @@ pub enum Command {
     Rm(rm::Args),
     /// Show containers' state and configuration as JSON.
     Inspect(inspect::Args),
+    /// Wait until containers exit, then print their exit statuses.
+    Wait(wait::Args),
     /// Check whether this host can run microVMs, and what to do if not.
     Check(check::Args),
     /// Run the isolation lab's probe in a microVM and in containers, side by side.
@@ -214,6 +217,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Kill(a) => done(kill::run(&ctx, a)),
         Command::Rm(a) => done(rm::run(&ctx, a)),
         Command::Inspect(a) => done(inspect::run(&ctx, a)),
+        Command::Wait(a) => wait::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),
         Command::Compare(a) => done(compare::run(&ctx, a)),
         Command::Supervise(a) => supervise::run(&ctx, a),
