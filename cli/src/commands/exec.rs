@@ -23,7 +23,8 @@ pub struct Args {
     /// Start the process and return.
     #[arg(short = 'd', long)]
     pub detach: bool,
-    /// Set an environment variable (KEY=VALUE).
+    /// Set an environment variable: KEY=VALUE, or KEY to pass this shell's value (left out
+    /// when it is not set here).
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
     /// Working directory inside the container.
@@ -44,10 +45,9 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
     if !s.is_running() {
         bail!("container {} is not running", args.container);
     }
+    let mut env = Vec::new();
     for e in &args.env {
-        if !e.contains('=') || e.starts_with('=') {
-            bail!("invalid -e {e:?}: expected KEY=VALUE");
-        }
+        env.extend(super::run::env_entry(e)?);
     }
     let sock = containers.dir(&s.id).control_socket();
     let exec_id = format!("e{}", &crate::state::new_id()?[..8]);
@@ -58,7 +58,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<i32> {
             &Request::Exec {
                 exec_id: exec_id.clone(),
                 args: args.command.clone(),
-                env: args.env.clone(),
+                env: env.clone(),
                 cwd: args.workdir.clone(),
                 user: args.user.clone(),
                 tty: args.tty,

@@ -144,7 +144,7 @@ fn parse_memory(s: &str) -> Result<u64, String> {
 
 /// One `-e` entry as it goes into the container: `KEY=VALUE` as given, `KEY` with this
 /// process's value, or nothing when `KEY` is not set here (Docker leaves it out).
-fn env_entry(e: &str) -> anyhow::Result<Option<String>> {
+pub(super) fn env_entry(e: &str) -> anyhow::Result<Option<String>> {
     if e.is_empty() || e.starts_with('=') {
         bail!("invalid -e {e:?}: expected KEY=VALUE or KEY");
     }
